@@ -1,0 +1,40 @@
+# see-dml: every target creates .venv and installs the package itself when needed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install train test test-all lint format clean help
+
+help:
+	@echo "make train     train on the embedded Double-MNIST (CPU, a few minutes); ARGS='k=v ...'"
+	@echo "make test      the test suite (fast tests; 'make test-all' adds the slow ones)"
+	@echo "make lint      ruff"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the exact torch pins first: they come from the machine's cache, not a multi-GB download
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m see_dml.train $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "" $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks experiments
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache

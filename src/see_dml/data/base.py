@@ -1,0 +1,359 @@
+"""What every dataset of the framework shares: splits, image loading, class-held-out validation.
+
+A dataset module (``cub.py``, ``cars.py``, ...) only knows where its files are and how the
+field splits them; it returns :class:`Split` objects. Loading images, remapping labels and
+carving a validation split out of the training classes live here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+EvalProtocol = Literal["all_vs_all", "query_gallery"]
+OnError = Literal["fail", "skip"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are missing or incomplete; the message says where and what."""
+
+
+class DatasetCountError(ValueError):
+    """A dataset loaded, but its counts differ from the official ones."""
+
+
+class UnreadableImageError(OSError):
+    """An image file exists in the index but cannot be decoded."""
+
+
+def missing_dataset_message(name: str, root: Path, missing: Sequence[Path | str], layout: str,
+                            url: str, hint: str = "") -> str:
+    """The error text for a missing or incomplete dataset: where, what, and where to get it.
+
+    ``hint`` is an extra line for what the loader could tell (say, the files one folder down).
+    """
+    missing_txt = "\n".join(f"  - {m}" for m in missing)
+    return (
+        f"{name}: dataset not found or incomplete at '{root}'.\n"
+        f"Missing:\n{missing_txt}\n"
+        f"Expected layout under dataset.root:\n{layout.rstrip()}\n"
+        f"Official download: {url}\n"
+        + (f"{hint.rstrip()}\n" if hint else "")
+        + "Point the config at it with dataset.root=/path/to/it (or paths.data_dir=...)."
+    )
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset.
+
+    Attributes:
+        items: image file paths (``N`` entries), or an in-memory ``uint8`` array
+            ``(N, H, W)`` / ``(N, H, W, C)``.
+        labels: ``(N,)`` int64 class ids as the dataset numbers them (not remapped).
+        name: split name, for messages.
+    """
+
+    items: Sequence[Path] | np.ndarray
+    labels: np.ndarray
+    name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        labels = np.asarray(self.labels, dtype=np.int64)
+        object.__setattr__(self, "labels", labels)
+        if len(self.items) != len(labels):
+            raise ValueError(
+                f"split '{self.name}': {len(self.items)} items but {len(labels)} labels"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.unique(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, mask: np.ndarray, name: str | None = None) -> Split:
+        """The items where ``mask`` (bool ``(N,)``) is true."""
+        idx = np.flatnonzero(mask)
+        items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[i]
+                                                                            for i in idx]
+        return Split(items, self.labels[idx], name or self.name, dict(self.meta))
+
+    def with_contiguous_labels(self) -> Split:
+        """Same items with labels remapped to ``0..C-1`` (what proxy and softmax losses need)."""
+        _, inverse = np.unique(self.labels, return_inverse=True)
+        return Split(self.items, inverse.astype(np.int64), self.name, dict(self.meta))
+
+    def summary(self) -> dict[str, int]:
+        return {"images": len(self), "classes": self.num_classes}
+
+
+def hold_out_classes(train: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
+    """Move a random ``fraction`` of the training *classes* into a validation split.
+
+    The DML protocol is class-disjoint, so checkpoint selection must be too: the validation
+    classes are never trained on and never overlap the test classes. ``fraction=0`` gives
+    the papers' protocol (no validation split).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"dataset.val_fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return train, None
+    classes = train.classes
+    n_val = max(1, int(round(len(classes) * fraction)))
+    if n_val >= len(classes):
+        raise ValueError(
+            f"dataset.val_fraction={fraction} leaves no training class "
+            f"({len(classes)} classes in the train split)"
+        )
+    rng = np.random.default_rng(seed)
+    val_classes = rng.choice(classes, size=n_val, replace=False)
+    is_val = np.isin(train.labels, val_classes)
+    return train.subset(~is_val, "train"), train.subset(is_val, "val")
+
+
+def load_image(path: Path | str, mode: str = "RGB") -> Image.Image:
+    """Open and decode one image, naming the file when it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return img.convert(mode)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UnreadableImageError(f"cannot read image '{path}': {err}") from err
+
+
+class RetrievalDataset(Dataset):
+    """A :class:`Split` as a torch dataset of ``(image, label, index)``.
+
+    The index lets evaluation check that it saw every sample exactly once, also under DDP
+    where the distributed sampler pads the last batch with repeats.
+
+    With ``on_error="skip"`` an unreadable file is replaced by the next readable image of
+    the same class and counted in ``skipped`` (and logged once by path); with ``"fail"`` it
+    raises :class:`UnreadableImageError` naming the file.
+    """
+
+    def __init__(self, split: Split, transform: Callable | None = None, image_mode: str = "RGB",
+                 on_error: OnError = "fail") -> None:
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"dataset.on_error must be 'fail' or 'skip', got '{on_error}'")
+        self.split = split
+        self.transform = transform
+        self.image_mode = image_mode
+        self.on_error = on_error
+        self.skipped: set[int] = set()
+        self._by_class: dict[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.split.labels
+
+    def _load(self, index: int) -> Image.Image:
+        item = self.split.items[index]
+        if isinstance(self.split.items, np.ndarray):
+            return Image.fromarray(item).convert(self.image_mode)
+        return load_image(item, self.image_mode)
+
+    def _fallback_indices(self, index: int) -> np.ndarray:
+        if self._by_class is None:
+            order = np.argsort(self.labels, kind="stable")
+            bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
+            self._by_class = {int(self.labels[g[0]]): g for g in np.split(order, bounds)}
+        same = self._by_class[int(self.labels[index])]
+        return np.roll(same, -int(np.searchsorted(same, index, sorter=None)) - 1)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        try:
+            image = self._load(index)
+        except UnreadableImageError:
+            if self.on_error == "fail":
+                raise
+            if index not in self.skipped:
+                log.warning("skipping unreadable image %s", self.split.items[index])
+                self.skipped.add(index)
+            image = None
+            for other in self._fallback_indices(index):
+                if other == index or other in self.skipped:
+                    continue
+                try:
+                    image = self._load(int(other))
+                    break
+                except UnreadableImageError:
+                    self.skipped.add(int(other))
+            if image is None:
+                raise UnreadableImageError(
+                    f"every image of class {self.labels[index]} is unreadable "
+                    f"(first: '{self.split.items[index]}')"
+                ) from None
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index]), index
+
+
+class DatasetSource(ABC):
+    """Where a dataset's files are and how the field splits them.
+
+    Subclasses set the class attributes and implement :meth:`load_splits`. The splits it
+    returns are ``train`` and ``test`` (all-vs-all datasets) or ``train``, ``query`` and
+    ``gallery`` (query-vs-gallery datasets); :meth:`splits` adds ``val`` (held-out training
+    classes) when ``val_fraction > 0``.
+
+    Args:
+        root: the dataset's folder, as the official download unpacks.
+        val_fraction: share of training classes held out for checkpoint selection.
+        seed: seed of the validation class draw.
+        strict_counts: insist on the official image/class counts.
+        on_error: unreadable image policy, ``fail`` or ``skip``.
+        recall_ks: the Ks of Recall@K reported for this dataset (default: the field's).
+    """
+
+    name: str = "dataset"
+    eval_protocol: EvalProtocol = "all_vs_all"
+    default_recall_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    image_mode: str = "RGB"
+    #: ``natural``: photos (RandomResizedCrop + flip); ``digits``: small grey images.
+    image_kind: str = "natural"
+    #: official counts ``{split: {"images": N, "classes": C}}``, checked when strict.
+    expected_counts: dict[str, dict[str, int]] = {}
+    #: official download page, named when the files are missing.
+    download_url: str = ""
+    #: the folder tree expected under ``root`` (a few lines), named when files are missing.
+    layout: str = ""
+
+    def __init__(self, root: str | Path | None = None, val_fraction: float = 0.0, seed: int = 0,
+                 strict_counts: bool = True, on_error: OnError = "fail",
+                 recall_ks: Sequence[int] | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else None
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+        self.strict_counts = bool(strict_counts)
+        self.on_error = on_error
+        self.recall_ks = tuple(int(k) for k in (recall_ks or self.default_recall_ks))
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"dataset.val_fraction must be in [0, 1), got {val_fraction}")
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"dataset.on_error must be 'fail' or 'skip', got '{on_error}'")
+        self._splits: dict[str, Split] | None = None
+
+    @abstractmethod
+    def load_splits(self) -> dict[str, Split]:
+        """Read the index files and return the official splits (no validation split)."""
+
+    def check_counts(self, splits: dict[str, Split]) -> None:
+        """Compare with :attr:`expected_counts`; raise when strict, log otherwise."""
+        problems = []
+        for split_name, expected in self.expected_counts.items():
+            if split_name not in splits:
+                continue
+            got = splits[split_name].summary()
+            for key, value in expected.items():
+                if got[key] != value:
+                    problems.append(f"{split_name}: {got[key]} {key}, expected {value}")
+        if not problems:
+            return
+        msg = (f"{self.name} at '{self.root}': counts differ from the official ones: "
+               + "; ".join(problems))
+        if self.strict_counts:
+            raise DatasetCountError(
+                msg + ". For a subset of the data set dataset.strict_counts=false."
+            )
+        log.info("%s (dataset.strict_counts=false, going on)", msg)
+
+    def splits(self) -> dict[str, Split]:
+        """All splits, with ``val`` carved out of ``train`` when ``val_fraction > 0``."""
+        if self._splits is None:
+            splits = self.load_splits()
+            self.check_counts(splits)
+            if "val" in splits:  # the dataset defines its own validation classes
+                if self.val_fraction > 0:
+                    raise ValueError(
+                        f"{self.name} has fixed validation classes; "
+                        f"set dataset.val_fraction=0 (got {self.val_fraction})"
+                    )
+                self._splits = splits
+                return splits
+            train, val = hold_out_classes(splits["train"], self.val_fraction, self.seed)
+            splits = {**splits, "train": train}
+            if val is not None:
+                splits["val"] = val
+            self._splits = splits
+        return self._splits
+
+    # Helpers for datasets read from files (all but the in-memory ones).
+
+    def root_dir(self) -> Path:
+        """``dataset.root`` made absolute; :class:`DatasetNotFoundError` when it is not a folder."""
+        if self.root is None:
+            raise DatasetNotFoundError(
+                f"{self.name}: dataset.root is not set. Expected layout under it:\n"
+                f"{self.layout.rstrip()}\nOfficial download: {self.download_url}"
+            )
+        root = self.root.absolute()
+        if not root.is_dir():
+            raise self.not_found(root, [root])
+        return root
+
+    def not_found(self, root: Path, missing: Sequence[Path | str],
+                  hint: str = "") -> DatasetNotFoundError:
+        """The error for missing files under ``root``, with this dataset's layout and URL."""
+        return DatasetNotFoundError(
+            missing_dataset_message(self.name, root, missing, self.layout, self.download_url,
+                                    hint)
+        )
+
+    def require(self, root: Path, *relpaths: str) -> None:
+        """Raise :class:`DatasetNotFoundError` naming every ``root/relpath`` that is missing.
+
+        When a missing entry exists one folder down (the archive unpacked into a folder of
+        its own), the message names that folder as the likely ``dataset.root``.
+        """
+        missing = [rel for rel in relpaths if not (root / rel).exists()]
+        if not missing:
+            return
+        nested = sorted(d for d in root.iterdir() if d.is_dir() and (d / missing[0]).exists())
+        hint = ""
+        if nested:
+            hint = f"Found '{missing[0]}' under '{nested[0]}': set dataset.root={nested[0]}"
+        raise self.not_found(root, [root / rel for rel in missing], hint)
+
+    def spot_check(self, root: Path, split: Split, per_end: int = 3) -> None:
+        """Check that the first and last ``per_end`` files of ``split`` exist.
+
+        Cheap enough for every load and catches a missing or half-unpacked image folder;
+        the full scan (every file decoded) is ``python -m see_dml.data.check``.
+        """
+        n = len(split.items)
+        idx = sorted(set(range(min(per_end, n))) | set(range(max(n - per_end, 0), n)))
+        missing = [split.items[i] for i in idx if not Path(split.items[i]).is_file()]
+        if missing:
+            raise self.not_found(
+                root, missing,
+                f"The index file lists these {split.name} images but they are not on disk: "
+                f"is the image folder fully unpacked? A full scan: "
+                f"python -m see_dml.data.check dataset=... dataset.root={root}",
+            )
+
+    def make_dataset(self, split: Split, transform: Callable | None = None) -> RetrievalDataset:
+        return RetrievalDataset(split, transform, self.image_mode, self.on_error)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root='{self.root}', val_fraction={self.val_fraction})"

@@ -1,0 +1,143 @@
+"""One LightningDataModule for every dataset: source + sampler + transforms, from config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from see_dml.data.base import DatasetSource, RetrievalDataset
+from see_dml.data.samplers import ClassBalancedBatchSampler
+from see_dml.data.transforms import TransformConfig, build_transforms
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    """Train on the source's ``train`` split; evaluate ``val`` and ``test`` (or query/gallery).
+
+    Training labels are remapped to ``0..C-1`` (proxies and classifiers index by them);
+    evaluation keeps the dataset's own class ids, which is all retrieval metrics need.
+
+    Args:
+        source: the dataset (a :class:`DatasetSource`).
+        batch_size: images per batch and rank.
+        m_per_class: images per class in a class-balanced batch.
+        sampler: ``class_balanced`` (m per class) or ``random`` (plain shuffling).
+        eval_batch_size: images per batch when embedding eval splits.
+        transforms: :class:`TransformConfig` fields.
+        mean, std: normalisation; set from the backbone by :meth:`set_normalization`.
+    """
+
+    def __init__(self, source: DatasetSource, batch_size: int = 60, m_per_class: int = 2,
+                 sampler: str = "class_balanced", num_workers: int = 0,
+                 eval_batch_size: int = 256, pin_memory: bool = False,
+                 transforms: dict[str, Any] | None = None, seed: int = 0,
+                 batches_per_epoch: int | None = None,
+                 mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> None:
+        super().__init__()
+        self.source = source
+        self.batch_size = batch_size
+        self.m_per_class = m_per_class
+        self.sampler = sampler
+        self.num_workers = num_workers
+        self.eval_batch_size = eval_batch_size
+        self.pin_memory = pin_memory
+        self.transform_cfg = TransformConfig(**(transforms or {}))
+        self.seed = seed
+        self.batches_per_epoch = batches_per_epoch
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.datasets: dict[str, RetrievalDataset] = {}
+        self._train_sampler: ClassBalancedBatchSampler | None = None
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        channels = 1 if self.source.image_mode == "L" else 3
+        self.mean = tuple(mean)[:channels] if len(mean) >= channels else tuple(mean) * channels
+        self.std = tuple(std)[:channels] if len(std) >= channels else tuple(std) * channels
+
+    # -- splits ---------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        splits = self.source.splits()
+        train_tf, eval_tf = build_transforms(self.source.image_kind, self.transform_cfg,
+                                             self.mean, self.std)
+        for name, split in splits.items():
+            if name == "train":
+                self.datasets[name] = self.source.make_dataset(split.with_contiguous_labels(),
+                                                               train_tf)
+            else:
+                self.datasets[name] = self.source.make_dataset(split, eval_tf)
+
+    def validate(self) -> None:
+        """Fail before training when the training split cannot fill one batch."""
+        if self.sampler == "class_balanced":
+            ClassBalancedBatchSampler(self.datasets["train"].labels, self.batch_size,
+                                      self.m_per_class)
+        elif len(self.datasets["train"]) < self.batch_size:
+            raise ValueError(f"data.batch_size={self.batch_size} exceeds the "
+                             f"{len(self.datasets['train'])} training images")
+
+    @property
+    def num_classes(self) -> int:
+        """Training classes (after :meth:`setup`)."""
+        return self.datasets["train"].split.num_classes
+
+    @property
+    def has_val(self) -> bool:
+        return "val" in self.datasets
+
+    @property
+    def test_split_names(self) -> list[str]:
+        if self.source.eval_protocol == "query_gallery":
+            return ["query", "gallery"]
+        return ["test"]
+
+    def eval_dataset(self, name: str) -> RetrievalDataset:
+        if name not in self.datasets:
+            raise KeyError(f"{self.source.name} has no '{name}' split "
+                           f"(has: {', '.join(self.datasets)})")
+        return self.datasets[name]
+
+    # -- loaders --------------------------------------------------------------------------
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        world, rank = self._world()
+        if self.sampler == "class_balanced":
+            self._train_sampler = ClassBalancedBatchSampler(
+                dataset.labels, self.batch_size, self.m_per_class, num_replicas=world,
+                rank=rank, seed=self.seed, batches_per_epoch=self.batches_per_epoch)
+            return DataLoader(dataset, batch_sampler=self._train_sampler,
+                              num_workers=self.num_workers, pin_memory=self.pin_memory,
+                              persistent_workers=self.num_workers > 0)
+        sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed,
+                                      drop_last=True) if world > 1 else None)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=sampler is None,
+                          sampler=sampler, drop_last=True, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+
+    def eval_dataloader(self, dataset: Dataset) -> DataLoader:
+        world, rank = self._world()
+        # Padded with repeats under DDP; evaluation de-duplicates by sample index.
+        sampler = (DistributedSampler(dataset, world, rank, shuffle=False) if world > 1
+                   else None)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False,
+                          sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self.eval_dataloader(self.datasets["val"]) if self.has_val else []
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.eval_dataloader(self.eval_dataset(n)) for n in self.test_split_names]
+
+    def describe(self) -> dict[str, dict[str, int]]:
+        """``{split: {"images": N, "classes": C}}`` for every split."""
+        return {n: d.split.summary() for n, d in self.datasets.items()}
+

@@ -1,0 +1,55 @@
+"""Train and eval transforms, per the field's recipe.
+
+Natural images: train ``RandomResizedCrop(size, scale, bicubic)`` + horizontal flip, eval
+``Resize(resize)`` + ``CenterCrop(size)``. Digits: a small random shift for training (no
+flip: a mirrored digit is not a digit), none for evaluation. Normalisation matches the
+backbone (timm's pretrained config: ImageNet stats, or 0.5 / 0.5 for ``vit_*``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Knobs of the recipe; ``image_size=None`` keeps the dataset's native size."""
+
+    image_size: int | None = 224
+    resize: int | None = 256
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: bool = True
+    augment_digits: bool = True  # digits: small random rotation / shift / scale when training
+
+
+def build_transforms(image_kind: str, cfg: TransformConfig, mean: Sequence[float],
+                     std: Sequence[float]) -> tuple[T.Compose, T.Compose]:
+    """Return ``(train_transform, eval_transform)`` for ``image_kind`` ``natural``/``digits``."""
+    normalize = T.Normalize(mean=list(mean), std=list(std))
+    if image_kind == "digits":
+        resize = [T.Resize(cfg.image_size)] if cfg.image_size else []
+        augment = [T.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.9, 1.1))]
+        train = [*resize, *(augment if cfg.augment_digits else [])]
+        return (T.Compose([*train, T.ToTensor(), normalize]),
+                T.Compose([*resize, T.ToTensor(), normalize]))
+    if image_kind != "natural":
+        raise ValueError(f"unknown image kind '{image_kind}' (natural or digits)")
+    size = cfg.image_size or 224
+    resize = cfg.resize or size
+    bicubic = T.InterpolationMode.BICUBIC
+    train = [T.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), interpolation=bicubic)]
+    if cfg.hflip:
+        train.append(T.RandomHorizontalFlip())
+    return (
+        T.Compose([*train, T.ToTensor(), normalize]),
+        T.Compose([T.Resize(resize, interpolation=bicubic), T.CenterCrop(size), T.ToTensor(),
+                   normalize]),
+    )

@@ -1,0 +1,159 @@
+"""Exact k-nearest-neighbour search by cosine similarity, behind one swappable signature.
+
+Both backends L2-normalise float32 copies of the inputs and rank by inner product, so the
+scores are cosine similarities and "nearest" means "most similar". Memory stays bounded:
+queries are searched in chunks, so nothing larger than ``(chunk, R)`` (torch) or the
+``(Q, k)`` result (faiss) is ever held — never an ``N x N`` matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import faiss
+import numpy as np
+import torch
+
+Backend = Literal["faiss", "torch"]
+ArrayLike = np.ndarray | torch.Tensor
+
+# faiss blocks queries by 4096 inside its BLAS path, so chunks that are a multiple of that
+# cost nothing in speed; 8192 keeps the (chunk, k + 1) scratch for self-exclusion small.
+_FAISS_CHUNK = 8192
+# torch materialises a (chunk, R) similarity block; ~256 MiB of float32 per block.
+_TORCH_BLOCK_ELEMENTS = 1 << 26
+
+
+def l2_normalised(x: ArrayLike) -> np.ndarray:
+    """(N, d) anything -> (N, d) C-contiguous float32 with unit rows (a copy, never a view).
+
+    Zero rows stay zero (their similarity to everything is 0).
+    """
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float32).numpy()
+    # np.array copies, so the caller's array is never normalised in place.
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    if out.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D (N, d), got shape {out.shape}")
+    faiss.normalize_L2(out)
+    return out
+
+
+def _as_normalised_tensor(x: ArrayLike, device: torch.device) -> torch.Tensor:
+    """(N, d) anything -> (N, d) float32 tensor on ``device`` with unit rows."""
+    t = torch.as_tensor(x).detach().to(device=device, dtype=torch.float32)
+    if t.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D (N, d), got shape {tuple(t.shape)}")
+    return torch.nn.functional.normalize(t, dim=1)
+
+
+def _drop_self(
+    sims: np.ndarray, idx: np.ndarray, row_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own index from a (c, k + 1) result, giving (c, k).
+
+    The own index is dropped wherever it sits, not assumed to be column 0: with exact
+    duplicates (tied scores) another index can come first. A row whose own index is missing
+    (more than k ties in front of it) drops its last column instead, as
+    pytorch-metric-learning's ``return_results`` does.
+    """
+    is_self = idx == row_ids[:, None]
+    is_self[~is_self.any(axis=1), -1] = True
+    c, kp1 = idx.shape
+    keep = ~is_self
+    return sims[keep].reshape(c, kp1 - 1), idx[keep].reshape(c, kp1 - 1)
+
+
+def _faiss_search(
+    query: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    index = faiss.IndexFlatIP(reference.shape[1])
+    index.add(reference)
+    n_q = query.shape[0]
+    sims = np.empty((n_q, k), dtype=np.float32)
+    idx = np.empty((n_q, k), dtype=np.int64)
+    for start in range(0, n_q, batch_size):
+        stop = min(start + batch_size, n_q)
+        if exclude_self:
+            d_chunk, i_chunk = index.search(query[start:stop], k + 1)
+            sims[start:stop], idx[start:stop] = _drop_self(
+                d_chunk, i_chunk, np.arange(start, stop)
+            )
+        else:
+            # Row blocks of C-contiguous arrays are contiguous: faiss writes straight in.
+            index.search(query[start:stop], k, D=sims[start:stop], I=idx[start:stop])
+    return sims, idx
+
+
+def _torch_search(
+    query: torch.Tensor, reference: torch.Tensor, k: int, exclude_self: bool, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    n_q = query.shape[0]
+    sims = np.empty((n_q, k), dtype=np.float32)
+    idx = np.empty((n_q, k), dtype=np.int64)
+    k_search = k + 1 if exclude_self else k
+    for start in range(0, n_q, batch_size):
+        stop = min(start + batch_size, n_q)
+        block = query[start:stop] @ reference.T  # (c, R)
+        d_chunk, i_chunk = torch.topk(block, k_search, dim=1, largest=True, sorted=True)
+        d_np, i_np = d_chunk.cpu().numpy(), i_chunk.cpu().numpy()
+        if exclude_self:
+            d_np, i_np = _drop_self(d_np, i_np, np.arange(start, stop))
+        sims[start:stop], idx[start:stop] = d_np, i_np
+    return sims, idx
+
+
+def knn_search(
+    query: ArrayLike,
+    reference: ArrayLike,
+    k: int,
+    *,
+    exclude_self: bool,
+    backend: Backend = "faiss",
+    batch_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of each query row among the reference rows, by cosine.
+
+    Both inputs are copied to float32 and L2-normalised here, then ranked by inner product
+    (``faiss.IndexFlatIP``, or a chunked matmul + ``torch.topk``).
+
+    Args:
+        query: (Q, d) embeddings, numpy or torch.
+        reference: (R, d) embeddings, numpy or torch.
+        k: neighbours per query; must satisfy ``1 <= k <= R - exclude_self``.
+        exclude_self: all-vs-all mode. Query row ``i`` is reference row ``i`` (``Q <= R``);
+            ``k + 1`` are searched and reference ``i`` is removed from row ``i`` by index,
+            wherever it appears (ties with duplicates may put it after another index).
+        backend: ``"faiss"`` (CPU, default) or ``"torch"`` (runs on the query tensor's device).
+        batch_size: queries per chunk; default 8192 for faiss, and for torch as many as keep
+            the ``(chunk, R)`` similarity block near 256 MiB.
+
+    Returns:
+        ``(similarities, indices)``: ``(Q, k)`` float32 cosine similarities, most similar
+        first, and ``(Q, k)`` int64 indices into ``reference``.
+    """
+    n_q, n_r = len(query), len(reference)
+    if exclude_self and n_q > n_r:
+        raise ValueError(
+            f"exclude_self=True needs query row i to be reference row i, but Q={n_q} > R={n_r}"
+        )
+    if not 1 <= k <= n_r - int(exclude_self):
+        raise ValueError(
+            f"k={k} must be in [1, {n_r - int(exclude_self)}] "
+            f"(reference size {n_r}{' minus the query itself' if exclude_self else ''})"
+        )
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+    if backend == "faiss":
+        q = l2_normalised(query)
+        r = q if reference is query else l2_normalised(reference)
+        return _faiss_search(q, r, k, exclude_self, batch_size or _FAISS_CHUNK)
+    if backend == "torch":
+        device = query.device if isinstance(query, torch.Tensor) else torch.device("cpu")
+        with torch.no_grad():
+            q_t = _as_normalised_tensor(query, device)
+            r_t = q_t if reference is query else _as_normalised_tensor(reference, device)
+            chunk = batch_size or max(1, _TORCH_BLOCK_ELEMENTS // max(n_r, 1))
+            return _torch_search(q_t, r_t, k, exclude_self, chunk)
+    raise ValueError(f"backend must be 'faiss' or 'torch', got {backend!r}")

@@ -1,0 +1,152 @@
+"""Backbones: any timm model by name, plus a small ConvNet that trains from scratch on CPU.
+
+A backbone returns *unpooled* features: ``(B, C, H, W)`` for CNNs, ``(B, N, C)`` tokens for
+ViTs; the embedding head chooses the pooling. Offline clusters cannot reach a weights hub,
+so :func:`load_local_weights` loads a local file into the timm model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: Normalisation for backbones trained from scratch on the digit datasets.
+DIGIT_STATS = ((0.1307,), (0.3081,))
+
+
+class SmallConvNet(nn.Module):
+    """Four conv blocks (BN + ReLU) for grey digit images on CPU. Output ``(B, 4w, H/8, W/8)``.
+
+    The first convolution has stride 2: full-resolution feature maps cost most of a CPU
+    step in memory traffic (BatchNorm, pooling) for little accuracy on 28-pixel digits.
+    """
+
+    def __init__(self, in_chans: int = 1, width: int = 32) -> None:
+        super().__init__()
+        chans = [in_chans, width, width * 2, width * 4, width * 4]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            stride = 2 if i == 0 else 1
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=stride, padding=1,
+                                 bias=False),
+                       nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
+            if i in (1, 2):
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.num_features = chans[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class Backbone(nn.Module):
+    """A feature extractor with ``num_features``, ``mean``/``std`` and ``is_vit``.
+
+    Args:
+        name: ``small_cnn`` or a timm model name (``resnet50``, ``deit_small_patch16_224``,
+            ``vit_small_patch16_224``, ``tf_efficientnet_lite0``...).
+        pretrained: download timm's pretrained weights (needs a hub; off on offline nodes).
+        weights_path: a local weights file to load instead (see :func:`load_local_weights`).
+        in_chans: input channels (1 for the digit datasets).
+    """
+
+    def __init__(self, name: str = "small_cnn", pretrained: bool = False,
+                 weights_path: str | None = None, in_chans: int = 3, width: int = 32) -> None:
+        super().__init__()
+        self.name = name
+        if name == "small_cnn":
+            self.body: nn.Module = SmallConvNet(in_chans, width)
+            self.num_features = self.body.num_features
+            self.mean, self.std = DIGIT_STATS if in_chans == 1 else ((0.5,) * 3, (0.5,) * 3)
+            self.is_timm = False
+            self.num_prefix_tokens = 0
+        else:
+            if pretrained and weights_path:
+                raise ValueError("model.pretrained=true and model.weights_path are exclusive: "
+                                 "weights_path already provides the weights")
+            try:
+                self.body = timm.create_model(name, pretrained=pretrained, num_classes=0,
+                                              in_chans=in_chans)
+            except RuntimeError as err:
+                raise ValueError(f"model.backbone='{name}': {err}") from err
+            self.num_features = self.body.num_features
+            cfg = self.body.pretrained_cfg
+            self.mean, self.std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std",
+                                                                                    (0.5,) * 3))
+            self.is_timm = True
+            self.num_prefix_tokens = getattr(self.body, "num_prefix_tokens", 0)
+        if weights_path:
+            load_local_weights(self.body, weights_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_timm:
+            return self.body.forward_features(x)
+        return self.body(x)
+
+    def timm_pool(self, features: torch.Tensor) -> torch.Tensor:
+        """The backbone's own pooling (timm ``forward_head(pre_logits=True)``)."""
+        if not self.is_timm:
+            raise ValueError("model.pooling=model needs a timm backbone")
+        return self.body.forward_head(features, pre_logits=True)
+
+
+def build_backbone(name: str, pretrained: bool = False, weights_path: str | None = None,
+                   in_chans: int = 3) -> Backbone:
+    return Backbone(name, pretrained, weights_path, in_chans)
+
+
+_STRIP_PREFIXES = ("module.", "model.", "backbone.", "body.")
+
+
+def _strip(key: str) -> str:
+    for prefix in _STRIP_PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def load_local_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local weights file into ``model``, by name or else by position.
+
+    By name: keys equal after stripping ``module.``/``model.`` prefixes; a classifier the
+    model does not have (``num_classes=0``) is ignored. By position: checkpoints exported
+    from other implementations of the same architecture (e.g. ``efficientnet-lite0``'s
+    ``_conv_stem``/``_bn0`` names for timm's ``tf_efficientnet_lite0``) hold the same tensors
+    in the same order; they load when every tensor of the model matches the file's tensor
+    at the same position in shape. Anything else is an error naming the first mismatch.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.weights_path: no weights file at '{path}'")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {_strip(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    target = model.state_dict()
+    if all(k in state and state[k].shape == v.shape for k, v in target.items()):
+        model.load_state_dict({k: state[k] for k in target})
+        log.info("loaded %d tensors by name from %s", len(target), path)
+        return
+    src = list(state.items())
+    if len(src) < len(target):
+        raise ValueError(f"model.weights_path '{path}': {len(src)} tensors, the model has "
+                         f"{len(target)}")
+    mapped = {}
+    for (tk, tv), (sk, sv) in zip(target.items(), src):
+        if tv.shape != sv.shape:
+            raise ValueError(
+                f"model.weights_path '{path}' does not fit the model: neither the names nor "
+                f"the order match (model '{tk}' {tuple(tv.shape)} vs file '{sk}' "
+                f"{tuple(sv.shape)})"
+            )
+        mapped[tk] = sv
+    model.load_state_dict(mapped)
+    log.info("loaded %d tensors by position from %s (%d unused: classifier)", len(mapped),
+             path, len(src) - len(mapped))

@@ -1,0 +1,62 @@
+"""Embedding head: pooling -> optional LayerNorm -> Linear -> L2 normalisation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class EmbeddingHead(nn.Module):
+    """Map backbone features to unit embeddings ``(B, embed_dim)``.
+
+    Args:
+        in_features: backbone channels / token width.
+        embed_dim: embedding size.
+        pooling: ``avg``, ``max``, ``avg+max`` (GAP + GMP, summed, as Proxy-Anchor's
+            ResNet head), ``cls`` (first token of a ViT) or ``model`` (done by the backbone:
+            the head then receives ``(B, C)``).
+        layer_norm: LayerNorm without affine parameters before the projection (SEE recipe).
+        init: ``orthogonal`` (SEE recipe) or ``kaiming`` for the projection weight.
+    """
+
+    def __init__(self, in_features: int, embed_dim: int, pooling: str = "avg+max",
+                 layer_norm: bool = False, init: str = "orthogonal") -> None:
+        super().__init__()
+        if embed_dim <= 0:
+            raise ValueError(f"model.embed_dim must be a positive integer, got {embed_dim}")
+        self.pooling = pooling
+        self.norm = nn.LayerNorm(in_features, elementwise_affine=False) if layer_norm else None
+        self.proj = nn.Linear(in_features, embed_dim)
+        if init == "orthogonal":
+            nn.init.orthogonal_(self.proj.weight)
+        elif init == "kaiming":
+            nn.init.kaiming_normal_(self.proj.weight, mode="fan_out")
+        else:
+            raise ValueError(f"model.head_init must be 'orthogonal' or 'kaiming', got '{init}'")
+        nn.init.zeros_(self.proj.bias)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return x
+        if x.dim() == 3:  # (B, N, C) tokens
+            if self.pooling == "cls":
+                return x[:, 0]
+            if self.pooling == "max":
+                return x.amax(1)
+            if self.pooling == "avg+max":
+                return x.mean(1) + x.amax(1)
+            return x.mean(1)
+        if self.pooling == "cls":
+            raise ValueError("model.pooling=cls needs a token backbone (ViT)")
+        avg = x.mean((2, 3))
+        if self.pooling == "avg":
+            return avg
+        mx = x.amax((2, 3))
+        return mx if self.pooling == "max" else avg + mx
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.pool(features)
+        if self.norm is not None:
+            x = self.norm(x)
+        return F.normalize(self.proj(x), dim=-1)

@@ -1,0 +1,252 @@
+"""The LightningModule: backbone -> head -> unit embeddings -> metric loss (+ synthesis hooks).
+
+The module is deliberately thin. It does not know which synthesiser is active: a synthesis
+callback registers an *embedding hook* (:meth:`DMLModule.add_embedding_hook`) that receives
+the (DDP-gathered) batch embeddings and labels and returns extra loss terms and statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import lightning as L
+import torch
+from torch import nn
+
+from see_dml.losses import MetricLoss
+from see_dml.models import Backbone, EmbeddingHead
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingHook(Protocol):
+    """Called in every training step with the global batch; returns named tensors.
+
+    Keys starting with ``loss/`` are added to the training loss; all are logged.
+    """
+
+    def __call__(self, module: DMLModule, embeddings: torch.Tensor,
+                 labels: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+class DMLModule(L.LightningModule):
+    """Deep metric learning on unit embeddings.
+
+    Args:
+        backbone: feature extractor.
+        head: pooling + projection + L2 normalisation.
+        criterion: the metric loss (its parameters are the proxies, if any).
+        optimizer: factory ``params -> Optimizer`` (a ``_partial_`` config).
+        scheduler: optional factory ``optimizer -> LRScheduler`` (stepped per epoch).
+        backbone_lr_mult, head_lr_mult: learning-rate multipliers of those groups; the loss's
+            parameters use ``criterion.lr_multiplier``.
+        warmup_epochs: epochs with a frozen backbone (head and proxies train alone).
+        freeze_bn: keep every BatchNorm of the backbone in eval mode with frozen affine.
+        recall_ks: Ks of Recall@K.
+        config: the resolved run config, stored in checkpoints so any tool can rebuild
+            the model from a checkpoint alone.
+    """
+
+    def __init__(self, backbone: Backbone, head: EmbeddingHead, criterion: MetricLoss,
+                 optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable[..., Any] | None = None, backbone_lr_mult: float = 1.0,
+                 head_lr_mult: float = 1.0, warmup_epochs: int = 0, freeze_bn: bool = False,
+                 recall_ks: Iterable[int] = (1, 2, 4, 8),
+                 config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.criterion = criterion
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.backbone_lr_mult = backbone_lr_mult
+        self.head_lr_mult = head_lr_mult
+        self.warmup_epochs = warmup_epochs
+        self.freeze_bn = freeze_bn
+        self.recall_ks = tuple(recall_ks)
+        self.config = config
+        self.embedding_hooks: list[EmbeddingHook] = []
+        self.test_prefix = "test"
+        self._eval_buffers: dict[int, list[tuple[torch.Tensor, ...]]] = {}
+        if freeze_bn:
+            self._freeze_bn_params()
+
+    # -- model ----------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` images -> ``(B, embed_dim)`` unit embeddings."""
+        features = self.backbone(images)
+        if self.head.pooling == "model":
+            features = self.backbone.timm_pool(features)
+        return self.head(features)
+
+    def add_embedding_hook(self, hook: EmbeddingHook) -> None:
+        if hook not in self.embedding_hooks:
+            self.embedding_hooks.append(hook)
+
+    def _bn_layers(self) -> list[nn.Module]:
+        bn_types = nn.modules.batchnorm._BatchNorm
+        return [m for m in self.backbone.modules() if isinstance(m, bn_types)]
+
+    def _freeze_bn_params(self) -> None:
+        for bn in self._bn_layers():
+            for p in bn.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> DMLModule:
+        super().train(mode)
+        if mode and (self.freeze_bn or self._backbone_frozen()):
+            layers = self.backbone.modules() if self._backbone_frozen() else self._bn_layers()
+            for m in layers:
+                m.eval()
+        return self
+
+    def _backbone_frozen(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and self.current_epoch < self.warmup_epochs
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self._backbone_frozen()
+        bn_ids = ({id(p) for bn in self._bn_layers() for p in bn.parameters()}
+                  if self.freeze_bn else set())
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen and id(p) not in bn_ids)
+        if frozen:
+            self.backbone.eval()
+        self.log("train/backbone_frozen", float(frozen), on_epoch=True, on_step=False)
+
+    # -- training -------------------------------------------------------------------------
+    def _gather(self, embeddings: torch.Tensor, labels: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ranks' batches, so the loss and synthesis see the global batch (DDP)."""
+        if self.trainer.world_size <= 1:
+            return embeddings, labels
+        emb = self.all_gather(embeddings, sync_grads=True).flatten(0, 1)
+        lab = self.all_gather(labels).flatten(0, 1)
+        return emb, lab
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        images, labels = batch[0], batch[1]
+        embeddings, labels = self._gather(self(images), labels)
+        terms: dict[str, torch.Tensor] = {"loss/metric": self.criterion(embeddings, labels)}
+        stats: dict[str, torch.Tensor] = {}
+        for hook in self.embedding_hooks:
+            for key, value in hook(self, embeddings, labels).items():
+                (terms if key.startswith("loss/") else stats)[key] = value
+        loss = torch.stack([t.float() for t in terms.values()]).sum()
+        batch_size = embeddings.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=batch_size)
+        self.log_dict({f"train/{k}": v.detach().float() for k, v in {**terms, **stats}.items()},
+                      on_step=True, on_epoch=True, batch_size=batch_size)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        groups = [
+            {"params": list(self.backbone.parameters()), "lr_mult": self.backbone_lr_mult,
+             "name": "backbone"},
+            {"params": list(self.head.parameters()), "lr_mult": self.head_lr_mult,
+             "name": "head"},
+            {"params": list(self.criterion.parameters()), "lr_mult":
+             self.criterion.lr_multiplier, "name": "loss"},
+        ]
+        groups = [g for g in groups if g["params"]]
+        optimizer = self.optimizer_factory(params=groups)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.pop("lr_mult")
+            group["initial_lr"] = group["lr"]
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.config is not None:
+            checkpoint["see_dml_config"] = self.config
+
+    # -- evaluation -----------------------------------------------------------------------
+    def _eval_step(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> None:
+        images, labels, index = batch
+        emb = self(images).float()
+        self._eval_buffers.setdefault(dataloader_idx, []).append((emb, labels, index))
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int,
+                  dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def collect_embeddings(self, dataloader_idx: int, split: str, expected: int | None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gathered ``(embeddings (N, d), labels (N,), indices (N,))`` sorted by index.
+
+        Under DDP the distributed sampler pads with repeats; duplicates are dropped by
+        sample index. The count must equal the split's size, or the metrics would silently
+        describe a different set of images.
+        """
+        parts = self._eval_buffers.pop(dataloader_idx, [])
+        if parts:
+            emb, lab, idx = (torch.cat(t) for t in zip(*parts))
+        else:
+            emb = torch.empty(0, self.head.proj.out_features, device=self.device)
+            lab = idx = torch.empty(0, dtype=torch.long, device=self.device)
+        if self.trainer.world_size > 1:
+            emb, lab, idx = (self.all_gather(t).flatten(0, 1) for t in (emb, lab, idx))
+        order = torch.argsort(idx, stable=True)
+        emb, lab, idx = emb[order], lab[order], idx[order]
+        keep = torch.ones_like(idx, dtype=torch.bool)
+        keep[1:] = idx[1:] != idx[:-1]
+        emb, lab, idx = emb[keep], lab[keep], idx[keep]
+        if expected is not None and len(idx) != expected:
+            limited = (self.trainer.limit_val_batches != 1.0 or
+                       self.trainer.limit_test_batches != 1.0 or
+                       self.trainer.fast_dev_run)
+            msg = (f"evaluation of '{split}' saw {len(idx)} of {expected} images"
+                   + (" (limit_*_batches / fast_dev_run is set)" if limited else
+                      "; likely cause: a sampler or drop_last on the eval loader"))
+            if not limited:
+                raise RuntimeError(msg)
+            log.debug(msg)
+        return emb, lab, idx
+
+    def _split_size(self, name: str) -> int | None:
+        dm = getattr(self.trainer, "datamodule", None)
+        return len(dm.eval_dataset(name)) if dm is not None else None
+
+    def _retrieval(self, query: tuple[torch.Tensor, ...],
+                   gallery: tuple[torch.Tensor, ...] | None) -> dict[str, float]:
+        from see_dml.metrics import retrieval_metrics
+
+        q_emb, q_lab = query[0].cpu().numpy(), query[1].cpu().numpy()
+        if gallery is None:
+            return retrieval_metrics(q_emb, q_lab, ks=self.recall_ks)
+        return retrieval_metrics(q_emb, q_lab, gallery[0].cpu().numpy(),
+                                 gallery[1].cpu().numpy(), ks=self.recall_ks)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._eval_buffers.clear()
+            return
+        val = self.collect_embeddings(0, "val", self._split_size("val"))
+        if len(val[0]) == 0:
+            return
+        metrics = self._retrieval(val, None)
+        shown = {"map@r", "recall@1"}
+        self.log_dict({f"val/{k}": v for k, v in metrics.items() if k in shown}, prog_bar=True)
+        self.log_dict({f"val/{k}": v for k, v in metrics.items() if k not in shown})
+
+    def on_test_epoch_end(self) -> None:
+        dm = self.trainer.datamodule
+        names = dm.test_split_names
+        if len(names) == 2:
+            query = self.collect_embeddings(0, names[0], self._split_size(names[0]))
+            gallery = self.collect_embeddings(1, names[1], self._split_size(names[1]))
+            metrics = self._retrieval(query, gallery)
+        else:
+            metrics = self._retrieval(
+                self.collect_embeddings(0, names[0], self._split_size(names[0])), None)
+        self.log_dict({f"{self.test_prefix}/{k}": v for k, v in metrics.items()})

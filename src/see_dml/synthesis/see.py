@@ -1,0 +1,228 @@
+"""Spherical Embedding Expansion (SEE; Le & Woo, PAKDD 2024), batched.
+
+For each selected unit embedding ``z`` with class direction ``w`` (unit), write
+``z = s·w + ρ·u`` with ``s = z·w``, ``ρ = ||z - s·w||`` and ``u`` the unit radial direction.
+An orthonormal frame ``{u, v_2, ..., v_n}`` of the null space of ``w`` (``u`` fixed, the rest
+random) and the MMD coefficient matrix ``B`` (``(n+1, n)``, a regular simplex with row 0 =
+``e_1``) give the ``n + 1`` points ``ẑ_k = s·w + ρ·Σ_j B[k, j]·frame_j``: ``ẑ_0 = z`` and the
+``n`` new points ``k = 1..n`` lie on ``z``'s latitude circle around ``w``, spread as far apart
+as possible. See ``docs/see-method.md`` ("Geometry") for the properties the tests check.
+
+All synthesis runs under ``torch.no_grad()``: the synthetic points are fixed targets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from see_dml.synthesis.mmd import _simplex_coefficients
+
+__all__ = ["random_expansion", "spherical_expansion"]
+
+# Below this radial length the radial direction u is numerical noise (the sample sits on
+# the axis); any unit vector orthogonal to w is then as good, and the points collapse to z.
+_RHO_EPS = 1e-6
+
+ExpansionMode = Literal["mmd", "random"]
+
+
+def _check_inputs(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    axes: torch.Tensor,
+    n_points: int,
+    noise: torch.Tensor | None,
+) -> None:
+    if z.ndim != 2:
+        raise ValueError(f"z must be (K, d), got shape {tuple(z.shape)}")
+    if axes.shape != z.shape:
+        raise ValueError(f"axes must match z's shape {tuple(z.shape)}, got {tuple(axes.shape)}")
+    if labels.shape != z.shape[:1]:
+        raise ValueError(f"labels must be ({z.shape[0]},), got {tuple(labels.shape)}")
+    d = z.shape[1]
+    if n_points < 1 or n_points > d - 2:
+        raise ValueError(
+            f"n_points must satisfy 1 <= n <= d - 2, got n={n_points} with embedding dim "
+            f"d={d} (so n <= {d - 2}); lower the number of points per expanded sample"
+        )
+    if noise is not None and noise.shape != (z.shape[0], d, n_points):
+        raise ValueError(
+            f"noise must be (K, d, n) = {(z.shape[0], d, n_points)}, got {tuple(noise.shape)}"
+        )
+
+
+def _draw_noise(
+    z: torch.Tensor, n: int, generator: torch.Generator | None, noise: torch.Tensor | None
+) -> torch.Tensor:
+    """``(K, d, n)`` float32 Gaussian draws that seed the random part of every frame."""
+    if noise is not None:
+        return noise.to(device=z.device, dtype=torch.float32)
+    return torch.randn(
+        z.shape[0], z.shape[1], n, generator=generator, device=z.device, dtype=torch.float32
+    )
+
+
+def _random_zero_sum_coefficients(
+    k: int, n: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """``(K, n, n)`` random rows ``c_1..c_n``: zero-sum with ``c_0 = e_1``, then unit length.
+
+    Gaussian rows are shifted so that ``e_1 + Σ_k c_k = 0`` (the n+1 points' centroid would
+    sit on the axis), then normalised so every point stays on the latitude circle; after the
+    normalisation the zero sum holds only approximately. No simplex: that is the ablation.
+    """
+    g = torch.randn(k, n, n, generator=generator, device=device, dtype=torch.float32)
+    e1 = torch.zeros(n, device=device, dtype=torch.float32)
+    e1[0] = 1.0
+    g = g - (e1 + g.sum(dim=1, keepdim=True)) / n
+    return F.normalize(g, dim=-1)
+
+
+def _latitude_frames(
+    z: torch.Tensor, w: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batched QR for all samples.
+
+    Args:
+        z, w: ``(K, d)`` float32 unit rows. noise: ``(K, d, n)`` float32.
+
+    Returns:
+        ``s`` ``(K,)`` cosines to the axis, ``rho`` ``(K,)`` radii, and ``frame``
+        ``(K, d, n)`` orthonormal columns orthogonal to ``w`` with ``frame[:, :, 0] = u``.
+    """
+    s = (z * w).sum(dim=1)
+    # Columns [r, g_2..g_n] projected onto null(w); QR then orthonormalises them in order.
+    cols = torch.cat([(z - s[:, None] * w)[:, :, None], noise[:, :, 1:]], dim=2)
+    cols = cols - w[:, :, None] * (w[:, None, :] @ cols)
+    radial = cols[:, :, 0]
+    rho = radial.norm(dim=1)
+    spare = noise[:, :, 0] - w * (w * noise[:, :, 0]).sum(dim=1, keepdim=True)
+    first = torch.where((rho < _RHO_EPS)[:, None], spare, radial)
+    u = F.normalize(first, dim=1)
+    cols[:, :, 0] = u
+    q, r = torch.linalg.qr(cols)
+    # QR is unique only up to column signs; positive diag(R) makes column 0 = +u.
+    sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0)
+    q = q * sign[:, None, :]
+    q[:, :, 0] = u  # exact, not just up to QR rounding
+    return s, rho, q
+
+
+@torch.no_grad()
+def spherical_expansion(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    axes: torch.Tensor,
+    n_points: int,
+    generator: torch.Generator | None = None,
+    *,
+    mode: ExpansionMode = "mmd",
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SEE: ``n`` new points per sample on its latitude circle around its class axis.
+
+    Args:
+        z: ``(K, d)`` embeddings to expand (L2-normalised again in float32 here).
+        labels: ``(K,)`` their labels.
+        axes: ``(K, d)`` class direction of each sample (its class proxy or class centre;
+            normalised here, so raw proxies are fine).
+        n_points: ``n``, new points per sample; ``1 <= n <= d - 2``.
+        generator: for the random frame (and the random coefficients in ``"random"`` mode);
+            must live on ``z``'s device.
+        mode: ``"mmd"`` (SEE: the ``n+1`` points form a regular simplex around the axis) or
+            ``"random"`` (ablation: same latitude circle, random zero-sum directions, no
+            simplex; see :func:`random_expansion`).
+        noise: optional ``(K, d, n)`` Gaussian draws used instead of the generator, so a
+            reference implementation can rebuild the same frame. Column 0 is only used as
+            the radial direction of samples lying on their axis (``ρ ≈ 0``); columns
+            ``1..n-1`` are projected and orthonormalised into ``v_2..v_n``. The random
+            coefficients of ``"random"`` mode still come from ``generator``.
+
+    Returns:
+        ``(K·n, d)`` unit points in ``z``'s dtype, the ``n`` points of sample ``i`` at rows
+        ``i·n .. i·n + n - 1``, and their ``(K·n,)`` labels ``labels.repeat_interleave(n)``.
+    """
+    _check_inputs(z, labels, axes, n_points, noise)
+    if mode not in ("mmd", "random"):
+        raise ValueError(f"mode must be 'mmd' or 'random', got {mode!r}")
+    out_dtype = z.dtype if z.is_floating_point() else torch.float32
+    k, d = z.shape
+    syn_labels = labels.repeat_interleave(n_points)
+    if k == 0:
+        return z.new_zeros((0, d), dtype=out_dtype), syn_labels
+    # float32 arithmetic: QR has no half kernels and fp16 rounding would break unit norms.
+    z32 = F.normalize(z.float(), dim=1)
+    w32 = F.normalize(axes.float(), dim=1)
+    draws = _draw_noise(z32, n_points, generator, noise)
+    s, rho, frame = _latitude_frames(z32, w32, draws)
+    if mode == "mmd":
+        coeff = _simplex_coefficients(n_points, torch.float32, z32.device)[1:]  # (n, n)
+    else:
+        coeff = _random_zero_sum_coefficients(k, n_points, generator, z32.device)  # (K, n, n)
+    directions = coeff @ frame.transpose(1, 2)  # (K, n, d): row k is c_k in R^d
+    axial = (s[:, None] * w32)[:, None, :]  # (K, 1, d)
+    points = torch.addcmul(axial, rho[:, None, None], directions).reshape(k * n_points, d)
+    # Absorb float32 rounding so downstream cosine losses see exactly unit rows.
+    return F.normalize(points, dim=1).to(out_dtype), syn_labels
+
+
+def random_expansion(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    axes: torch.Tensor,
+    n_points: int,
+    generator: torch.Generator | None = None,
+    *,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ablation of SEE with ``B`` replaced by a random zero-sum matrix (no simplex).
+
+    Each sample gets its own random coefficient rows ``c_1..c_n`` (Gaussian, shifted so that
+    ``e_1 + Σ c_k = 0``, then normalised). The points therefore keep unit norm and the
+    sample's cosine to its axis, exactly like SEE, but are not spread as a regular simplex:
+    any difference to :func:`spherical_expansion` measures the MMD placement. Shapes and
+    arguments as in :func:`spherical_expansion`.
+    """
+    return spherical_expansion(z, labels, axes, n_points, generator, mode="random", noise=noise)
+
+
+@torch.no_grad()
+def _spherical_expansion_loop(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    axes: torch.Tensor,
+    n_points: int,
+    generator: torch.Generator | None = None,
+    *,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample Gram–Schmidt version (as in the authors' code); the benchmark's baseline.
+
+    Same arguments and, for the same ``noise``, the same result as
+    :func:`spherical_expansion` in ``"mmd"`` mode, up to float32 rounding.
+    """
+    _check_inputs(z, labels, axes, n_points, noise)
+    draws = _draw_noise(z, n_points, generator, noise)
+    coeff = _simplex_coefficients(n_points, torch.float32, z.device)[1:]
+    out = []
+    for i in range(z.shape[0]):
+        zi = F.normalize(z[i].float(), dim=0)
+        wi = F.normalize(axes[i].float(), dim=0)
+        s = zi @ wi
+        radial = zi - s * wi
+        rho = radial.norm()
+        if rho < _RHO_EPS:
+            radial = draws[i, :, 0] - (draws[i, :, 0] @ wi) * wi
+        frame = [radial / radial.norm()]
+        for j in range(1, n_points):
+            v = draws[i, :, j] - (draws[i, :, j] @ wi) * wi
+            for f in frame:
+                v = v - (v @ f) * f
+            frame.append(v / v.norm())
+        basis = torch.stack(frame, dim=1)  # (d, n)
+        points = s * wi[None, :] + rho * (coeff @ basis.T)
+        out.append(F.normalize(points, dim=1))
+    return torch.cat(out).to(z.dtype), labels.repeat_interleave(n_points)

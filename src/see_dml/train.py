@@ -1,0 +1,177 @@
+"""Train an embedding: ``python -m see_dml.train [group=option ...] [key=value ...]``.
+
+Builds everything from the composed Hydra config, fits with checkpoint selection on the
+validation classes, then evaluates the selected checkpoint (``test/...``) and the final
+weights (``test_final/...``) on the test classes. The run directory gets the resolved
+``config.yaml``, ``metrics.json``, checkpoints and logs; the last line printed names it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from see_dml.config import CONFIG_DIR, validate_config
+from see_dml.data.base import DatasetSource
+from see_dml.data.datamodule import RetrievalDataModule
+from see_dml.losses import build_metric_loss
+from see_dml.models import Backbone, EmbeddingHead
+from see_dml.module import DMLModule
+
+log = logging.getLogger(__name__)
+
+
+def build_backbone(cfg: DictConfig) -> Backbone:
+    m = cfg.model
+    return Backbone(m.backbone, pretrained=m.pretrained, weights_path=m.weights_path,
+                    in_chans=m.in_chans)
+
+
+def build_model(cfg: DictConfig, num_classes: int, backbone: Backbone | None = None
+                ) -> DMLModule:
+    """The LightningModule described by ``cfg`` for ``num_classes`` training classes."""
+    m = cfg.model
+    backbone = backbone or build_backbone(cfg)
+    head = EmbeddingHead(backbone.num_features, m.embed_dim, pooling=m.pooling,
+                         layer_norm=m.layer_norm, init=m.head_init)
+    criterion = build_metric_loss(cfg.loss, num_classes, m.embed_dim)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return DMLModule(
+        backbone, head, criterion, optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
+        backbone_lr_mult=m.backbone_lr_mult, head_lr_mult=m.head_lr_mult,
+        warmup_epochs=m.warmup_epochs, freeze_bn=m.freeze_bn,
+        recall_ks=instantiate(cfg.dataset).recall_ks,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def build_datamodule(cfg: DictConfig, backbone: Backbone | None = None) -> RetrievalDataModule:
+    """Dataset source + DataModule, set up (so a broken dataset fails before training)."""
+    source: DatasetSource = instantiate(cfg.dataset)
+    dm: RetrievalDataModule = instantiate(cfg.data, source=source, _convert_="all")
+    if backbone is not None:
+        dm.set_normalization(backbone.mean, backbone.std)
+    dm.setup("fit")
+    dm.validate()
+    return dm
+
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()
+                 if c is not None and "_target_" in c]
+    from see_dml.callbacks.synthesis import build_synthesis_callback
+
+    synthesis = build_synthesis_callback(cfg)
+    if synthesis is not None:
+        callbacks.append(synthesis)
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values()
+            if c is not None and "_target_" in c]
+
+
+def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
+    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+
+
+def _resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    if ckpt_path != "auto":
+        return ckpt_path
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.exists() else None
+
+
+def format_results(metrics: dict[str, float], prefixes: tuple[str, ...] = ("test", "test_final"),
+                   ) -> str:
+    """A small table: one row per prefix, columns Recall@K, MAP@R, R-Precision (in %)."""
+    rows = [p for p in prefixes if any(k.startswith(p + "/") for k in metrics)]
+    if not rows:
+        return "(no test metrics)"
+    recalls = sorted({k.split("/", 1)[1] for k in metrics if "/recall@" in k},
+                     key=lambda k: int(k.split("@")[1]))
+    cols = [*recalls, "map@r", "r_precision"]
+    header = "| weights | " + " | ".join(c.replace("recall@", "R@").replace("map@r", "MAP@R")
+                                         .replace("r_precision", "R-Prec") for c in cols) + " |"
+    lines = [header, "|" + "---|" * (len(cols) + 1)]
+    names = {"test": "selected (val)", "test_final": "final epoch"}
+    for p in rows:
+        vals = [metrics.get(f"{p}/{c}", math.nan) * 100 for c in cols]
+        lines.append(f"| {names.get(p, p)} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test as configured; return the flat metrics written to ``metrics.json``."""
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    backbone = build_backbone(cfg)
+    dm = build_datamodule(cfg, backbone)
+    source = dm.source
+    log.info("data: %s", dm.describe())
+    model = build_model(cfg, dm.num_classes, backbone)
+
+    callbacks = build_callbacks(cfg)
+    trainer_kwargs: dict[str, Any] = {}
+    if not dm.has_val:
+        # No validation classes (val_fraction=0, the papers' protocol): keep the last epoch.
+        trainer_kwargs["limit_val_batches"] = 0
+        for cb in callbacks:
+            if isinstance(cb, ModelCheckpoint):
+                cb.monitor, cb.save_top_k = None, 1
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
+                                     logger=build_loggers(cfg) or False, **trainer_kwargs)
+    ckpt_path = _resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+
+    metrics: dict[str, Any] = {}
+    ckpt_cb = _checkpoint_callback(trainer)
+    best = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
+    last = ckpt_cb.last_model_path if ckpt_cb and ckpt_cb.last_model_path else None
+    runs = [("test", best)]
+    if cfg.get("test_final", True) and best and last and Path(best) != Path(last):
+        runs.append(("test_final", last))
+    for prefix, ckpt in runs:
+        model.test_prefix = prefix
+        trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
+                        if k.startswith(prefix + "/")})
+    if best and ckpt_cb is not None and ckpt_cb.best_model_score is not None:
+        metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
+    metrics["best_checkpoint"] = best
+    metrics["epochs"] = trainer.current_epoch
+    if "test_final/recall@1" not in metrics:  # selected == final weights
+        metrics.update({k.replace("test/", "test_final/"): v for k, v in metrics.items()
+                        if k.startswith("test/")})
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+
+    if trainer.is_global_zero:
+        print(f"\nResults on {source.name} test classes ({dm.describe()}):")
+        print(format_results(metrics))
+        print(f"Run directory: {run_dir.resolve()}")
+    return metrics
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    # the sweeper's objective (e.g. for optuna): validation-selected test MAP@R
+    return metrics.get("test/map@r")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real composed Hydra config, shrunk for CPU tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from see_dml.config import CONFIG_DIR
+
+os.environ.setdefault("WANDB_SILENT", "true")
+
+#: Overrides that make any composed training config a seconds-long CPU run.
+FAST = [
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "trainer.enable_progress_bar=false",
+    "data.batch_size=32",
+    "data.m_per_class=4",
+    "data.eval_batch_size=128",
+    "model.embed_dim=16",
+]
+
+
+def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name, overrides=overrides)
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_cfg(*overrides)``: the real ``conf/train.yaml``, small and writing to ``tmp_path``.
+
+    Double-MNIST is composed with 20 images per class and cached per test session.
+    """
+    cache = tmp_path.parent / "see_dml_cache"
+
+    def _make(*overrides: str, fast: bool = True) -> DictConfig:
+        base = [f"paths.run_dir={tmp_path / 'run'}", f"paths.cache_dir={cache}",
+                f"paths.output_dir={tmp_path / 'outputs'}"]
+        cfg = compose_config([*base, *(FAST if fast else []), *overrides])
+        with open_dict(cfg):
+            if cfg.dataset._target_.endswith("DoubleMNIST") and not any(
+                    o.startswith("dataset.images_per_class") for o in overrides):
+                cfg.dataset.images_per_class = 20
+        return cfg
+
+    return _make

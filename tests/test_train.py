@@ -1,0 +1,115 @@
+"""End-to-end: the real composed config trains, tests and writes its results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import MissingConfigException
+
+from see_dml.config import ConfigError, validate_config
+from see_dml.train import train
+
+LOSSES = ["proxy_anchor", "multi_similarity", "contrastive", "triplet", "norm_softmax",
+          "arcface"]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_fast_run_every_loss(make_cfg, loss):
+    cfg = make_cfg(f"loss={loss}")
+    metrics = train(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("test/recall@1", "test/recall@8", "test/map@r", "test/r_precision"):
+        assert 0.0 <= saved[key] <= 1.0, key
+        assert saved[key] == pytest.approx(metrics[key])
+    assert (run_dir / "config.yaml").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_checkpoint_selected_on_validation_classes(make_cfg):
+    cfg = make_cfg("trainer.max_epochs=2")
+    metrics = train(cfg)
+    assert "best/val/map@r" in metrics
+    assert Path(metrics["best_checkpoint"]).exists()
+    assert {"test_final/map@r", "test/map@r"} <= metrics.keys()
+
+
+def test_no_validation_split_keeps_last_epoch(make_cfg):
+    cfg = make_cfg("dataset=mnist", "dataset.val_fraction=0", "data.batch_size=20")
+    metrics = train(cfg)
+    assert "best/val/map@r" not in metrics
+    assert metrics["test/recall@1"] > 0.0
+
+
+def test_cli_as_a_user_types_it(tmp_path):
+    out = tmp_path / "outputs"
+    cmd = [sys.executable, "-m", "see_dml.train", "loss=multi_similarity", "model.embed_dim=8",
+           "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "dataset=mnist",
+           "data.batch_size=16",
+           f"paths.output_dir={out}", f"paths.cache_dir={tmp_path / 'cache'}",
+           "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("Run directory: ")
+    run_dir = Path(last.removeprefix("Run directory: "))
+    assert run_dir.is_relative_to(out.resolve())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["test/map@r"] <= 1
+    assert "R@1" in proc.stdout and "MAP@R" in proc.stdout
+
+
+def test_cli_cfg_job_prints_config():
+    proc = subprocess.run([sys.executable, "-m", "see_dml.train", "--cfg", "job",
+                           "loss=triplet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "TripletMarginLoss" in proc.stdout
+
+
+def test_unknown_loss_names_the_group(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "see_dml.train", "loss=not_a_loss",
+                           f"paths.output_dir={tmp_path}"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert "loss/not_a_loss" in proc.stderr or "loss" in proc.stderr
+    assert not (tmp_path / "train").exists() or not any((tmp_path / "train").rglob("*.ckpt"))
+
+
+def test_unknown_loss_compose_error(make_cfg):
+    with pytest.raises(MissingConfigException, match="loss"):
+        make_cfg("loss=not_a_loss")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.embed_dim=0", "model.embed_dim"),
+    ("model.embed_dim=-3", "model.embed_dim"),
+    ("data.batch_size=30", "data.batch_size"),
+    ("data.sampler=weird", "data.sampler"),
+    ("model.pooling=median", "model.pooling"),
+    ("trainer.max_epochs=-1", "trainer.max_epochs"),
+])
+def test_bad_config_fails_before_training_naming_the_key(make_cfg, override, key):
+    cfg = make_cfg(override)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(cfg)
+    with pytest.raises(ConfigError):
+        train(cfg)
+    assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()
+
+
+def test_untrained_network_baseline(make_cfg):
+    """max_epochs=0 evaluates the network as initialised (the README's 'untrained' row)."""
+    metrics = train(make_cfg("trainer.max_epochs=0"))
+    assert metrics["epochs"] == 0
+    assert 0 <= metrics["test/recall@1"] <= 1
+
+
+def test_too_few_classes_for_a_batch_fails_before_training(make_cfg):
+    cfg = make_cfg("dataset=mnist", "data.batch_size=32", "data.m_per_class=4")
+    with pytest.raises(ValueError, match=r"data\.batch_size=32"):
+        train(cfg)
+    assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()
