@@ -165,6 +165,7 @@ class DMLModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.config is not None:
             checkpoint["see_dml_config"] = self.config
+        checkpoint["see_dml_num_classes"] = self.criterion.num_classes
 
     # -- evaluation -----------------------------------------------------------------------
     def _eval_step(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> None:

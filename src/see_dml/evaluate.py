@@ -1,0 +1,280 @@
+"""Evaluate a checkpoint: ``python -m see_dml.evaluate ckpt_path=... [key=value ...]``.
+
+The model is rebuilt from the run config stored in the checkpoint
+(``checkpoint["see_dml_config"]``), so no training config has to be given again. The test
+split (or query + gallery for In-Shop) is embedded with a plain loop, searched once, and
+Recall@K (the dataset's Ks), MAP@R, R-Precision and Precision@1 are printed as a Markdown
+table and written to ``metrics.json`` / ``metrics.md`` in the output directory
+(``${paths.output_dir}/evaluate/runs/<time>_<id>``); the last line printed names it.
+
+Which dataset (see ``conf/evaluate.yaml``):
+
+- nothing given: the checkpoint's dataset, exactly as it was trained (same splits, seed,
+  transforms);
+- ``dataset.root=/elsewhere`` (also ``dataset.strict_counts``, ``dataset.on_error``, or any
+  other key with ``+dataset.<key>=...``): the checkpoint's dataset with those keys changed —
+  every non-null key under ``dataset`` replaces the checkpoint's;
+- ``dataset=<name>`` (a ``conf/dataset`` option, plus its own ``dataset.<key>=...``):
+  another dataset, composed from its config file. The transforms, batch size and Recall@K
+  Ks then follow that dataset; ``${seed}`` in it is the checkpoint's seed.
+
+Options: ``split=test|val`` (val: the held-out training classes), ``export.enabled=true``
+(``embeddings_<split>.npz``, plus ``.parquet`` with ``export.format=parquet``),
+``plots.enabled=true`` (projection, Recall@K curve, retrieval grid), ``device=auto|cpu|cuda``,
+``batch_size=...``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from see_dml.config import CONFIG_DIR, ConfigError
+from see_dml.data.base import DatasetNotFoundError, DatasetSource
+from see_dml.data.datamodule import RetrievalDataModule
+from see_dml.export import embed_split, resolve_device, save_embeddings, split_paths
+from see_dml.metrics import RetrievalResult, metrics_from_neighbours, retrieve
+from see_dml.module import DMLModule
+from see_dml.train import build_model
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("test", "val")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not written by ``see_dml.train``."""
+
+
+# -- checkpoint -> model --------------------------------------------------------------------
+def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
+    """Load a ``see_dml.train`` checkpoint on CPU; :class:`CheckpointError` names ``ckpt_path``.
+
+    ``weights_only=False``: Lightning checkpoints hold loop and callback state besides
+    tensors. Only load checkpoints you trust (as for any pickle).
+    """
+    if path is None or str(path) in ("", "???"):
+        raise CheckpointError("ckpt_path is required, e.g. "
+                              "ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CheckpointError(f"ckpt_path='{path}' does not exist (or is not a file)")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike
+        raise CheckpointError(f"ckpt_path='{path}' is not a readable checkpoint: {err}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"ckpt_path='{path}' is not a Lightning checkpoint "
+                              "(no 'state_dict')")
+    if "see_dml_config" not in ckpt:
+        raise CheckpointError(f"ckpt_path='{path}' has no 'see_dml_config': it was not written "
+                              "by python -m see_dml.train, so the model cannot be rebuilt")
+    return ckpt
+
+
+def load_module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+                                ) -> tuple[DMLModule, DictConfig]:
+    """Rebuild the trained :class:`DMLModule` from a checkpoint alone, in eval mode.
+
+    Returns:
+        ``(module, cfg)``: the module with the checkpoint's weights on ``device``, and the
+        resolved run config it was trained with.
+    """
+    ckpt = read_checkpoint(path)
+    cfg = OmegaConf.create(ckpt["see_dml_config"])
+    num_classes = ckpt.get("see_dml_num_classes")
+    if num_classes is None:  # written before the class count was stored: read the proxies
+        proxies = [v for k, v in ckpt["state_dict"].items() if k.startswith("criterion.")]
+        if not proxies:
+            raise CheckpointError(f"ckpt_path='{path}' stores no 'see_dml_num_classes' and "
+                                  "its loss has no parameters to infer it from")
+        num_classes = int(proxies[0].shape[0])
+    with open_dict(cfg):
+        # The weights come from the state dict: never reach for a hub or a weights file.
+        cfg.model.pretrained = False
+        cfg.model.weights_path = None
+    module = build_model(cfg, int(num_classes))
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"ckpt_path='{path}': weights do not fit the model its config "
+                              f"describes: {err}") from err
+    return module.eval().to(resolve_device(device)), cfg
+
+
+# -- dataset of the evaluation --------------------------------------------------------------
+def resolve_dataset_config(cfg: DictConfig, ckpt_cfg: DictConfig) -> DictConfig:
+    """The dataset config to evaluate on: the checkpoint's, changed as ``cfg.dataset`` says.
+
+    ``cfg.dataset`` with a ``_target_`` (``dataset=<name>`` was given) replaces the
+    checkpoint's dataset; otherwise each of its non-null keys replaces that key.
+    """
+    user = cfg.get("dataset")
+    if user is not None and "_target_" in user:
+        with open_dict(cfg):
+            if cfg.get("seed") is None:
+                cfg.seed = ckpt_cfg.get("seed", 0)  # fills ${seed} of the dataset file
+        return OmegaConf.create(OmegaConf.to_container(user, resolve=True))
+    dataset = OmegaConf.create(OmegaConf.to_container(ckpt_cfg.dataset, resolve=True))
+    if user is not None:
+        changes = {k: v for k, v in OmegaConf.to_container(user, resolve=True).items()
+                   if v is not None}
+        dataset = OmegaConf.merge(dataset, changes)
+    return dataset
+
+
+def build_eval_datamodule(run_cfg: DictConfig, module: DMLModule, *, setup: bool = True,
+                          batch_size: int | None = None, num_workers: int | None = None
+                          ) -> RetrievalDataModule:
+    """The run's DataModule (its eval transforms, the backbone's normalisation), set up."""
+    source: DatasetSource = instantiate(run_cfg.dataset)
+    dm: RetrievalDataModule = instantiate(run_cfg.data, source=source, _convert_="all")
+    dm.set_normalization(module.backbone.mean, module.backbone.std)
+    if batch_size is not None:
+        dm.eval_batch_size = int(batch_size)
+    if num_workers is not None:
+        dm.num_workers = int(num_workers)
+    if setup:
+        dm.setup("test")
+    return dm
+
+
+def eval_split_names(dm: RetrievalDataModule, split: str) -> list[str]:
+    """``[test]``, ``[query, gallery]`` or ``[val]``; :class:`ConfigError` naming ``split``."""
+    if split == "test":
+        return dm.test_split_names
+    if split == "val":
+        if not dm.has_val:
+            raise ConfigError(f"split=val: {dm.source.name} has no validation classes in this "
+                              "run (dataset.val_fraction=0); use split=test")
+        return ["val"]
+    raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got '{split}'")
+
+
+# -- report ---------------------------------------------------------------------------------
+def metrics_table(metrics: dict[str, float], prefix: str, row_name: str) -> str:
+    """A one-row Markdown table of ``<prefix>/...`` metrics in %: R@K, MAP@R, R-Prec, P@1."""
+    ks = sorted((int(k.rsplit("@", 1)[1]) for k in metrics
+                 if k.startswith(f"{prefix}/recall@")))
+    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision", "precision@1"]
+    names = [f"R@{k}" for k in ks] + ["MAP@R", "R-Prec", "P@1"]
+    vals = [metrics.get(f"{prefix}/{c}", math.nan) * 100 for c in cols]
+    return "\n".join([
+        "| weights | " + " | ".join(names) + " |",
+        "|" + "---|" * (len(cols) + 1),
+        f"| {row_name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |",
+    ])
+
+
+def _plots(out_dir: Path, cfg: DictConfig, split: str, names: list[str], dm: RetrievalDataModule,
+           embedded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+           result: RetrievalResult, metrics: dict[str, float]) -> list[Path]:
+    from see_dml.plots import plot_projection, plot_recall_curve, plot_retrieval_examples
+
+    written = []
+    query = names[0]
+    if cfg.plots.projection not in (None, "none"):
+        path = out_dir / f"projection_{split}.png"
+        plot_projection(embedded[query][0], embedded[query][1], path, cfg.plots.projection,
+                        title=f"{dm.source.name} {query}: {cfg.plots.projection}")
+        written.append(path)
+    path = out_dir / "recall_at_k.png"
+    plot_recall_curve(metrics, path, title=f"{dm.source.name} {split}: Recall@K")
+    written.append(path)
+    path = out_dir / f"retrieval_grid_{split}.png"
+    gallery = names[1] if len(names) == 2 else None
+    plot_retrieval_examples(
+        result, dm.eval_dataset(query).split.items,
+        dm.eval_dataset(gallery).split.items if gallery else None,
+        embedded[gallery][1] if gallery else None, path,
+        n_queries=cfg.plots.grid_queries, k=cfg.plots.grid_k,
+        image_mode=dm.source.image_mode)
+    written.append(path)
+    return written
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` as ``cfg`` says; return what ``metrics.json`` holds."""
+    ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
+    device = resolve_device(cfg.get("device", "auto"))
+    module, ckpt_cfg = load_module_from_checkpoint(ckpt_path, device)
+    run_cfg = ckpt_cfg.copy()
+    with open_dict(run_cfg):
+        run_cfg.dataset = resolve_dataset_config(cfg, ckpt_cfg)
+    dm = build_eval_datamodule(run_cfg, module, batch_size=cfg.get("batch_size"),
+                               num_workers=cfg.get("num_workers"))
+    split = str(cfg.split)
+    names = eval_split_names(dm, split)
+    if cfg.export.format not in ("npz", "parquet"):
+        raise ConfigError(f"export.format must be npz or parquet, got '{cfg.export.format}'")
+    # npz always (the plots and notebooks read it); parquet in addition when asked.
+    formats = ["npz"] + (["parquet"] if cfg.export.format == "parquet" else [])
+    out_dir = Path(cfg.paths.run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    embedded = {name: embed_split(module, dm.eval_dataset(name), dm.eval_batch_size, device,
+                                  dm.num_workers, progress=cfg.get("progress", True),
+                                  desc=f"embedding {name}")
+                for name in names}
+    recall_ks = dm.source.recall_ks
+    query = embedded[names[0]]
+    gallery = embedded[names[1]] if len(names) == 2 else None
+    # One search feeds the metrics and the retrieval grid (as train's test does).
+    result = retrieve(query[0], query[1], *(gallery[:2] if gallery else (None, None)),
+                      k=max(recall_ks))
+    scores = metrics_from_neighbours(result.neighbour_labels, result.query_labels,
+                                     result.relevant_counts, recall_ks)
+    metrics: dict[str, Any] = {f"{split}/{k}": v for k, v in scores.items()}
+
+    if cfg.export.enabled:
+        for name, (emb, labels, indices) in embedded.items():
+            items = dm.eval_dataset(name).split.items
+            paths = split_paths(items, indices)
+            ids = indices if paths is None else paths
+            for fmt in formats:
+                written = save_embeddings(out_dir / f"embeddings_{name}", emb, labels, ids, fmt,
+                                          indices=indices)
+                log.info("wrote %s", written)
+    if cfg.plots.enabled:
+        for path in _plots(out_dir, cfg, split, names, dm, embedded, result, metrics):
+            log.info("wrote %s", path)
+
+    table = metrics_table(metrics, split, Path(str(ckpt_path)).name)
+    title = (f"{dm.source.name} {split} ({' vs '.join(names)}: "
+             + ", ".join(f"{len(embedded[n][0])} {n}" for n in names) + " images)")
+    report = {**metrics, "ckpt_path": str(Path(ckpt_path).resolve()),
+              "dataset": dm.source.name, "split": split,
+              "num_images": {n: len(embedded[n][0]) for n in names}}
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    (out_dir / "metrics.md").write_text(f"# {title}\n\n{table}\n")
+    print(f"\n{title}\n{table}")
+    print(f"Output directory: {out_dir.resolve()}")
+    return report
+
+
+USER_ERRORS = (CheckpointError, ConfigError, DatasetNotFoundError)
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        report = evaluate(cfg)
+    except USER_ERRORS as err:
+        # A wrong path or key: the message says which; a traceback would only bury it.
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return report.get(f"{cfg.split}/map@r")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Figures of a trained embedding: 2-D projection, Recall@K curve, retrieval grid.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot): nothing here
+touches matplotlib's global backend or figure registry, so plotting is safe in a headless
+training job and figures are freed with their last reference. ``savefig`` renders with Agg.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from see_dml.data.base import load_image
+from see_dml.metrics import RetrievalResult
+
+ProjectionMethod = Literal["pca", "tsne", "umap"]
+ImageLike = Image.Image | np.ndarray
+
+RIGHT, WRONG, UNKNOWN, QUERY = "#2ca02c", "#d62728", "#9a9a9a", "#1f77b4"
+_RECALL_KEY = re.compile(r"^(?:(?P<prefix>.+)/)?recall@(?P<k>\d+)$")
+
+
+def _save(fig: Figure, path: str | Path | None, dpi: int = 100) -> None:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+
+
+# -- projection -----------------------------------------------------------------------------
+def project_2d(embeddings: np.ndarray, method: ProjectionMethod = "pca", seed: int = 0
+               ) -> np.ndarray:
+    """``(N, d)`` embeddings -> ``(N, 2)`` coordinates by PCA, t-SNE or UMAP.
+
+    UMAP needs the optional ``umap-learn`` package; without it t-SNE is used, with a warning.
+    """
+    x = np.asarray(embeddings, dtype=np.float32)
+    if method == "umap":
+        try:
+            import umap  # type: ignore[import-not-found]
+        except ImportError:
+            warnings.warn("plots.projection=umap needs umap-learn (not installed); "
+                          "using t-SNE instead", stacklevel=2)
+            method = "tsne"
+        else:
+            return umap.UMAP(n_components=2, random_state=seed).fit_transform(x)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+        return TSNE(n_components=2, init="pca", perplexity=perplexity,
+                    random_state=seed).fit_transform(x)
+    if method == "pca":
+        # Two leading principal axes by SVD: milliseconds for thousands of points.
+        centred = x - x.mean(axis=0, keepdims=True)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        return centred @ vt[:2].T
+    raise ValueError(f"plots.projection must be pca, tsne, umap or none; got '{method}'")
+
+
+def plot_projection(embeddings: np.ndarray, labels: np.ndarray, path: str | Path | None = None,
+                    method: ProjectionMethod = "pca", *, max_points: int = 5000,
+                    seed: int = 0, title: str | None = None) -> Figure:
+    """Scatter of a 2-D projection of ``(N, d)`` embeddings, coloured by ``(N,)`` labels.
+
+    At most ``max_points`` random points are drawn (t-SNE on 60k SOP images would take
+    hours). With up to 20 classes each gets a legend entry; beyond, colours cycle.
+    """
+    emb = np.asarray(embeddings)
+    lab = np.asarray(labels)
+    if len(emb) != len(lab):
+        raise ValueError(f"{len(emb)} embeddings but {len(lab)} labels")
+    if len(emb) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(emb), max_points, replace=False))
+        emb, lab = emb[keep], lab[keep]
+    xy = project_2d(emb, method, seed)
+    classes, colour_idx = np.unique(lab, return_inverse=True)
+    fig = Figure(figsize=(6.5, 6))
+    ax = fig.add_subplot()
+    cmap = "tab20" if len(classes) <= 20 else "hsv"
+    scatter = ax.scatter(xy[:, 0], xy[:, 1], c=colour_idx, cmap=cmap, s=10, alpha=0.8,
+                         vmin=0, vmax=max(len(classes) - 1, 1), linewidths=0)
+    if len(classes) <= 20:
+        handles, _ = scatter.legend_elements(num=list(range(len(classes))))
+        ax.legend(handles, [str(c) for c in classes], title="class", fontsize=7,
+                  loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"{method.upper()} of {len(emb)} embeddings, {len(classes)} classes")
+    _save(fig, path)
+    return fig
+
+
+# -- Recall@K -------------------------------------------------------------------------------
+def recall_curves(metrics: Mapping[str, float]) -> dict[str, tuple[list[int], list[float]]]:
+    """``{prefix: (Ks, recalls)}`` from keys ``[prefix/]recall@K`` (prefix ``""`` if none)."""
+    curves: dict[str, dict[int, float]] = {}
+    for key, value in metrics.items():
+        match = _RECALL_KEY.match(key)
+        if match and isinstance(value, int | float):
+            curves.setdefault(match["prefix"] or "", {})[int(match["k"])] = float(value)
+    return {p: (sorted(c), [c[k] for k in sorted(c)]) for p, c in curves.items()}
+
+
+def plot_recall_curve(metrics: Mapping[str, float], path: str | Path | None = None,
+                      title: str = "Recall@K") -> Figure:
+    """Recall@K (in %) against K on a log axis, one curve per key prefix.
+
+    ``metrics`` is a flat dict as ``retrieval_metrics`` or ``train`` return it: keys
+    ``recall@K`` or ``<prefix>/recall@K`` (``test/...`` and ``test_final/...`` give two
+    curves); other keys are ignored.
+    """
+    curves = recall_curves(metrics)
+    if not curves:
+        raise ValueError(f"no 'recall@K' key in metrics (keys: {sorted(metrics)[:8]}...)")
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.add_subplot()
+    all_ks: set[int] = set()
+    for prefix, (ks, recalls) in sorted(curves.items()):
+        pct = [100 * r for r in recalls]
+        ax.plot(ks, pct, marker="o", label=prefix or None)
+        for k, r in zip(ks, pct):
+            ax.annotate(f"{r:.1f}", (k, r), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=7)
+        all_ks.update(ks)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(all_ks))
+    ax.set_xticklabels([str(k) for k in sorted(all_ks)])
+    ax.minorticks_off()
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    if any(prefix for prefix in curves):
+        ax.legend(fontsize=8)
+    _save(fig, path)
+    return fig
+
+
+# -- retrieval grid -------------------------------------------------------------------------
+def split_image(items: Sequence[Path | str] | np.ndarray, index: int, mode: str = "RGB"
+                ) -> Image.Image:
+    """The raw (untransformed) image ``index`` of a split's ``items`` (paths or an array)."""
+    if isinstance(items, np.ndarray):
+        return Image.fromarray(items[int(index)]).convert(mode)
+    return load_image(items[int(index)], mode)
+
+
+def border_colour(query_label: object, neighbour_label: object) -> str:
+    """Green when both labels are known and equal, red when they differ, grey if unknown."""
+    if query_label is None or neighbour_label is None:
+        return UNKNOWN
+    return RIGHT if str(query_label) == str(neighbour_label) else WRONG
+
+
+def _show(ax, image: ImageLike, colour: str, title: str) -> None:
+    arr = np.asarray(image)
+    grey = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 1)
+    ax.imshow(arr.squeeze(), cmap="gray" if grey else None, vmin=0, vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(4)
+    ax.set_title(title, fontsize=7, color=colour if colour != UNKNOWN else "black")
+
+
+def retrieval_grid(queries: Sequence[ImageLike], neighbours: Sequence[Sequence[ImageLike]],
+                   path: str | Path | None = None, *,
+                   query_labels: Sequence[object | None] | None = None,
+                   neighbour_labels: Sequence[Sequence[object | None]] | None = None,
+                   scores: np.ndarray | Sequence[Sequence[float]] | None = None,
+                   query_titles: Sequence[str] | None = None, cell_inches: float = 1.5
+                   ) -> Figure:
+    """One row per query: the query (blue border), then its k neighbours, most similar first.
+
+    Neighbour borders are green (same class as the query), red (another class) or grey
+    (a label is unknown, e.g. an unlabelled image folder).
+
+    Args:
+        queries: Q images (PIL or ``(H, W[, C])`` uint8 arrays).
+        neighbours: Q rows of k images.
+        path: PNG to write (None: only return the figure).
+        query_labels: Q labels (None entries: unknown).
+        neighbour_labels: (Q, k) labels.
+        scores: (Q, k) cosine similarities, shown above each neighbour.
+        query_titles: Q titles for the query cells (default ``query`` + its label).
+    """
+    n_q = len(queries)
+    if n_q == 0 or len(neighbours) != n_q:
+        raise ValueError(f"{n_q} queries but {len(neighbours)} neighbour rows")
+    k = max(len(row) for row in neighbours)
+    # Rows as tall as the images (Double-MNIST is 1:2) plus room for two title lines.
+    height, width = np.asarray(queries[0]).shape[:2]
+    row_inches = cell_inches * min(height / width, 1.5) + 0.4
+    fig = Figure(figsize=((k + 1) * cell_inches, n_q * row_inches))
+    axes = np.asarray(fig.subplots(n_q, k + 1, squeeze=False))
+    for i in range(n_q):
+        q_label = query_labels[i] if query_labels is not None else None
+        q_title = (query_titles[i] if query_titles is not None
+                   else "query" + (f"\nclass {q_label}" if q_label is not None else ""))
+        _show(axes[i, 0], queries[i], QUERY, q_title)
+        for j in range(k):
+            ax = axes[i, j + 1]
+            if j >= len(neighbours[i]):
+                ax.axis("off")
+                continue
+            n_label = neighbour_labels[i][j] if neighbour_labels is not None else None
+            title = f"{j + 1}: {float(scores[i][j]):.3f}" if scores is not None else f"{j + 1}"
+            if n_label is not None:
+                title += f"\nclass {n_label}"
+            _show(ax, neighbours[i][j], border_colour(q_label, n_label), title)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def plot_retrieval_examples(result: RetrievalResult, query_items: Sequence | np.ndarray,
+                            reference_items: Sequence | np.ndarray | None,
+                            reference_labels: np.ndarray | None = None,
+                            path: str | Path | None = None, *, n_queries: int = 8, k: int = 5,
+                            image_mode: str = "RGB") -> Figure:
+    """A :func:`retrieval_grid` of ``n_queries`` evenly spaced queries of a kNN result.
+
+    Args:
+        result: the kNN result of the metrics (:func:`see_dml.metrics.retrieve`).
+        query_items: the query split's items (paths or image array).
+        reference_items: the reference split's items; None in all-vs-all mode (= queries).
+        reference_labels: (R,) reference labels; default the query labels (all-vs-all).
+        n_queries, k: grid rows and neighbours per row.
+        image_mode: PIL mode of the dataset's images (``L`` for digits).
+    """
+    ref_items = query_items if reference_items is None else reference_items
+    ref_labels = result.query_labels if reference_labels is None else reference_labels
+    n_q = len(result.query_labels)
+    rows = np.unique(np.linspace(0, n_q - 1, num=min(n_queries, n_q)).round().astype(int))
+    k = min(k, result.k)
+    idx = result.indices[rows, :k]
+    return retrieval_grid(
+        [split_image(query_items, r, image_mode) for r in rows],
+        [[split_image(ref_items, j, image_mode) for j in row] for row in idx],
+        path,
+        query_labels=[result.query_labels[r] for r in rows],
+        neighbour_labels=[[ref_labels[j] for j in row] for row in idx],
+        scores=result.similarities[rows, :k],
+    )
