@@ -164,8 +164,8 @@ def eval_split_names(dm: RetrievalDataModule, split: str) -> list[str]:
 # -- report ---------------------------------------------------------------------------------
 def metrics_table(metrics: dict[str, float], prefix: str, row_name: str) -> str:
     """A one-row Markdown table of ``<prefix>/...`` metrics in %: R@K, MAP@R, R-Prec, P@1."""
-    ks = sorted((int(k.rsplit("@", 1)[1]) for k in metrics
-                 if k.startswith(f"{prefix}/recall@")))
+    ks = sorted(int(k.rsplit("@", 1)[1]) for k in metrics
+                 if k.startswith(f"{prefix}/recall@"))
     cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision", "precision@1"]
     names = [f"R@{k}" for k in ks] + ["MAP@R", "R-Prec", "P@1"]
     vals = [metrics.get(f"{prefix}/{c}", math.nan) * 100 for c in cols]

@@ -136,7 +136,8 @@ def test_fast_run_with_see_every_loss(make_cfg, loss):
     assert isinstance(build_synthesis_callback(cfg), SEECallback)
     metrics = train(cfg)
     assert 0.0 <= metrics["test/map@r"] <= 1.0
-    rows = list(csv.DictReader(open(Path(cfg.paths.run_dir) / "csv" / "metrics.csv")))
+    with open(Path(cfg.paths.run_dir) / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     synthetic = [float(r["train/see/synthetic_epoch"]) for r in rows
                  if r.get("train/see/synthetic_epoch")]
     assert synthetic and synthetic[0] > 0  # logged, and points were made
