@@ -31,21 +31,22 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import numpy as np
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from see_dml.config import CONFIG_DIR, ConfigError
-from see_dml.data.base import DatasetNotFoundError, DatasetSource
-from see_dml.data.datamodule import RetrievalDataModule
-from see_dml.export import embed_split, resolve_device, save_embeddings, split_paths
-from see_dml.metrics import RetrievalResult, metrics_from_neighbours, retrieve
-from see_dml.module import DMLModule
-from see_dml.train import build_model
+
+# torch, Lightning, timm and faiss are imported where they are used: they take seconds to
+# load, and a mistyped ckpt_path or split should fail before that, not after.
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from see_dml.data.datamodule import RetrievalDataModule
+    from see_dml.metrics import RetrievalResult
+    from see_dml.module import DMLModule
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,10 @@ class CheckpointError(ValueError):
 
 
 # -- checkpoint -> model --------------------------------------------------------------------
-def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
-    """Load a ``see_dml.train`` checkpoint on CPU; :class:`CheckpointError` names ``ckpt_path``.
+def check_ckpt_path(path: str | Path | None) -> Path:
+    """``ckpt_path`` as an existing file, or :class:`CheckpointError` naming ``ckpt_path``.
 
-    ``weights_only=False``: Lightning checkpoints hold loop and callback state besides
-    tensors. Only load checkpoints you trust (as for any pickle).
+    Cheap (no torch): the CLIs call it before seconds of imports.
     """
     if path is None or str(path) in ("", "???"):
         raise CheckpointError("ckpt_path is required, e.g. "
@@ -69,6 +69,18 @@ def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise CheckpointError(f"ckpt_path='{path}' does not exist (or is not a file)")
+    return file
+
+
+def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
+    """Load a ``see_dml.train`` checkpoint on CPU; :class:`CheckpointError` names ``ckpt_path``.
+
+    ``weights_only=False``: Lightning checkpoints hold loop and callback state besides
+    tensors. Only load checkpoints you trust (as for any pickle).
+    """
+    file = check_ckpt_path(path)
+    import torch
+
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises pickle, zip and runtime errors alike
@@ -91,6 +103,9 @@ def load_module_from_checkpoint(path: str | Path, device: str | torch.device = "
         resolved run config it was trained with.
     """
     ckpt = read_checkpoint(path)
+    from see_dml.export import resolve_device
+    from see_dml.train import build_model
+
     cfg = OmegaConf.create(ckpt["see_dml_config"])
     num_classes = ckpt.get("see_dml_num_classes")
     if num_classes is None:  # written before the class count was stored: read the proxies
@@ -137,7 +152,9 @@ def build_eval_datamodule(run_cfg: DictConfig, module: DMLModule, *, setup: bool
                           batch_size: int | None = None, num_workers: int | None = None
                           ) -> RetrievalDataModule:
     """The run's DataModule (its eval transforms, the backbone's normalisation), set up."""
-    source: DatasetSource = instantiate(run_cfg.dataset)
+    from hydra.utils import instantiate
+
+    source = instantiate(run_cfg.dataset)
     dm: RetrievalDataModule = instantiate(run_cfg.data, source=source, _convert_="all")
     dm.set_normalization(module.backbone.mean, module.backbone.std)
     if batch_size is not None:
@@ -205,7 +222,16 @@ def _plots(out_dir: Path, cfg: DictConfig, split: str, names: list[str], dm: Ret
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` as ``cfg`` says; return what ``metrics.json`` holds."""
+    split = str(cfg.split)
+    if split not in SPLITS:  # before seconds of loading
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got '{split}'")
+    if cfg.export.format not in ("npz", "parquet"):
+        raise ConfigError(f"export.format must be npz or parquet, got '{cfg.export.format}'")
     ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
+    check_ckpt_path(ckpt_path)
+    from see_dml.export import embed_split, resolve_device, save_embeddings, split_paths
+    from see_dml.metrics import metrics_from_neighbours, retrieve
+
     device = resolve_device(cfg.get("device", "auto"))
     module, ckpt_cfg = load_module_from_checkpoint(ckpt_path, device)
     run_cfg = ckpt_cfg.copy()
@@ -213,10 +239,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         run_cfg.dataset = resolve_dataset_config(cfg, ckpt_cfg)
     dm = build_eval_datamodule(run_cfg, module, batch_size=cfg.get("batch_size"),
                                num_workers=cfg.get("num_workers"))
-    split = str(cfg.split)
     names = eval_split_names(dm, split)
-    if cfg.export.format not in ("npz", "parquet"):
-        raise ConfigError(f"export.format must be npz or parquet, got '{cfg.export.format}'")
     # npz always (the plots and notebooks read it); parquet in addition when asked.
     formats = ["npz"] + (["parquet"] if cfg.export.format == "parquet" else [])
     out_dir = Path(cfg.paths.run_dir)
@@ -262,7 +285,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-USER_ERRORS = (CheckpointError, ConfigError, DatasetNotFoundError)
+#: Errors of the user's making; their message names the key or file. DatasetNotFoundError
+#: is a FileNotFoundError (caught without importing the data package, which loads torch).
+USER_ERRORS = (CheckpointError, ConfigError, FileNotFoundError)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")

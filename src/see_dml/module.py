@@ -112,8 +112,9 @@ class DMLModule(L.LightningModule):
                   if self.freeze_bn else set())
         for p in self.backbone.parameters():
             p.requires_grad_(not frozen and id(p) not in bn_ids)
-        if frozen:
-            self.backbone.eval()
+        # Lightning never calls train() during fit: apply the modes of train() here, so the
+        # frozen backbone / BatchNorm stay in eval and the backbone trains after the warm-up
+        self.train()
         self.log("train/backbone_frozen", float(frozen), on_epoch=True, on_step=False)
 
     # -- training -------------------------------------------------------------------------

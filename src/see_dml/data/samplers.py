@@ -78,19 +78,19 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         class_stream: list[int] = []
         batches = []
         for _ in range(self.batches_per_epoch):
-            if len(class_stream) < self.classes_per_batch:
-                class_stream.extend(rng.permutation(n_classes).tolist())
-            chosen = class_stream[: self.classes_per_batch]
-            # a class may not appear twice in one batch (it would break m per class)
-            if len(set(chosen)) < len(chosen):
-                fresh = [c for c in rng.permutation(n_classes) if c not in set(chosen)]
-                seen: set[int] = set()
-                dedup = []
-                for c in chosen:
-                    dedup.append(c if c not in seen else fresh.pop())
-                    seen.add(dedup[-1])
-                chosen = dedup
-            del class_stream[: self.classes_per_batch]
+            # The first classes_per_batch distinct classes of the stream. A repeat (where a
+            # batch straddles two permutations) would break m per class; it is deferred to
+            # the next batch, never dropped, so every class is drawn equally often.
+            chosen: list[int] = []
+            deferred: list[int] = []
+            i = 0
+            while len(chosen) < self.classes_per_batch:
+                if i == len(class_stream):
+                    class_stream.extend(rng.permutation(n_classes).tolist())
+                c = class_stream[i]
+                (deferred if c in chosen else chosen).append(c)
+                i += 1
+            class_stream = deferred + class_stream[i:]
             batch = []
             for c in chosen:
                 pool = pools[c]

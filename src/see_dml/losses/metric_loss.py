@@ -74,10 +74,12 @@ class MetricLoss(nn.Module):
         return "proxy" if self._class_weight() is not None else "pair"
 
     def _class_weight(self) -> torch.Tensor | None:
-        for attr in ("proxies", "W"):
+        """The class weights as ``(C, d)``: ``proxies`` are stored so, the softmax family's
+        ``W`` as ``(d, C)`` (decided by name: the shapes alone are ambiguous when C == d)."""
+        for attr, transpose in (("proxies", False), ("W", True)):
             weight = getattr(self.loss, attr, None)
             if isinstance(weight, torch.Tensor):
-                return weight
+                return weight.t() if transpose else weight
         return None
 
     def class_directions(self) -> torch.Tensor | None:
@@ -85,8 +87,6 @@ class MetricLoss(nn.Module):
         weight = self._class_weight()
         if weight is None:
             return None
-        if weight.shape[0] != self.num_classes:  # softmax family stores (d, C)
-            weight = weight.t()
         return F.normalize(weight, dim=-1)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,

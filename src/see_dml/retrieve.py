@@ -1,0 +1,242 @@
+"""Nearest neighbours of images: ``python -m see_dml.retrieve ckpt_path=... query=... gallery=...``.
+
+``query`` and ``gallery`` each name either a split of the checkpoint's dataset (``test``,
+``val``, ``query``, ``gallery``, ``train``) or an image file / folder (write ``./test`` for a
+folder that is called like a split). Folders are searched recursively; an image inside a
+class subfolder (``gallery/cat/001.jpg``) is labelled by its parent folder's name, an image
+directly in the folder is unlabelled. Folder images get the checkpoint's eval transform
+(its dataset's ``image_kind`` / ``image_mode``, the backbone's normalisation).
+
+The top-``k`` gallery items of each query, by cosine similarity, are printed as a Markdown
+table and written to ``retrieval.json``; ``retrieval_grid.png`` shows each query followed
+by its neighbours, with green / red borders for the same / another class and grey where a
+label is unknown. Nothing is excluded: a query that is also in the gallery finds itself
+first, with a score of 1. The last line printed names the output directory
+(``${paths.output_dir}/retrieve/runs/<time>_<id>``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from see_dml.config import CONFIG_DIR, ConfigError
+from see_dml.evaluate import (
+    USER_ERRORS,
+    build_eval_datamodule,
+    check_ckpt_path,
+    load_module_from_checkpoint,
+    resolve_dataset_config,
+)
+
+# As in evaluate.py, torch & co. load where they are used, after the cheap checks.
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from see_dml.data.base import RetrievalDataset
+    from see_dml.data.datamodule import RetrievalDataModule
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+SPLIT_NAMES = ("train", "val", "test", "query", "gallery")
+
+
+@dataclass
+class ImageSet:
+    """Images to embed: a dataset split or image files.
+
+    Attributes:
+        source: what the user gave (``test``, ``/path/to/folder``).
+        dataset: yields ``(image, label, index)`` with the checkpoint's eval transform.
+        ids: ``(N,)`` how each image is named in the output: its path, or ``test[12]``.
+        labels: ``(N,)`` class names as strings, None where unknown.
+    """
+
+    source: str
+    dataset: RetrievalDataset
+    ids: list[str]
+    labels: list[str | None]
+
+    def display_image(self, i: int) -> Image.Image:
+        """The raw image ``i`` (RGB, untransformed) for the grid."""
+        import numpy as np
+
+        from see_dml.data.base import load_image
+        from see_dml.plots import split_image
+
+        items = self.dataset.split.items
+        if isinstance(items, np.ndarray):
+            return split_image(items, i, "RGB")
+        return load_image(items[i], "RGB")
+
+
+def list_images(path: Path) -> tuple[list[Path], list[str | None]]:
+    """Image files under ``path`` (a file or a folder, recursively) and their labels.
+
+    Returns:
+        ``(files, labels)``: sorted files; a file in a subfolder is labelled by its parent
+        folder's name, a file at the top level (or ``path`` itself) by None.
+    """
+    if path.is_file():
+        return [path], [None]
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in
+                   IMAGE_SUFFIXES)
+    return files, [f.parent.name if f.parent != path else None for f in files]
+
+
+def check_location(value: str, key: str) -> Path:
+    """``value`` as a path; :class:`ConfigError` naming ``key`` if it is no split or path."""
+    path = Path(value).expanduser()
+    if value not in SPLIT_NAMES and not path.exists():
+        raise ConfigError(f"{key}='{value}' is neither a split ({', '.join(SPLIT_NAMES)}) nor "
+                          "an existing image file or folder")
+    return path
+
+
+def _datamodule(state: dict[str, Any], cfg: DictConfig) -> RetrievalDataModule:
+    """The checkpoint's DataModule (not set up: a folder search never loads the dataset)."""
+    if "dm" not in state:
+        state["dm"] = build_eval_datamodule(
+            state["run_cfg"], state["module"], setup=False, batch_size=cfg.get("batch_size"),
+            num_workers=cfg.get("num_workers"))
+    return state["dm"]
+
+
+def image_set(value: str, key: str, cfg: DictConfig, state: dict[str, Any]) -> ImageSet:
+    """Resolve ``query=`` / ``gallery=``: a split name of the checkpoint's dataset, or a path.
+
+    Every image, split or file, gets the checkpoint's eval transform (its dataset's image
+    kind, the backbone's normalisation); split labels are the dataset's own class ids.
+
+    Raises:
+        ConfigError: naming ``key`` when ``value`` is neither a split nor an image path.
+    """
+    import numpy as np
+
+    from see_dml.data.base import RetrievalDataset, Split
+    from see_dml.data.transforms import build_transforms
+
+    value = str(value)
+    dm = _datamodule(state, cfg)
+    _, eval_tf = build_transforms(dm.source.image_kind, dm.transform_cfg, dm.mean, dm.std)
+    if value in SPLIT_NAMES:
+        splits = dm.source.splits()
+        if value not in splits:
+            raise ConfigError(f"{key}={value}: {dm.source.name} has no '{value}' split "
+                              f"(has: {', '.join(splits)}); for a folder write ./{value}")
+        split = splits[value]
+        ids = ([f"{value}[{i}]" for i in range(len(split))]
+               if isinstance(split.items, np.ndarray) else [str(p) for p in split.items])
+        dataset = RetrievalDataset(split, eval_tf, dm.source.image_mode, dm.source.on_error)
+        return ImageSet(value, dataset, ids, [str(int(v)) for v in split.labels])
+
+    path = check_location(value, key)
+    files, labels = list_images(path)
+    if not files:
+        raise ConfigError(f"{key}='{value}' holds no image file "
+                          f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    split = Split(files, np.zeros(len(files), dtype=np.int64), name=key)
+    dataset = RetrievalDataset(split, eval_tf, dm.source.image_mode, on_error="fail")
+    return ImageSet(str(path), dataset, [str(f) for f in files], labels)
+
+
+def _markdown(results: list[dict[str, Any]], limit: int) -> str:
+    lines = ["| query | rank | neighbour | class | score |", "|---|---|---|---|---|"]
+    for res in results[:limit]:
+        for nb in res["neighbours"]:
+            mark = {True: " ✓", False: " ✗", None: ""}[nb["correct"]]
+            query = res["query"] if nb["rank"] == 1 else ""
+            lines.append(f"| {query} | {nb['rank']} | {nb['item']} | {nb['label'] or '?'}{mark} "
+                         f"| {nb['score']:.4f} |")
+    if len(results) > limit:
+        lines.append(f"\n({len(results) - limit} more queries in retrieval.json)")
+    return "\n".join(lines)
+
+
+def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
+    """Run the retrieval ``cfg`` describes; return what ``retrieval.json`` holds."""
+    ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
+    check_ckpt_path(ckpt_path)
+    for key in ("query", "gallery"):
+        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
+            raise ConfigError(f"{key} is required: an image file or folder, or a split name "
+                              f"({', '.join(SPLIT_NAMES)})")
+        check_location(str(cfg[key]), key)  # a typo fails before the model loads
+    k = cfg.k
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    from see_dml.export import embed_split, resolve_device
+    from see_dml.metrics import knn_search
+    from see_dml.plots import retrieval_grid
+
+    device = resolve_device(cfg.get("device", "auto"))
+    module, ckpt_cfg = load_module_from_checkpoint(ckpt_path, device)
+    run_cfg = ckpt_cfg.copy()
+    with open_dict(run_cfg):
+        run_cfg.dataset = resolve_dataset_config(cfg, ckpt_cfg)
+    state: dict[str, Any] = {"module": module, "run_cfg": run_cfg}
+    query = image_set(cfg.query, "query", cfg, state)
+    gallery = image_set(cfg.gallery, "gallery", cfg, state)
+    batch_size = _datamodule(state, cfg).eval_batch_size
+
+    embedded = [embed_split(module, s.dataset, batch_size, device, progress=cfg.progress,
+                            desc=f"embedding {name}")[0]
+                for name, s in (("query", query), ("gallery", gallery))]
+    k_used = min(k, len(gallery.ids))
+    if k_used < k:
+        log.warning("k=%d but the gallery holds %d images: showing %d", k, k_used, k_used)
+    scores, indices = knn_search(embedded[0], embedded[1], k_used, exclude_self=False)
+
+    results = []
+    for qi in range(len(query.ids)):
+        q_label = query.labels[qi]
+        neighbours = []
+        for rank, (gi, score) in enumerate(zip(indices[qi], scores[qi]), start=1):
+            g_label = gallery.labels[gi]
+            correct = None if q_label is None or g_label is None else q_label == g_label
+            neighbours.append({"rank": rank, "item": gallery.ids[gi], "index": int(gi),
+                               "label": g_label, "score": float(score), "correct": correct})
+        results.append({"query": query.ids[qi], "label": q_label, "neighbours": neighbours})
+
+    out_dir = Path(cfg.paths.run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"ckpt_path": str(Path(ckpt_path).resolve()), "query": query.source,
+              "gallery": gallery.source, "k": k_used, "results": results}
+    (out_dir / "retrieval.json").write_text(json.dumps(report, indent=2))
+    rows = list(range(min(len(results), cfg.grid_queries)))
+    retrieval_grid(
+        [query.display_image(i) for i in rows],
+        [[gallery.display_image(int(j)) for j in indices[i]] for i in rows],
+        out_dir / "retrieval_grid.png",
+        query_labels=[query.labels[i] for i in rows],
+        neighbour_labels=[[gallery.labels[int(j)] for j in indices[i]] for i in rows],
+        scores=scores[rows],
+        query_titles=[Path(query.ids[i]).name + (f"\nclass {query.labels[i]}"
+                                                 if query.labels[i] is not None else "")
+                      for i in rows])
+    print(f"\nTop {k_used} of {len(gallery.ids)} gallery images ({gallery.source}) for "
+          f"{len(query.ids)} queries ({query.source}):")
+    print(_markdown(results, cfg.print_queries))
+    print(f"Output directory: {out_dir.resolve()}")
+    return report
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="retrieve", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        retrieve_images(cfg)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

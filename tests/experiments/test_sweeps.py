@@ -1,0 +1,63 @@
+"""Sweeps: every experiment file composes, a local multirun runs, the table script reads it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from see_dml.config import CONFIG_DIR, validate_config
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(make_cfg, name):
+    cfg = make_cfg(f"experiment={name}", fast=False)
+    validate_config(cfg)
+    assert cfg.task_name != "train"  # an experiment writes to its own folder
+
+
+def test_slurm_launcher_config_resolves():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp",
+                                          "trainer.num_nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.nodes == 2
+    assert launcher.tasks_per_node == launcher.gpus_per_node
+    assert launcher.max_num_timeout > 0
+
+
+def test_local_multirun_and_table(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "see_dml.train", "-m", "dataset=mnist", "data.batch_size=16",
+           "see.enabled=false,true", "see.p_min=0.3", "see.n_points=4", "model.embed_dim=8",
+           "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+           "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}",
+           f"paths.cache_dir={tmp_path / 'cache'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent for p in sweep.rglob("metrics.json"))
+    assert len(runs) == 2 and runs[0] != runs[1]
+    table = subprocess.run([sys.executable, str(REPO / "experiments" / "make_table.py"),
+                            str(sweep)], capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    lines = [line for line in table.stdout.splitlines() if line.startswith("| MNIST")]
+    assert len(lines) == 2
+    assert {"SEE", "-"} == {line.split("|")[5].strip() for line in lines}
+    for name in ("results.md", "results.csv", "results.png"):
+        assert (sweep / name).stat().st_size > 0
+
+
+def test_table_script_rejects_an_empty_folder(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "make_table.py"),
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "no finished runs" in proc.stderr

