@@ -204,9 +204,10 @@ class DMLModule(L.LightningModule):
         keep[1:] = idx[1:] != idx[:-1]
         emb, lab, idx = emb[keep], lab[keep], idx[keep]
         if expected is not None and len(idx) != expected:
-            limited = (self.trainer.limit_val_batches != 1.0 or
-                       self.trainer.limit_test_batches != 1.0 or
-                       self.trainer.fast_dev_run)
+            # an int limit is a number of batches (1 is one batch); only the float 1.0 is all
+            limited = (any(isinstance(v, int) or v != 1.0 for v in
+                           (self.trainer.limit_val_batches, self.trainer.limit_test_batches))
+                       or self.trainer.fast_dev_run)
             msg = (f"evaluation of '{split}' saw {len(idx)} of {expected} images"
                    + (" (limit_*_batches / fast_dev_run is set)" if limited else
                       "; likely cause: a sampler or drop_last on the eval loader"))

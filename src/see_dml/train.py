@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.config import CONFIG_DIR, validate_config
@@ -133,8 +133,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for cb in callbacks:
             if isinstance(cb, ModelCheckpoint):
                 cb.monitor, cb.save_top_k = None, 1
+    loggers = build_loggers(cfg)
+    if not loggers:  # logger=none: LearningRateMonitor refuses to run without a logger
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
-                                     logger=build_loggers(cfg) or False, **trainer_kwargs)
+                                     logger=loggers or False, **trainer_kwargs)
     ckpt_path = _resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
 

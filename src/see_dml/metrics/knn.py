@@ -67,6 +67,8 @@ def _drop_self(
 def _faiss_search(
     query: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    # Threads are left as the process has them (OMP_NUM_THREADS / faiss.omp_set_num_threads):
+    # the caller, not a metric, knows what else shares the machine.
     index = faiss.IndexFlatIP(reference.shape[1])
     index.add(reference)
     n_q = query.shape[0]

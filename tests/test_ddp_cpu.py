@@ -1,0 +1,70 @@
+"""DDP on CPU (2 gloo processes, ddp_spawn): the real config trains and tests end to end."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.callbacks import Callback
+
+from see_dml.train import train
+
+
+class GlobalBatchProbe(Callback):
+    """Records, on every rank, the labels of the batch the loss sees (after the all-gather).
+
+    Added through the config (``+callbacks.ddp_probe``) so that it runs inside the spawned
+    processes; each rank writes ``ddp_probe_rank<r>.json`` into ``out_dir``.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.batches: list[list[int]] = []
+        self.world_size = 0
+
+    def on_fit_start(self, trainer, module) -> None:
+        self.world_size = trainer.world_size
+        module.add_embedding_hook(self._record)
+
+    def _record(self, module, embeddings, labels) -> dict:
+        assert embeddings.shape[0] == labels.shape[0]
+        self.batches.append(labels.tolist())
+        return {}
+
+    def on_fit_end(self, trainer, module) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        out = self.out_dir / f"ddp_probe_rank{trainer.global_rank}.json"
+        out.write_text(json.dumps({"world_size": self.world_size, "batches": self.batches}))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ddp_cpu_trains_and_tests(make_cfg):
+    cfg = make_cfg("trainer=ddp_cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2")
+    probe_dir = Path(cfg.paths.run_dir) / "probe"
+    cfg = make_cfg("trainer=ddp_cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+                   "+callbacks.ddp_probe._target_=test_ddp_cpu.GlobalBatchProbe",
+                   f"+callbacks.ddp_probe.out_dir={probe_dir}")
+    assert cfg.trainer.devices == 2 and cfg.trainer.strategy == "ddp_spawn"
+    metrics = train(cfg)
+
+    saved = json.loads((Path(cfg.paths.run_dir) / "metrics.json").read_text())
+    for key in ("test/recall@1", "test/recall@8", "test/map@r", "test/r_precision",
+                "test_final/recall@1", "best/val/map@r"):
+        assert 0.0 <= saved[key] <= 1.0, key
+        assert saved[key] == pytest.approx(metrics[key])
+    assert metrics["epochs"] == 2
+    assert Path(metrics["best_checkpoint"]).exists()
+
+    # the loss saw the gathered global batch: 2 x 32 images, 16 classes x 4, same on both ranks
+    probes = [json.loads((probe_dir / f"ddp_probe_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [p["world_size"] for p in probes] == [2, 2]
+    assert probes[0]["batches"] == probes[1]["batches"]
+    assert len(probes[0]["batches"]) == 4  # 2 epochs x 2 batches
+    for labels in probes[0]["batches"]:
+        counts = Counter(labels)
+        assert len(labels) == 64
+        assert len(counts) == 16 and set(counts.values()) == {4}
+    assert probes[0]["batches"][0] != probes[0]["batches"][2]  # set_epoch: a new draw

@@ -1,0 +1,58 @@
+"""The logger group: W&B offline without an account, TensorBoard, and none."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from see_dml.train import train
+
+#: one short epoch, evaluation on a batch per split (the loggers are under test, not metrics)
+SHORT = ["trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+         "+trainer.limit_test_batches=1", "data.eval_batch_size=64"]
+
+
+def run(make_cfg, *overrides: str) -> tuple[dict, Path]:
+    cfg = make_cfg(*SHORT, *overrides)
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/recall@1"] <= 1.0
+    return metrics, Path(cfg.paths.run_dir)
+
+
+def test_wandb_runs_offline_without_an_account(make_cfg, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc login to fall back on
+    _, run_dir = run(make_cfg, "logger=wandb")
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, list(run_dir.rglob("*"))[:20]
+    wandb_file = list(offline[0].glob("*.wandb"))
+    assert wandb_file and wandb_file[0].stat().st_size > 0
+    # the CSV logger of the same config still writes its metrics
+    assert (run_dir / "csv" / "metrics.csv").read_text().count("train/loss") >= 1
+
+
+def test_tensorboard_writes_an_events_file(make_cfg):
+    _, run_dir = run(make_cfg, "logger=tensorboard")
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train/loss_epoch", "test/recall@1"} <= scalars, scalars
+
+
+def test_no_logger_runs(make_cfg):
+    metrics, run_dir = run(make_cfg, "logger=none")
+    assert not (run_dir / "csv").exists()
+    assert not (run_dir / "tensorboard").exists()
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["test/recall@1"] == pytest.approx(metrics["test/recall@1"])
