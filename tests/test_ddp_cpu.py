@@ -55,8 +55,11 @@ def test_ddp_cpu_trains_and_tests(make_cfg):
                 "test_final/recall@1", "best/val/map@r"):
         assert 0.0 <= saved[key] <= 1.0, key
         assert saved[key] == pytest.approx(metrics[key])
+    # the spawned workers hand back only the best path: the rest comes from last.ckpt
     assert metrics["epochs"] == 2
     assert Path(metrics["best_checkpoint"]).exists()
+    header = (Path(cfg.paths.run_dir) / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "test_final/recall@1" in header  # the final weights were tested, not copied
 
     # the loss saw the gathered global batch: 2 x 32 images, 16 classes x 4, same on both ranks
     probes = [json.loads((probe_dir / f"ddp_probe_rank{r}.json").read_text()) for r in (0, 1)]

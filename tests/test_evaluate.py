@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from conftest import FAST, compose_config
+from dataset_fixtures import make_fixture
 from see_dml.evaluate import (
     CheckpointError,
     evaluate,
@@ -21,7 +23,8 @@ from see_dml.evaluate import (
     resolve_dataset_config,
 )
 from see_dml.export import save_embeddings
-from see_dml.train import train
+from see_dml.metrics import retrieval_metrics
+from see_dml.train import build_model, train
 
 TEST_IMAGES = 20 * 20  # Double-MNIST: 20 test classes x images_per_class=20
 
@@ -123,8 +126,6 @@ def test_unreadable_or_foreign_checkpoint_names_the_key(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="ckpt_path=.*not a readable checkpoint"):
         read_checkpoint(garbage)
-    import torch
-
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match="ckpt_path=.*see_dml_config"):
@@ -161,3 +162,32 @@ def test_save_embeddings_with_paths(tmp_path):
     np.testing.assert_array_equal(data["indices"], [2, 0, 1])
     with pytest.raises(ValueError, match="export.format"):
         save_embeddings(tmp_path / "e", emb, np.zeros(3), paths, "csv")
+
+
+def test_query_gallery_dataset_with_image_paths(tmp_path):
+    """In-Shop layout (fixture files): query vs gallery metrics, and paths in the export.
+
+    An untrained checkpoint written by hand is enough: what is checked is the plumbing.
+    """
+    fx = make_fixture("inshop", tmp_path / "data", n_train=4, n_test=3, per_item=4)
+    train_cfg = compose_config([*FAST, "dataset=inshop", f"paths.data_dir={tmp_path / 'data'}",
+                                "dataset.strict_counts=false", "model.in_chans=3",
+                                "data.transforms.image_size=32", "data.transforms.resize=32",
+                                f"paths.run_dir={tmp_path / 'run'}"])
+    model = build_model(train_cfg, num_classes=3)
+    ckpt = tmp_path / "untrained.ckpt"
+    torch.save({"state_dict": model.state_dict(), "see_dml_config": model.config,
+                "see_dml_num_classes": 3}, ckpt)
+
+    report = evaluate(_evaluate_cfg(f"ckpt_path={ckpt}", f"paths.run_dir={tmp_path / 'eval'}",
+                                    "export.enabled=true", "plots.enabled=true",
+                                    "plots.grid_k=3"))
+    assert report["num_images"] == {"query": 6, "gallery": 6}
+    q, g = (np.load(tmp_path / "eval" / f"embeddings_{s}.npz") for s in ("query", "gallery"))
+    assert list(q["paths"]) == [str(p) for p in fx.images["query"]]
+    assert list(g["paths"]) == [str(p) for p in fx.images["gallery"]]
+    expected = retrieval_metrics(q["embeddings"], q["labels"], g["embeddings"], g["labels"],
+                                 ks=(1, 10, 20, 30, 40, 50))
+    for key in ("recall@1", "recall@10", "map@r", "r_precision"):
+        assert report[f"test/{key}"] == pytest.approx(expected[key], abs=1e-6), key
+    assert (tmp_path / "eval" / "retrieval_grid_test.png").stat().st_size > 0

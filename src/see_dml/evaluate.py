@@ -15,8 +15,9 @@ Which dataset (see ``conf/evaluate.yaml``):
   other key with ``+dataset.<key>=...``): the checkpoint's dataset with those keys changed —
   every non-null key under ``dataset`` replaces the checkpoint's;
 - ``dataset=<name>`` (a ``conf/dataset`` option, plus its own ``dataset.<key>=...``):
-  another dataset, composed from its config file. The transforms, batch size and Recall@K
-  Ks then follow that dataset; ``${seed}`` in it is the checkpoint's seed.
+  another dataset, composed from its config file. Its image kind and Recall@K Ks then
+  follow that dataset (transform sizes and batch size stay the checkpoint's); ``${seed}``
+  in it is the checkpoint's seed.
 
 Options: ``split=test|val`` (val: the held-out training classes), ``export.enabled=true``
 (``embeddings_<split>.npz``, plus ``.parquet`` with ``export.format=parquet``),
@@ -228,7 +229,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.export.format not in ("npz", "parquet"):
         raise ConfigError(f"export.format must be npz or parquet, got '{cfg.export.format}'")
     ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
-    check_ckpt_path(ckpt_path)
+    ckpt_file = check_ckpt_path(ckpt_path)
+    import numpy as np
+
     from see_dml.export import embed_split, resolve_device, save_embeddings, split_paths
     from see_dml.metrics import metrics_from_neighbours, retrieve
 
@@ -252,7 +255,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     recall_ks = dm.source.recall_ks
     query = embedded[names[0]]
     gallery = embedded[names[1]] if len(names) == 2 else None
-    # One search feeds the metrics and the retrieval grid (as train's test does).
+    # One search feeds the metrics and the retrieval grid; it is the search train's test
+    # runs (retrieval_metrics = retrieve + metrics_from_neighbours), so the numbers agree.
     result = retrieve(query[0], query[1], *(gallery[:2] if gallery else (None, None)),
                       k=max(recall_ks))
     scores = metrics_from_neighbours(result.neighbour_labels, result.query_labels,
@@ -272,12 +276,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         for path in _plots(out_dir, cfg, split, names, dm, embedded, result, metrics):
             log.info("wrote %s", path)
 
-    table = metrics_table(metrics, split, Path(str(ckpt_path)).name)
-    title = (f"{dm.source.name} {split} ({' vs '.join(names)}: "
-             + ", ".join(f"{len(embedded[n][0])} {n}" for n in names) + " images)")
-    report = {**metrics, "ckpt_path": str(Path(ckpt_path).resolve()),
+    table = metrics_table(metrics, split, ckpt_file.name)
+    sizes = {n: len(embedded[n][0]) for n in names}
+    title = (f"{dm.source.name} {split}: " + (
+        f"{sizes[names[0]]} query vs {sizes[names[1]]} gallery images" if gallery else
+        f"{sizes[names[0]]} images, {len(np.unique(query[1]))} classes, all vs all"))
+    report = {**metrics, "ckpt_path": str(ckpt_file.resolve()),
               "dataset": dm.source.name, "split": split,
-              "num_images": {n: len(embedded[n][0]) for n in names}}
+              "num_images": sizes}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     (out_dir / "metrics.md").write_text(f"# {title}\n\n{table}\n")
     print(f"\n{title}\n{table}")

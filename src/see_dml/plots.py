@@ -12,7 +12,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from matplotlib.colors import to_rgb
@@ -20,7 +20,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from see_dml.data.base import load_image
-from see_dml.metrics import RetrievalResult
+
+if TYPE_CHECKING:
+    from see_dml.metrics import RetrievalResult
 
 ProjectionMethod = Literal["pca", "tsne", "umap"]
 ImageLike = Image.Image | np.ndarray

@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -30,17 +31,20 @@ from see_dml.module import DMLModule
 log = logging.getLogger(__name__)
 
 
-def build_backbone(cfg: DictConfig) -> Backbone:
+def build_backbone(cfg: DictConfig, image_mode: str = "RGB") -> Backbone:
+    """The backbone of ``cfg.model``; ``in_chans: auto`` follows the dataset's image mode."""
     m = cfg.model
+    in_chans = m.in_chans if m.in_chans != "auto" else (1 if image_mode == "L" else 3)
     return Backbone(m.backbone, pretrained=m.pretrained, weights_path=m.weights_path,
-                    in_chans=m.in_chans)
+                    in_chans=in_chans)
 
 
-def build_model(cfg: DictConfig, num_classes: int, backbone: Backbone | None = None
-                ) -> DMLModule:
+def build_model(cfg: DictConfig, num_classes: int, backbone: Backbone | None = None,
+                source: DatasetSource | None = None) -> DMLModule:
     """The LightningModule described by ``cfg`` for ``num_classes`` training classes."""
     m = cfg.model
-    backbone = backbone or build_backbone(cfg)
+    source = source or instantiate(cfg.dataset)
+    backbone = backbone or build_backbone(cfg, source.image_mode)
     head = EmbeddingHead(backbone.num_features, m.embed_dim, pooling=m.pooling,
                          layer_norm=m.layer_norm, init=m.head_init)
     criterion = build_metric_loss(cfg.loss, num_classes, m.embed_dim)
@@ -49,14 +53,15 @@ def build_model(cfg: DictConfig, num_classes: int, backbone: Backbone | None = N
         backbone, head, criterion, optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
         backbone_lr_mult=m.backbone_lr_mult, head_lr_mult=m.head_lr_mult,
         warmup_epochs=m.warmup_epochs, freeze_bn=m.freeze_bn,
-        recall_ks=instantiate(cfg.dataset).recall_ks,
+        recall_ks=source.recall_ks,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
 
 
-def build_datamodule(cfg: DictConfig, backbone: Backbone | None = None) -> RetrievalDataModule:
+def build_datamodule(cfg: DictConfig, backbone: Backbone | None = None,
+                     source: DatasetSource | None = None) -> RetrievalDataModule:
     """Dataset source + DataModule, set up (so a broken dataset fails before training)."""
-    source: DatasetSource = instantiate(cfg.dataset)
+    source = source or instantiate(cfg.dataset)
     dm: RetrievalDataModule = instantiate(cfg.data, source=source, _convert_="all")
     if backbone is not None:
         dm.set_normalization(backbone.mean, backbone.std)
@@ -83,6 +88,22 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
     return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+
+
+def _recover_from_spawned_workers(trainer: L.Trainer, ckpt_cb: ModelCheckpoint | None) -> int:
+    """Epochs run. Under ``ddp_spawn`` the fit runs in worker processes that hand back only
+    ``best_model_path``; the best score, ``last_model_path`` and the epoch count are then
+    read from the run's ``last.ckpt`` (otherwise the final-epoch test would be skipped)."""
+    if ckpt_cb is None or ckpt_cb.last_model_path or not ckpt_cb.save_last or not ckpt_cb.dirpath:
+        return trainer.current_epoch
+    last = Path(ckpt_cb.dirpath) / f"{ckpt_cb.CHECKPOINT_NAME_LAST}{ckpt_cb.FILE_EXTENSION}"
+    if not last.exists():
+        return trainer.current_epoch
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt_cb.best_model_score = state.get("callbacks", {}).get(ckpt_cb.state_key, {}).get(
+        "best_model_score", ckpt_cb.best_model_score)
+    ckpt_cb.last_model_path = str(last)
+    return int(state["epoch"]) + 1
 
 
 def _resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
@@ -119,11 +140,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    backbone = build_backbone(cfg)
-    dm = build_datamodule(cfg, backbone)
-    source = dm.source
+    source: DatasetSource = instantiate(cfg.dataset)
+    backbone = build_backbone(cfg, source.image_mode)
+    dm = build_datamodule(cfg, backbone, source)
     log.info("data: %s", dm.describe())
-    model = build_model(cfg, dm.num_classes, backbone)
+    model = build_model(cfg, dm.num_classes, backbone, source)
 
     callbacks = build_callbacks(cfg)
     trainer_kwargs: dict[str, Any] = {}
@@ -143,6 +164,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {}
     ckpt_cb = _checkpoint_callback(trainer)
+    epochs = _recover_from_spawned_workers(trainer, ckpt_cb)
     best = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
     last = ckpt_cb.last_model_path if ckpt_cb and ckpt_cb.last_model_path else None
     runs = [("test", best)]
@@ -156,7 +178,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if best and ckpt_cb is not None and ckpt_cb.best_model_score is not None:
         metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
     metrics["best_checkpoint"] = best
-    metrics["epochs"] = trainer.current_epoch
+    metrics["epochs"] = epochs
     if "test_final/recall@1" not in metrics:  # selected == final weights
         metrics.update({k.replace("test/", "test_final/"): v for k, v in metrics.items()
                         if k.startswith("test/")})

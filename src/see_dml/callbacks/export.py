@@ -74,7 +74,11 @@ class EmbeddingExport(Callback):
         self._last_output = output.detach().float()
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._active = getattr(pl_module, "test_prefix", "test") == self.test_prefix
+        # Only the selected checkpoint's test, and only with a RetrievalDataModule (its
+        # splits name the files and hold the raw images the grid shows).
+        dm = getattr(trainer, "datamodule", None)
+        self._active = (getattr(pl_module, "test_prefix", "test") == self.test_prefix
+                        and hasattr(dm, "test_split_names") and hasattr(dm, "eval_dataset"))
         self._buffers.clear()
         self._embedded.clear()
         if self._active and (self.export or self.plots):
