@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from dataset_fixtures import make_fixture
 
+from dataset_fixtures import make_fixture
 from see_dml.train import train
 
 SMALL_PHOTOS = ["data.transforms.image_size=32", "data.transforms.resize=36",
