@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from see_dml.train import train
@@ -22,6 +23,7 @@ class GlobalBatchProbe(Callback):
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
         self.batches: list[list[int]] = []
+        self.backbone_trains: list[bool] = []
         self.world_size = 0
 
     def on_fit_start(self, trainer, module) -> None:
@@ -31,23 +33,26 @@ class GlobalBatchProbe(Callback):
     def _record(self, module, embeddings, labels) -> dict:
         assert embeddings.shape[0] == labels.shape[0]
         self.batches.append(labels.tolist())
+        self.backbone_trains.append(any(p.requires_grad for p in module.backbone.parameters()))
         return {}
 
     def on_fit_end(self, trainer, module) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         out = self.out_dir / f"ddp_probe_rank{trainer.global_rank}.json"
-        out.write_text(json.dumps({"world_size": self.world_size, "batches": self.batches}))
+        out.write_text(json.dumps({"world_size": self.world_size, "batches": self.batches,
+                                   "backbone_trains": self.backbone_trains}))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_ddp_cpu_trains_and_tests(make_cfg):
-    cfg = make_cfg("trainer=ddp_cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2")
-    probe_dir = Path(cfg.paths.run_dir) / "probe"
+    probe_dir = Path(make_cfg().paths.run_dir) / "probe"
+    # epoch 0 is a warm-up (frozen backbone: parameters without gradient under DDP)
     cfg = make_cfg("trainer=ddp_cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+                   "model.warmup_epochs=1",
                    "+callbacks.ddp_probe._target_=test_ddp_cpu.GlobalBatchProbe",
                    f"+callbacks.ddp_probe.out_dir={probe_dir}")
-    assert cfg.trainer.devices == 2 and cfg.trainer.strategy == "ddp_spawn"
+    assert cfg.trainer.devices == 2 and cfg.trainer.strategy.startswith("ddp_spawn")
     metrics = train(cfg)
 
     saved = json.loads((Path(cfg.paths.run_dir) / "metrics.json").read_text())
@@ -60,6 +65,9 @@ def test_ddp_cpu_trains_and_tests(make_cfg):
     assert Path(metrics["best_checkpoint"]).exists()
     header = (Path(cfg.paths.run_dir) / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "test_final/recall@1" in header  # the final weights were tested, not copied
+    last = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (1, 4)  # the final epoch, not the best
 
     # the loss saw the gathered global batch: 2 x 32 images, 16 classes x 4, same on both ranks
     probes = [json.loads((probe_dir / f"ddp_probe_rank{r}.json").read_text()) for r in (0, 1)]
@@ -71,3 +79,4 @@ def test_ddp_cpu_trains_and_tests(make_cfg):
         assert len(labels) == 64
         assert len(counts) == 16 and set(counts.values()) == {4}
     assert probes[0]["batches"][0] != probes[0]["batches"][2]  # set_epoch: a new draw
+    assert [p["backbone_trains"] for p in probes] == [[False, False, True, True]] * 2

@@ -1,4 +1,4 @@
-"""DMLModule: learning-rate groups, backbone warm-up, frozen BatchNorm, gradient clipping."""
+"""DMLModule: lr groups, backbone warm-up, frozen BatchNorm, sampler epochs, gradient clipping."""
 
 from __future__ import annotations
 
@@ -11,23 +11,25 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from see_dml.data.datamodule import RetrievalDataModule
 from see_dml.module import DMLModule
 from see_dml.train import build_backbone, build_datamodule, build_model
 
 
-def build(cfg) -> tuple[DMLModule, object]:
-    backbone = build_backbone(cfg)
-    dm = build_datamodule(cfg, backbone)
-    return build_model(cfg, dm.num_classes, backbone), dm
+def build(cfg) -> tuple[DMLModule, RetrievalDataModule]:
+    """Module and set-up datamodule as ``train`` builds them."""
+    source = instantiate(cfg.dataset)
+    backbone = build_backbone(cfg, source.image_mode)
+    dm = build_datamodule(cfg, backbone, source)
+    return build_model(cfg, dm.num_classes, backbone, source), dm
 
 
-def fit(cfg, module: DMLModule, dm, callbacks: list[Callback] | None = None,
-        **overrides) -> L.Trainer:
+def fit(cfg, module: DMLModule, dm: RetrievalDataModule,
+        callbacks: list[Callback] | None = None) -> L.Trainer:
     """Fit with the composed ``trainer`` config: no validation, checkpoints or loggers."""
-    kwargs = {"limit_val_batches": 0, "enable_checkpointing": False,
-              "enable_model_summary": False, **overrides}
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks or [], logger=False,
-                                     **kwargs)
+                                     limit_val_batches=0, enable_checkpointing=False,
+                                     enable_model_summary=False)
     trainer.fit(module, datamodule=dm)
     return trainer
 
@@ -142,6 +144,24 @@ def test_freeze_bn_keeps_statistics_and_affine_fixed(make_cfg):
     assert conv_weights(module) <= diff  # the rest of the backbone trained
     module.train()
     assert all(not bn.training for bn in layers)
+
+
+def test_each_epoch_draws_new_class_balanced_batches(make_cfg):
+    """Lightning calls ``set_epoch`` on samplers, not on batch samplers: the module does."""
+    cfg = make_cfg("trainer.max_epochs=2", "trainer.limit_train_batches=2")
+    module, dm = build(cfg)
+    seen: list[list[int]] = []
+    module.add_embedding_hook(lambda m, emb, labels: seen.append(labels.tolist()) or {})
+    trainer = fit(cfg, module, dm)
+    sampler = trainer.train_dataloader.batch_sampler
+    assert sampler.epoch == 1
+    assert len(seen) == 4
+    assert seen[:2] != seen[2:]
+    labels = dm.datasets["train"].labels
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        expected = [labels[b].tolist() for b in sampler.global_batches()[:2]]
+        assert seen[2 * epoch: 2 * epoch + 2] == expected
 
 
 class GradientProbe(Callback):

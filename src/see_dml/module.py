@@ -115,6 +115,11 @@ class DMLModule(L.LightningModule):
         # Lightning never calls train() during fit: apply the modes of train() here, so the
         # frozen backbone / BatchNorm stay in eval and the backbone trains after the warm-up
         self.train()
+        # Lightning sets the epoch of samplers but not of batch samplers (the class-balanced
+        # one): without this every epoch would draw the same batches
+        batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if callable(getattr(batch_sampler, "set_epoch", None)):
+            batch_sampler.set_epoch(self.current_epoch)
         self.log("train/backbone_frozen", float(frozen), on_epoch=True, on_step=False)
 
     # -- training -------------------------------------------------------------------------

@@ -90,19 +90,24 @@ def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
     return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
 
 
-def _recover_from_spawned_workers(trainer: L.Trainer, ckpt_cb: ModelCheckpoint | None) -> int:
+def _last_checkpoint(ckpt_cb: ModelCheckpoint | None) -> Path | None:
+    """``last.ckpt``: the final epoch, written every epoch by ``callbacks.last_checkpoint``."""
+    if ckpt_cb is None or not ckpt_cb.dirpath:
+        return None
+    last = Path(ckpt_cb.dirpath) / "last.ckpt"
+    return last if last.exists() else None
+
+
+def _epochs_run(trainer: L.Trainer, ckpt_cb: ModelCheckpoint | None, last: Path | None) -> int:
     """Epochs run. Under ``ddp_spawn`` the fit runs in worker processes that hand back only
-    ``best_model_path``; the best score, ``last_model_path`` and the epoch count are then
-    read from the run's ``last.ckpt`` (otherwise the final-epoch test would be skipped)."""
-    if ckpt_cb is None or ckpt_cb.last_model_path or not ckpt_cb.save_last or not ckpt_cb.dirpath:
-        return trainer.current_epoch
-    last = Path(ckpt_cb.dirpath) / f"{ckpt_cb.CHECKPOINT_NAME_LAST}{ckpt_cb.FILE_EXTENSION}"
-    if not last.exists():
+    ``best_model_path`` (this process's trainer stays at step 0): the best score and the epoch
+    count are then read from ``last.ckpt``."""
+    if trainer.global_step > 0 or ckpt_cb is None or last is None:
         return trainer.current_epoch
     state = torch.load(last, map_location="cpu", weights_only=False)
-    ckpt_cb.best_model_score = state.get("callbacks", {}).get(ckpt_cb.state_key, {}).get(
-        "best_model_score", ckpt_cb.best_model_score)
-    ckpt_cb.last_model_path = str(last)
+    if ckpt_cb.best_model_score is None:
+        ckpt_cb.best_model_score = state.get("callbacks", {}).get(ckpt_cb.state_key, {}).get(
+            "best_model_score")
     return int(state["epoch"]) + 1
 
 
@@ -164,9 +169,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {}
     ckpt_cb = _checkpoint_callback(trainer)
-    epochs = _recover_from_spawned_workers(trainer, ckpt_cb)
+    last = _last_checkpoint(ckpt_cb)
+    epochs = _epochs_run(trainer, ckpt_cb, last)
     best = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
-    last = ckpt_cb.last_model_path if ckpt_cb and ckpt_cb.last_model_path else None
     runs = [("test", best)]
     if cfg.get("test_final", True) and best and last and Path(best) != Path(last):
         runs.append(("test_final", last))
