@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import MissingConfigException
 
 from see_dml.config import ConfigError, validate_config
@@ -36,13 +37,21 @@ def test_checkpoint_selected_on_validation_classes(make_cfg):
     assert "best/val/map@r" in metrics
     assert Path(metrics["best_checkpoint"]).exists()
     assert {"test_final/map@r", "test/map@r"} <= metrics.keys()
+    last = Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 1  # final
 
 
-def test_no_validation_split_keeps_last_epoch(make_cfg):
-    cfg = make_cfg("dataset=mnist", "dataset.val_fraction=0", "data.batch_size=20")
-    metrics = train(cfg)
-    assert "best/val/map@r" not in metrics
-    assert metrics["test/recall@1"] > 0.0
+def test_killed_run_resumes_from_last_checkpoint(make_cfg):
+    """ckpt_path=auto picks up the run directory's last.ckpt instead of starting again."""
+    first = train(make_cfg("trainer.max_epochs=1"))
+    # Same run directory, nothing left to train. A fresh start with another initialisation
+    # would train other weights; the resumed run evaluates the checkpoint's weights.
+    again = train(make_cfg("trainer.max_epochs=1", "model.head_init=kaiming"))
+    assert again["epochs"] == 1
+    assert again["test/map@r"] == pytest.approx(first["test/map@r"], abs=1e-7)
+    fresh = train(make_cfg("trainer.max_epochs=1", "model.head_init=kaiming", "ckpt_path=null",
+                           "paths.run_dir=${paths.output_dir}/fresh"))
+    assert fresh["test/map@r"] != pytest.approx(first["test/map@r"], abs=1e-7)
 
 
 def test_cli_as_a_user_types_it(tmp_path):
