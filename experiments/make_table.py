@@ -33,10 +33,10 @@ def synthesis_name(cfg: dict[str, Any]) -> str:
 def run_key(cfg: dict[str, Any]) -> tuple[str, ...]:
     dataset = cfg["dataset"]["_target_"].rsplit(".", 1)[-1]
     return (dataset, cfg["model"]["backbone"], str(cfg["model"]["embed_dim"]),
-            cfg["loss"]["name"], synthesis_name(cfg))
+            cfg["loss"]["name"], synthesis_name(cfg), str(cfg["trainer"]["max_epochs"]))
 
 
-KEY_NAMES = ("dataset", "backbone", "dim", "loss", "synthesis")
+KEY_NAMES = ("dataset", "backbone", "dim", "loss", "synthesis", "epochs")
 
 
 def collect(folders: list[Path]) -> dict[tuple[str, ...], list[dict[str, float]]]:
@@ -59,7 +59,7 @@ def summarise(values: list[float]) -> tuple[float, float]:
 
 def table_rows(groups: dict[tuple[str, ...], list[dict[str, float]]]) -> list[dict[str, Any]]:
     rows = []
-    for key in sorted(groups, key=lambda k: (k[0], k[1], int(k[2]), k[3], k[4])):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], int(k[2]), k[3], k[4], int(k[5]))):
         runs = groups[key]
         row: dict[str, Any] = dict(zip(KEY_NAMES, key))
         row["seeds"] = len(runs)
