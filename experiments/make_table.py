@@ -101,14 +101,19 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "MAP@R") -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    lines: dict[tuple[str, str], list[tuple[int, float, float]]] = defaultdict(list)
+    # one line per (loss, synthesis, epochs): an untrained baseline is not a point of a curve
+    lines: dict[tuple[str, str, str], list[tuple[int, float, float]]] = defaultdict(list)
     for row in rows:
-        lines[(row["loss"], row["synthesis"])].append((int(row["dim"]), *row[metric]))
-    for (loss, synthesis), points in sorted(lines.items()):
+        lines[(row["loss"], row["synthesis"], row["epochs"])].append((int(row["dim"]),
+                                                                      *row[metric]))
+    several_epochs = len({key[2] for key in lines}) > 1
+    for (loss, synthesis, epochs), points in sorted(lines.items()):
         points.sort()
         dims, means, stds = zip(*points)
-        ax.errorbar(dims, means, yerr=stds, marker="o", capsize=3,
-                    label=f"{loss} + {synthesis}" if synthesis != "-" else loss)
+        label = f"{loss} + {synthesis}" if synthesis != "-" else loss
+        if several_epochs:
+            label += f" ({epochs} epochs)"
+        ax.errorbar(dims, means, yerr=stds, marker="o", capsize=3, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("embedding size")
     ax.set_ylabel(f"test {metric} (%)")
