@@ -122,3 +122,12 @@ def test_too_few_classes_for_a_batch_fails_before_training(make_cfg):
     with pytest.raises(ValueError, match=r"data\.batch_size=32"):
         train(cfg)
     assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()
+
+
+def test_cli_help_lists_the_config_groups():
+    proc = subprocess.run([sys.executable, "-m", "see_dml.train", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for line in ("loss: arcface, contrastive, multi_similarity", "synthesis: embedding_expansion",
+                 "dataset: cars, cub, double_mnist, inshop, mnist, sop"):
+        assert line in proc.stdout
