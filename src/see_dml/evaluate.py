@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,20 +179,6 @@ def eval_split_names(dm: RetrievalDataModule, split: str) -> list[str]:
 
 
 # -- report ---------------------------------------------------------------------------------
-def metrics_table(metrics: dict[str, float], prefix: str, row_name: str) -> str:
-    """A one-row Markdown table of ``<prefix>/...`` metrics in %: R@K, MAP@R, R-Prec, P@1."""
-    ks = sorted(int(k.rsplit("@", 1)[1]) for k in metrics
-                 if k.startswith(f"{prefix}/recall@"))
-    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision", "precision@1"]
-    names = [f"R@{k}" for k in ks] + ["MAP@R", "R-Prec", "P@1"]
-    vals = [metrics.get(f"{prefix}/{c}", math.nan) * 100 for c in cols]
-    return "\n".join([
-        "| weights | " + " | ".join(names) + " |",
-        "|" + "---|" * (len(cols) + 1),
-        f"| {row_name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |",
-    ])
-
-
 def _plots(out_dir: Path, cfg: DictConfig, split: str, names: list[str], dm: RetrievalDataModule,
            embedded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
            result: RetrievalResult, metrics: dict[str, float]) -> list[Path]:
@@ -276,7 +261,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         for path in _plots(out_dir, cfg, split, names, dm, embedded, result, metrics):
             log.info("wrote %s", path)
 
-    table = metrics_table(metrics, split, ckpt_file.name)
+    from see_dml.train import format_results
+
+    table = format_results(metrics, {split: ckpt_file.name})
     sizes = {n: len(embedded[n][0]) for n in names}
     title = (f"{dm.source.name} {split}: " + (
         f"{sizes[names[0]]} query vs {sizes[names[1]]} gallery images" if gallery else

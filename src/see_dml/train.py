@@ -118,22 +118,22 @@ def _resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(last) if last.exists() else None
 
 
-def format_results(metrics: dict[str, float], prefixes: tuple[str, ...] = ("test", "test_final"),
-                   ) -> str:
-    """A small table: one row per prefix, columns Recall@K, MAP@R, R-Precision (in %)."""
-    rows = [p for p in prefixes if any(k.startswith(p + "/") for k in metrics)]
+def format_results(metrics: dict[str, float],
+                   rows: dict[str, str] | None = None) -> str:
+    """A Markdown table in %: one row per ``{prefix: row name}`` (default: the selected and
+    the final weights), columns Recall@K for every K present, MAP@R, R-Precision."""
+    rows = rows or {"test": "selected (val)", "test_final": "final epoch"}
+    rows = {p: name for p, name in rows.items() if any(k.startswith(p + "/") for k in metrics)}
     if not rows:
         return "(no test metrics)"
-    recalls = sorted({k.split("/", 1)[1] for k in metrics if "/recall@" in k},
-                     key=lambda k: int(k.split("@")[1]))
-    cols = [*recalls, "map@r", "r_precision"]
-    header = "| weights | " + " | ".join(c.replace("recall@", "R@").replace("map@r", "MAP@R")
-                                         .replace("r_precision", "R-Prec") for c in cols) + " |"
+    ks = sorted({int(k.rsplit("@", 1)[1]) for k in metrics
+                 if any(k.startswith(f"{p}/recall@") for p in rows)})
+    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"]
+    header = "| weights | " + " | ".join([f"R@{k}" for k in ks] + ["MAP@R", "R-Prec"]) + " |"
     lines = [header, "|" + "---|" * (len(cols) + 1)]
-    names = {"test": "selected (val)", "test_final": "final epoch"}
-    for p in rows:
-        vals = [metrics.get(f"{p}/{c}", math.nan) * 100 for c in cols]
-        lines.append(f"| {names.get(p, p)} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    for prefix, name in rows.items():
+        vals = [metrics.get(f"{prefix}/{c}", math.nan) * 100 for c in cols]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
     return "\n".join(lines)
 
 
