@@ -11,11 +11,15 @@ Methods, all on the same L2-normalised float32 embeddings with SOP-like labels (
 - ``ours``: ``see_dml.metrics.retrieval_metrics`` (normalises, searches, every metric).
 - ``pml``: ``AccuracyCalculator(include=(precision_at_1, r_precision,
   mean_average_precision_at_r), k=<the same k>)`` — it has no Recall@K, so it does less.
+- ``torch_cuda`` (GPU machines only, not in the default set): ``retrieval_metrics`` with
+  ``backend="torch"`` on embeddings already on the GPU (where a training run holds them);
+  its peak GPU memory is reported as ``peak_gpu_mib``.
 
 Usage::
 
     python benchmarks/bench_eval.py                        # 10k, d = 128 and 512
     python benchmarks/bench_eval.py --sizes 60502 --dims 128 --ks-sets cub
+    python benchmarks/bench_eval.py --sizes 60502 --dims 512 --methods bare ours torch_cuda
 
 Each method runs ``--repeats`` times, interleaved with the others, and the fastest run is
 reported (the machine may be shared). Results are merged into
@@ -39,6 +43,7 @@ import numpy as np
 
 KS_SETS = {"cub": (1, 2, 4, 8), "sop": (1, 10, 100, 1000)}
 METHODS = ("bare", "ours", "pml")
+ALL_METHODS = (*METHODS, "torch_cuda")
 RESULTS = Path(__file__).parent / "results" / "eval.json"
 
 
@@ -81,6 +86,11 @@ def worker(method: str, data_dir: Path, ks: tuple[int, ...], k: int) -> dict:
 
     x = np.load(data_dir / "x.npy")
     labels = np.load(data_dir / "labels.npy")
+    extra: dict = {}
+    if method == "torch_cuda":  # on the GPU before the clock, CUDA context warmed up
+        x = torch.from_numpy(x).cuda()
+        (x[:8] @ x[:8].T).sum().item()
+        torch.cuda.reset_peak_memory_stats()
     base = _rss_mib()
     start = time.perf_counter()
     if method == "bare":
@@ -96,12 +106,17 @@ def worker(method: str, data_dir: Path, ks: tuple[int, ...], k: int) -> dict:
             k=k, device=torch.device("cpu"),
         )
         metrics = calc.get_accuracy(x, labels)
+    elif method == "torch_cuda":
+        metrics = retrieval_metrics(x, labels, ks=ks, backend="torch")
+        torch.cuda.synchronize()
+        extra = {"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20,
+                 "device": torch.cuda.get_device_name()}
     else:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        raise ValueError(f"unknown method {method!r}; expected one of {ALL_METHODS}")
     elapsed = time.perf_counter() - start
     peak = _rss_mib()
     return {"time_s": elapsed, "peak_rss_mib": peak, "delta_rss_mib": peak - base,
-            "metrics": metrics}
+            "metrics": metrics, **extra}
 
 
 def run_case(method: str, data_dir: Path, ks: tuple[int, ...], k: int, timeout: float) -> dict:
@@ -114,9 +129,9 @@ def run_case(method: str, data_dir: Path, ks: tuple[int, ...], k: int, timeout: 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def load_results() -> dict:
-    if RESULTS.exists():
-        return json.loads(RESULTS.read_text())
+def load_results(path: Path = RESULTS) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
     return {"results": []}
 
 
@@ -156,10 +171,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000])
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--ks-sets", nargs="+", choices=sorted(KS_SETS), default=["cub", "sop"])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS))
     parser.add_argument("--repeats", type=int, default=3, help="runs per method; min counts")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (merged)")
+    parser.add_argument("--worker", choices=ALL_METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ks", type=int, nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
@@ -169,7 +185,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.data, tuple(args.ks), args.k)))
         return
 
-    store = load_results()
+    store = load_results(args.out)
     store["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version()}
     for n in args.sizes:
@@ -200,8 +216,8 @@ def main() -> None:
                             r for r in store["results"]
                             if (r["n"], r["d"], r["ks_set"], r["method"]) != key
                         ] + [row]
-                    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                    RESULTS.write_text(json.dumps(store, indent=1))
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    args.out.write_text(json.dumps(store, indent=1))
     print(markdown_table(store["results"]))
 
 

@@ -1,6 +1,7 @@
 """Training-step time with SEE on versus off: same model, same batch, one run.
 
     python benchmarks/bench_see_overhead.py [--backbones small_cnn resnet18] [--repeats 15]
+    python benchmarks/bench_see_overhead.py --device cuda --precision bf16 --backbones resnet50
 
 A step is forward + loss (+ SEE's synthetic term) + backward + optimiser step, global batch
 180 (90 classes x 2), Proxy-Anchor, n = 8 points per expanded sample at the end-of-schedule
@@ -24,7 +25,8 @@ from see_dml.losses import MetricLoss
 from see_dml.models import Backbone, EmbeddingHead
 from see_dml.module import DMLModule
 
-INPUTS = {"small_cnn": (1, 28, 56), "resnet18": (3, 112, 112)}
+INPUTS = {"small_cnn": (1, 28, 56), "resnet18": (3, 112, 112), "resnet50": (3, 224, 224)}
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_module(backbone: str, dim: int, classes: int) -> DMLModule:
@@ -37,44 +39,62 @@ def make_module(backbone: str, dim: int, classes: int) -> DMLModule:
     return DMLModule(body, head, loss, optimizer=lambda params: torch.optim.AdamW(params))
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step(module: DMLModule, opt: torch.optim.Optimizer, images: torch.Tensor,
-         labels: torch.Tensor, see: SEECallback | None) -> float:
+         labels: torch.Tensor, see: SEECallback | None, precision: str = "fp32") -> float:
+    """One optimiser step; under autocast for bf16/fp16 (the loss terms run in float32,
+    as Lightning's mixed precision runs them). fp16 would also need a GradScaler, whose
+    cost is the same with SEE on or off, so it is left out of the comparison."""
+    _sync(images.device)
     start = time.perf_counter()
-    emb = module(images)
+    dtype = AUTOCAST[precision]
+    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+        emb = module(images)
+    emb = emb.float()
     loss = module.criterion(emb, labels)
     if see is not None:
         loss = loss + see(module, emb, labels)["loss/synthetic"]
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    _sync(images.device)
     return time.perf_counter() - start
 
 
-def bench(backbone: str, dim: int, repeats: int, batch: int = 180, classes: int = 100
-          ) -> dict[str, float]:
+def bench(backbone: str, dim: int, repeats: int, batch: int = 180, classes: int = 100,
+          device: str = "cpu", precision: str = "fp32") -> dict[str, float]:
     torch.manual_seed(0)
-    module = make_module(backbone, dim, classes)
+    dev = torch.device(device)
+    module = make_module(backbone, dim, classes).to(dev)
     module.train()
     opt = module.configure_optimizers()
-    images = torch.randn(batch, *INPUTS[backbone])
-    labels = torch.arange(batch // 2).repeat_interleave(2) % classes
+    images = torch.randn(batch, *INPUTS[backbone], device=dev)
+    labels = (torch.arange(batch // 2).repeat_interleave(2) % classes).to(dev)
     see = SEECallback(n_points=8, p_min=0.4, p_max=0.4, scheduled=False, weight=0.2)
-    for _ in range(2):  # warm-up
-        step(module, opt, images, labels, None)
-        step(module, opt, images, labels, see)
+    for _ in range(3):  # warm-up (cuDNN autotuning, allocator)
+        step(module, opt, images, labels, None, precision)
+        step(module, opt, images, labels, see, precision)
     off, on = [], []
     for _ in range(repeats):
-        off.append(step(module, opt, images, labels, None))
-        on.append(step(module, opt, images, labels, see))
+        off.append(step(module, opt, images, labels, None, precision))
+        on.append(step(module, opt, images, labels, see, precision))
     t_off, t_on = statistics.median(off), statistics.median(on)
     # the synthesis call alone, for the record
     emb = module(images).detach()
     syn_times = []
     for _ in range(repeats):
+        _sync(dev)
         start = time.perf_counter()
         see(module, emb, labels)
+        _sync(dev)
         syn_times.append(time.perf_counter() - start)
     return {"backbone": backbone, "dim": dim, "batch": batch, "n_points": 8,
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "precision": precision,
             "fraction": 0.4, "step_off_ms": t_off * 1e3, "step_on_ms": t_on * 1e3,
             "ratio_on_off": t_on / t_off, "see_term_ms": statistics.median(syn_times) * 1e3,
             "threads": torch.get_num_threads()}
@@ -85,14 +105,20 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=["small_cnn", "resnet18"])
     parser.add_argument("--dims", nargs="+", type=int, default=[128, 512])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="fp32", choices=sorted(AUTOCAST),
+                        help="autocast dtype of the backbone forward")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "see_overhead.json")
     args = parser.parse_args()
-    results = [bench(b, d, args.repeats) for b in args.backbones for d in args.dims]
-    print("| backbone | d | step off (ms) | step on (ms) | on / off | SEE term (ms) |")
-    print("|---|---|---|---|---|---|")
+    results = [bench(b, d, args.repeats, device=args.device, precision=args.precision)
+               for b in args.backbones for d in args.dims]
+    print("| device | precision | backbone | d | step off (ms) | step on (ms) | on / off "
+          "| SEE term (ms) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['backbone']} | {r['dim']} | {r['step_off_ms']:.1f} | {r['step_on_ms']:.1f}"
+        print(f"| {r['device']} | {r['precision']} | {r['backbone']} | {r['dim']} "
+              f"| {r['step_off_ms']:.1f} | {r['step_on_ms']:.1f}"
               f" | {r['ratio_on_off']:.3f} | {r['see_term_ms']:.2f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

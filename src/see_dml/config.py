@@ -28,11 +28,29 @@ _RUN_UID = uuid.uuid4().hex[:6]
 
 
 def register_resolvers() -> None:
-    """Resolvers the configs use: ``${run_uid:}`` (per-process id), ``${mul:a,b}``."""
+    """Resolvers the configs use: ``${run_uid:}`` (per-process id), ``${mul:a,b}``,
+    ``${ddp_strategy:warmup_epochs,freeze_bn}``."""
     if not OmegaConf.has_resolver("run_uid"):
         OmegaConf.register_new_resolver("run_uid", lambda: _RUN_UID)
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
+    if not OmegaConf.has_resolver("ddp_strategy"):
+        OmegaConf.register_new_resolver("ddp_strategy", ddp_strategy)
+
+
+def ddp_strategy(warmup_epochs: int, freeze_bn: bool, base: str = "ddp") -> str:
+    """Lightning's DDP strategy name for a model: ``${ddp_strategy:warmup,freeze_bn[,base]}``.
+
+    Parameters that take no gradient in a step (the backbone during warm-up epochs, frozen
+    BatchNorm affine weights) need DDP's unused-parameter search, which costs an extra
+    autograd-graph traversal every step; models without them use plain ``base`` (``ddp`` or
+    ``ddp_spawn``).
+    """
+    if base not in ("ddp", "ddp_spawn"):
+        raise ValueError(f"ddp_strategy base must be 'ddp' or 'ddp_spawn', got '{base}'")
+    if int(warmup_epochs) > 0 or bool(freeze_bn):
+        return f"{base}_find_unused_parameters_true"
+    return base
 
 
 register_resolvers()
