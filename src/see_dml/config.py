@@ -84,6 +84,10 @@ def validate_config(cfg: DictConfig) -> None:
     epochs = OmegaConf.select(cfg, "trainer.max_epochs")
     if not isinstance(epochs, int) or epochs < 0:
         raise ConfigError(f"trainer.max_epochs must be a non-negative integer, got {epochs!r}")
+    if cfg.get("knn_backend", "auto") not in ("auto", "faiss", "torch"):
+        raise ConfigError(
+            f"knn_backend must be one of auto, faiss, torch; got '{cfg.knn_backend}'"
+        )
     if cfg.model.pooling not in ("avg", "max", "avg+max", "cls", "model"):
         raise ConfigError(
             f"model.pooling must be one of avg, max, avg+max, cls, model; got '{cfg.model.pooling}'"

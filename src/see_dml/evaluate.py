@@ -213,9 +213,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got '{split}'")
     if cfg.export.format not in ("npz", "parquet"):
         raise ConfigError(f"export.format must be npz or parquet, got '{cfg.export.format}'")
+    if cfg.get("knn_backend", "auto") not in ("auto", "faiss", "torch"):
+        raise ConfigError(
+            f"knn_backend must be one of auto, faiss, torch; got '{cfg.knn_backend}'")
     ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
     ckpt_file = check_ckpt_path(ckpt_path)
     import numpy as np
+    import torch
 
     from see_dml.export import embed_split, resolve_device, save_embeddings, split_paths
     from see_dml.metrics import metrics_from_neighbours, retrieve
@@ -242,8 +246,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     gallery = embedded[names[1]] if len(names) == 2 else None
     # One search feeds the metrics and the retrieval grid; it is the search train's test
     # runs (retrieval_metrics = retrieve + metrics_from_neighbours), so the numbers agree.
-    result = retrieve(query[0], query[1], *(gallery[:2] if gallery else (None, None)),
-                      k=max(recall_ks))
+    # auto: the torch search on the GPU when the model ran on one, else faiss-cpu
+    backend = cfg.get("knn_backend", "auto")
+    if backend == "auto":
+        backend = "torch" if device.type == "cuda" else "faiss"
+
+    def searched(emb: Any) -> Any:
+        return torch.as_tensor(emb).to(device) if backend == "torch" else emb
+
+    result = retrieve(searched(query[0]), query[1],
+                      *((searched(gallery[0]), gallery[1]) if gallery else (None, None)),
+                      k=max(recall_ks), backend=backend)
     scores = metrics_from_neighbours(result.neighbour_labels, result.query_labels,
                                      result.relevant_counts, recall_ks)
     metrics: dict[str, Any] = {f"{split}/{k}": v for k, v in scores.items()}

@@ -45,6 +45,8 @@ class DMLModule(L.LightningModule):
         warmup_epochs: epochs with a frozen backbone (head and proxies train alone).
         freeze_bn: keep every BatchNorm of the backbone in eval mode with frozen affine.
         recall_ks: Ks of Recall@K.
+        knn_backend: kNN search of the val/test metrics: ``auto`` (torch on the GPU when the
+            model runs on one, else faiss), ``faiss`` or ``torch``.
         config: the resolved run config, stored in checkpoints so any tool can rebuild
             the model from a checkpoint alone.
     """
@@ -53,7 +55,7 @@ class DMLModule(L.LightningModule):
                  optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, backbone_lr_mult: float = 1.0,
                  head_lr_mult: float = 1.0, warmup_epochs: int = 0, freeze_bn: bool = False,
-                 recall_ks: Iterable[int] = (1, 2, 4, 8),
+                 recall_ks: Iterable[int] = (1, 2, 4, 8), knn_backend: str = "auto",
                  config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
@@ -66,6 +68,7 @@ class DMLModule(L.LightningModule):
         self.warmup_epochs = warmup_epochs
         self.freeze_bn = freeze_bn
         self.recall_ks = tuple(recall_ks)
+        self.knn_backend = knn_backend
         self.config = config
         self.embedding_hooks: list[EmbeddingHook] = []
         self.test_prefix = "test"
@@ -227,13 +230,19 @@ class DMLModule(L.LightningModule):
 
     def _retrieval(self, query: tuple[torch.Tensor, ...],
                    gallery: tuple[torch.Tensor, ...] | None) -> dict[str, float]:
-        from see_dml.metrics import retrieval_metrics
+        from see_dml.metrics import resolve_backend, retrieval_metrics
 
-        q_emb, q_lab = query[0].cpu().numpy(), query[1].cpu().numpy()
+        # Embeddings stay where they are for the torch search on a GPU; faiss takes numpy.
+        backend = resolve_backend(self.knn_backend, query[0])
+
+        def host(t: torch.Tensor) -> Any:
+            return t if backend == "torch" else t.cpu().numpy()
+
+        q_emb, q_lab = host(query[0]), query[1].cpu().numpy()
         if gallery is None:
-            return retrieval_metrics(q_emb, q_lab, ks=self.recall_ks)
-        return retrieval_metrics(q_emb, q_lab, gallery[0].cpu().numpy(),
-                                 gallery[1].cpu().numpy(), ks=self.recall_ks)
+            return retrieval_metrics(q_emb, q_lab, ks=self.recall_ks, backend=backend)
+        return retrieval_metrics(q_emb, q_lab, host(gallery[0]), gallery[1].cpu().numpy(),
+                                 ks=self.recall_ks, backend=backend)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

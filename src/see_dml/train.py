@@ -53,7 +53,7 @@ def build_model(cfg: DictConfig, num_classes: int, backbone: Backbone | None = N
         backbone, head, criterion, optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
         backbone_lr_mult=m.backbone_lr_mult, head_lr_mult=m.head_lr_mult,
         warmup_epochs=m.warmup_epochs, freeze_bn=m.freeze_bn,
-        recall_ks=source.recall_ks,
+        recall_ks=source.recall_ks, knn_backend=cfg.get("knn_backend", "auto"),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
 

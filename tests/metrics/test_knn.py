@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from see_dml.metrics import knn_search
+from see_dml.metrics import knn_search, resolve_backend
 from see_dml.metrics.knn import _drop_self
 
 
@@ -80,3 +80,24 @@ def test_k_is_validated():
         knn_search(x, x, 4, exclude_self=True)
     with pytest.raises(ValueError, match="backend"):
         knn_search(x, x, 1, exclude_self=False, backend="annoy")
+
+
+def test_auto_backend_is_faiss_off_the_gpu_and_explicit_choices_stay():
+    x = np.eye(4, dtype=np.float32)
+    assert resolve_backend("auto", x) == "faiss"
+    assert resolve_backend("auto", torch.from_numpy(x)) == "faiss"  # a CPU tensor
+    assert resolve_backend("torch", x) == "torch"
+    assert resolve_backend("faiss", torch.from_numpy(x)) == "faiss"
+    with pytest.raises(ValueError, match="'auto'"):
+        resolve_backend("annoy", x)
+    with pytest.raises(ValueError, match="backend"):
+        knn_search(x, x, 1, exclude_self=True, backend="annoy")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_auto_backend_searches_gpu_tensors_with_torch():
+    x = torch.randn(300, 16, device="cuda")
+    assert resolve_backend("auto", x) == "torch"
+    _, i_auto = knn_search(x, x, 5, exclude_self=True, backend="auto")
+    _, i_faiss = knn_search(x.cpu().numpy(), x.cpu().numpy(), 5, exclude_self=True)
+    np.testing.assert_array_equal(i_auto, i_faiss)

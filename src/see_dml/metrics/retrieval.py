@@ -273,7 +273,7 @@ def retrieval_metrics(
             gallery here and nothing is excluded.
         reference_labels: (R,) gallery labels.
         ks: the K of Recall@K (1, 2, 4, 8 for CUB/Cars; 1, 10, 100, 1000 for SOP).
-        backend: kNN backend, ``"faiss"`` or ``"torch"``.
+        backend: kNN backend, ``"faiss"``, ``"torch"`` or ``"auto"`` (see :func:`knn_search`).
         compute_nmi: also cluster the query embeddings with k-means and report ``nmi``.
         num_classes_for_nmi: k-means clusters; default the number of query classes.
 
