@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from see_dml.synthesis import max_mahalanobis_centers, random_expansion, spherical_expansion
+from see_dml.synthesis import see as see_impl
 from see_dml.synthesis.see import _spherical_expansion_loop
 
 GRID = [(n, d) for n in (1, 2, 8, 16) for d in (16, 64, 128) if n <= d - 2]
@@ -90,6 +91,26 @@ def test_batched_equals_per_sample_reference(n: int, d: int) -> None:
         z, torch.arange(k), w, n, generator=torch.Generator().manual_seed(3)
     )
     torch.testing.assert_close(from_gen, batched, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(("n", "d"), [(1, 16), (8, 10), (8, 128), (14, 16)])
+def test_gpu_orthonormalisation_route_matches_cpu_route(n: int, d: int) -> None:
+    """CholeskyQR2 (used on GPUs) gives Householder QR's frame (used on CPU), column 0 kept."""
+    k = 200
+    z, w = _inputs(k, d, seed=11)
+    noise = torch.randn(k, d, n, generator=torch.Generator().manual_seed(5))
+    s = (z * w).sum(1)
+    cols = torch.cat([F.normalize(z - s[:, None] * w, dim=1)[:, :, None], noise[:, :, 1:]], 2)
+    cols = cols - w[:, :, None] * (w[:, None, :] @ cols)
+    cols[:, :, 0] = F.normalize(cols[:, :, 0], dim=1)
+    householder = see_impl._householder_columns(cols)
+    cholesky = see_impl._cholesky_qr2_columns(cols)
+    assert cholesky.dtype == torch.float32
+    torch.testing.assert_close(cholesky, householder, atol=2e-5, rtol=0)
+    torch.testing.assert_close(cholesky[:, :, 0], cols[:, :, 0], atol=1e-6, rtol=0)
+    eye = torch.eye(n).expand(k, n, n)
+    torch.testing.assert_close(cholesky.transpose(1, 2) @ cholesky, eye, atol=1e-5, rtol=0)
+    assert (cholesky.transpose(1, 2) @ w[:, :, None]).abs().max() < 1e-5  # still ⟂ the axis
 
 
 def test_labels_and_row_layout() -> None:
