@@ -90,12 +90,14 @@ def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
     return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
 
 
-def _last_checkpoint(ckpt_cb: ModelCheckpoint | None) -> Path | None:
-    """``last.ckpt``: the final epoch, written every epoch by ``callbacks.last_checkpoint``."""
-    if ckpt_cb is None or not ckpt_cb.dirpath:
-        return None
-    last = Path(ckpt_cb.dirpath) / "last.ckpt"
-    return last if last.exists() else None
+def _last_checkpoint_file(callbacks: list[Any]) -> Path | None:
+    """Where ``callbacks.last_checkpoint`` writes the final epoch every epoch
+    (``<dirpath>/last.ckpt``): ``ckpt_path=auto`` resumes from it, ``test_final`` tests it.
+    None without such a callback."""
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.filename == "last" and cb.dirpath:
+            return Path(cb.dirpath) / f"last{cb.FILE_EXTENSION}"
+    return None
 
 
 def _epochs_run(trainer: L.Trainer, ckpt_cb: ModelCheckpoint | None, last: Path | None) -> int:
@@ -111,11 +113,10 @@ def _epochs_run(trainer: L.Trainer, ckpt_cb: ModelCheckpoint | None, last: Path 
     return int(state["epoch"]) + 1
 
 
-def _resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
     if ckpt_path != "auto":
         return ckpt_path
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return str(last) if last.exists() else None
+    return str(last) if last is not None and last.exists() else None
 
 
 def format_results(metrics: dict[str, float],
@@ -164,12 +165,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
                                      logger=loggers or False, **trainer_kwargs)
-    ckpt_path = _resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    last_file = _last_checkpoint_file(callbacks)
+    trainer.fit(model, datamodule=dm,
+                ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), last_file))
 
     metrics: dict[str, Any] = {}
     ckpt_cb = _checkpoint_callback(trainer)
-    last = _last_checkpoint(ckpt_cb)
+    last = last_file if last_file is not None and last_file.exists() else None
     epochs = _epochs_run(trainer, ckpt_cb, last)
     best = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
     runs = [("test", best)]
