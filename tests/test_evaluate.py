@@ -126,6 +126,14 @@ def test_torch_knn_backend_gives_the_faiss_numbers(trained, tmp_path):
         evaluate(_evaluate_cfg(f"ckpt_path={trained['best']}", "knn_backend=annoy"))
 
 
+def test_nmi_option(trained, tmp_path):
+    report = evaluate(_evaluate_cfg(f"ckpt_path={trained['best']}", f"paths.run_dir={tmp_path}",
+                                    "nmi=true"))
+    assert 0.0 <= report["test/nmi"] <= 1.0
+    assert "NMI" in (tmp_path / "metrics.md").read_text()
+    assert report["test/map@r"] == pytest.approx(trained["metrics"]["test/map@r"], abs=1e-6)
+
+
 def test_bad_ckpt_path_exits_naming_the_key(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "see_dml.evaluate", f"ckpt_path={tmp_path / 'nope.ckpt'}",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.errors import MissingConfigException
@@ -39,6 +40,20 @@ def test_checkpoint_selected_on_validation_classes(make_cfg):
     assert {"test_final/map@r", "test/map@r"} <= metrics.keys()
     last = Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 1  # final
+
+
+def test_nmi_option_reports_test_nmi_and_prints_it(make_cfg, capsys):
+    from see_dml.metrics import nmi_score
+
+    cfg = make_cfg("nmi=true", "test_final=false", "callbacks.embedding_export.plots=false")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/nmi"] <= 1.0
+    # the clustering of the exported test embeddings (those of the tested weights) agrees
+    exported = np.load(Path(cfg.paths.run_dir) / "embeddings_test.npz")
+    assert metrics["test/nmi"] == pytest.approx(
+        nmi_score(exported["embeddings"], exported["labels"], seed=0), abs=1e-6)
+    assert "| MAP@R | R-Prec | NMI |" in capsys.readouterr().out
+    assert "test/nmi" not in train(make_cfg("test_final=false"))  # off by default
 
 
 def test_killed_run_resumes_from_last_checkpoint(make_cfg):

@@ -259,6 +259,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                       k=max(recall_ks), backend=backend)
     scores = metrics_from_neighbours(result.neighbour_labels, result.query_labels,
                                      result.relevant_counts, recall_ks)
+    if cfg.get("nmi", False):  # query and gallery together for In-Shop, as training does
+        from see_dml.metrics import nmi_score
+
+        clustered = [query[:2]] + ([gallery[:2]] if gallery else [])
+        scores["nmi"] = nmi_score(np.concatenate([np.asarray(e) for e, _ in clustered]),
+                                  np.concatenate([np.asarray(lab) for _, lab in clustered]),
+                                  seed=0)
     metrics: dict[str, Any] = {f"{split}/{k}": v for k, v in scores.items()}
 
     if cfg.export.enabled:

@@ -47,6 +47,9 @@ class DMLModule(L.LightningModule):
         recall_ks: Ks of Recall@K.
         knn_backend: kNN search of the val/test metrics: ``auto`` (torch on the GPU when the
             model runs on one, else faiss), ``faiss`` or ``torch``.
+        compute_nmi: also report ``test/nmi``, the NMI of a k-means clustering of the test
+            embeddings (as many clusters as classes; query and gallery together for
+            In-Shop).
         config: the resolved run config, stored in checkpoints so any tool can rebuild
             the model from a checkpoint alone.
     """
@@ -56,7 +59,7 @@ class DMLModule(L.LightningModule):
                  scheduler: Callable[..., Any] | None = None, backbone_lr_mult: float = 1.0,
                  head_lr_mult: float = 1.0, warmup_epochs: int = 0, freeze_bn: bool = False,
                  recall_ks: Iterable[int] = (1, 2, 4, 8), knn_backend: str = "auto",
-                 config: dict[str, Any] | None = None) -> None:
+                 compute_nmi: bool = False, config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -69,6 +72,7 @@ class DMLModule(L.LightningModule):
         self.freeze_bn = freeze_bn
         self.recall_ks = tuple(recall_ks)
         self.knn_backend = knn_backend
+        self.compute_nmi = compute_nmi
         self.config = config
         self.embedding_hooks: list[EmbeddingHook] = []
         self.test_prefix = "test"
@@ -263,7 +267,14 @@ class DMLModule(L.LightningModule):
             query = self.collect_embeddings(0, names[0], self._split_size(names[0]))
             gallery = self.collect_embeddings(1, names[1], self._split_size(names[1]))
             metrics = self._retrieval(query, gallery)
+            clustered = [torch.cat([q, g]) for q, g in zip(query[:2], gallery[:2])]
         else:
-            metrics = self._retrieval(
-                self.collect_embeddings(0, names[0], self._split_size(names[0])), None)
+            query = self.collect_embeddings(0, names[0], self._split_size(names[0]))
+            metrics = self._retrieval(query, None)
+            clustered = list(query[:2])
+        if self.compute_nmi:
+            from see_dml.metrics import nmi_score
+
+            metrics["nmi"] = nmi_score(clustered[0].cpu().numpy(), clustered[1].cpu().numpy(),
+                                       seed=0)
         self.log_dict({f"{self.test_prefix}/{k}": v for k, v in metrics.items()})

@@ -54,6 +54,7 @@ def build_model(cfg: DictConfig, num_classes: int, backbone: Backbone | None = N
         backbone_lr_mult=m.backbone_lr_mult, head_lr_mult=m.head_lr_mult,
         warmup_epochs=m.warmup_epochs, freeze_bn=m.freeze_bn,
         recall_ks=source.recall_ks, knn_backend=cfg.get("knn_backend", "auto"),
+        compute_nmi=bool(cfg.get("nmi", False)),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
 
@@ -130,7 +131,10 @@ def format_results(metrics: dict[str, float],
     ks = sorted({int(k.rsplit("@", 1)[1]) for k in metrics
                  if any(k.startswith(f"{p}/recall@") for p in rows)})
     cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"]
-    header = "| weights | " + " | ".join([f"R@{k}" for k in ks] + ["MAP@R", "R-Prec"]) + " |"
+    names = [f"R@{k}" for k in ks] + ["MAP@R", "R-Prec"]
+    if any(f"{p}/nmi" in metrics for p in rows):
+        cols, names = [*cols, "nmi"], [*names, "NMI"]
+    header = "| weights | " + " | ".join(names) + " |"
     lines = [header, "|" + "---|" * (len(cols) + 1)]
     for prefix, name in rows.items():
         vals = [metrics.get(f"{prefix}/{c}", math.nan) * 100 for c in cols]
