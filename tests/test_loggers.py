@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from see_dml.config import path_id
 from see_dml.train import train
 
 #: one short epoch, evaluation on a batch per split (the loggers are under test, not metrics)
@@ -29,9 +30,14 @@ def test_wandb_runs_offline_without_an_account(make_cfg, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc login to fall back on
+    cfg = make_cfg(*SHORT, "logger=wandb")
+    run_id = cfg.logger.wandb.id
+    assert run_id == path_id(cfg.paths.run_dir) and len(run_id) == 12
+    assert make_cfg("logger=wandb", "paths.run_dir=/elsewhere").logger.wandb.id != run_id
     _, run_dir = run(make_cfg, "logger=wandb")
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, list(run_dir.rglob("*"))[:20]
+    assert offline[0].name.endswith(f"-{run_id}")  # the run directory's id, stable on resume
     wandb_file = list(offline[0].glob("*.wandb"))
     assert wandb_file and wandb_file[0].stat().st_size > 0
     # the CSV logger of the same config still writes its metrics

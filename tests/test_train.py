@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -56,14 +57,28 @@ def test_nmi_option_reports_test_nmi_and_prints_it(make_cfg, capsys):
     assert "test/nmi" not in train(make_cfg("test_final=false"))  # off by default
 
 
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_killed_run_resumes_from_last_checkpoint(make_cfg):
     """ckpt_path=auto picks up the run directory's last.ckpt instead of starting again."""
-    first = train(make_cfg("trainer.max_epochs=1"))
+    cfg = make_cfg("trainer.max_epochs=1")
+    first = train(cfg)
+    log = Path(cfg.paths.run_dir) / "csv" / "metrics.csv"
+    rows_before = _csv_rows(log)
+    assert any(r.get("train/loss_epoch") for r in rows_before)
     # Same run directory, nothing left to train. A fresh start with another initialisation
     # would train other weights; the resumed run evaluates the checkpoint's weights.
     again = train(make_cfg("trainer.max_epochs=1", "model.head_init=kaiming"))
     assert again["epochs"] == 1
     assert again["test/map@r"] == pytest.approx(first["test/map@r"], abs=1e-7)
+    # the resumed run appended to the CSV log: the first run's rows are all still there
+    rows_after = _csv_rows(log)
+    assert len(rows_after) > len(rows_before)
+    assert [{k: v for k, v in r.items() if v} for r in rows_after[:len(rows_before)]] == \
+        [{k: v for k, v in r.items() if v} for r in rows_before]
     fresh = train(make_cfg("trainer.max_epochs=1", "model.head_init=kaiming", "ckpt_path=null",
                            "paths.run_dir=${paths.output_dir}/fresh"))
     assert fresh["test/map@r"] != pytest.approx(first["test/map@r"], abs=1e-7)

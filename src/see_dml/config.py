@@ -6,6 +6,7 @@ touched, and each error names the key that is wrong and what would be right.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -29,13 +30,25 @@ _RUN_UID = uuid.uuid4().hex[:6]
 
 def register_resolvers() -> None:
     """Resolvers the configs use: ``${run_uid:}`` (per-process id), ``${mul:a,b}``,
-    ``${ddp_strategy:warmup_epochs,freeze_bn}``."""
+    ``${ddp_strategy:warmup_epochs,freeze_bn}``, ``${path_id:dir}``."""
     if not OmegaConf.has_resolver("run_uid"):
         OmegaConf.register_new_resolver("run_uid", lambda: _RUN_UID)
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
+    if not OmegaConf.has_resolver("path_id"):
+        OmegaConf.register_new_resolver("path_id", path_id)
     if not OmegaConf.has_resolver("ddp_strategy"):
         OmegaConf.register_new_resolver("ddp_strategy", ddp_strategy)
+
+
+def path_id(path: str) -> str:
+    """A short id that is the same whenever the same directory is used: ``${path_id:dir}``.
+
+    The W&B run id of a run directory, so a resumed run (``ckpt_path=auto``, a requeued SLURM
+    job) logs into its own W&B run instead of starting another.
+    """
+    resolved = str(Path(path).expanduser().resolve())
+    return hashlib.sha1(resolved.encode()).hexdigest()[:12]
 
 
 def ddp_strategy(warmup_epochs: int, freeze_bn: bool, base: str = "ddp") -> str:
