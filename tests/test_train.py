@@ -131,6 +131,7 @@ def test_unknown_loss_compose_error(make_cfg):
     ("model.pooling=median", "model.pooling"),
     ("trainer.max_epochs=-1", "trainer.max_epochs"),
     ("knn_backend=annoy", "knn_backend"),
+    ("matmul_precision=low", "matmul_precision"),
 ])
 def test_bad_config_fails_before_training_naming_the_key(make_cfg, override, key):
     cfg = make_cfg(override)

@@ -97,6 +97,9 @@ def validate_config(cfg: DictConfig) -> None:
     epochs = OmegaConf.select(cfg, "trainer.max_epochs")
     if not isinstance(epochs, int) or epochs < 0:
         raise ConfigError(f"trainer.max_epochs must be a non-negative integer, got {epochs!r}")
+    if cfg.get("matmul_precision") not in (None, "highest", "high", "medium"):
+        raise ConfigError(f"matmul_precision must be highest, high, medium or null; "
+                          f"got '{cfg.matmul_precision}'")
     if cfg.get("knn_backend", "auto") not in ("auto", "faiss", "torch"):
         raise ConfigError(
             f"knn_backend must be one of auto, faiss, torch; got '{cfg.knn_backend}'"
