@@ -100,10 +100,7 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.get("matmul_precision") not in (None, "highest", "high", "medium"):
         raise ConfigError(f"matmul_precision must be highest, high, medium or null; "
                           f"got '{cfg.matmul_precision}'")
-    if cfg.get("knn_backend", "auto") not in ("auto", "faiss", "torch"):
-        raise ConfigError(
-            f"knn_backend must be one of auto, faiss, torch; got '{cfg.knn_backend}'"
-        )
+    check_knn_backend(cfg)
     if cfg.model.pooling not in ("avg", "max", "avg+max", "cls", "model"):
         raise ConfigError(
             f"model.pooling must be one of avg, max, avg+max, cls, model; got '{cfg.model.pooling}'"
@@ -133,6 +130,14 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"see.directions must be 'simplex' or 'random', got '{see.directions}'"
             )
+
+
+def check_knn_backend(cfg: DictConfig) -> None:
+    """``knn_backend`` (train and evaluate configs) is auto, faiss or torch."""
+    if cfg.get("knn_backend", "auto") not in ("auto", "faiss", "torch"):
+        raise ConfigError(
+            f"knn_backend must be one of auto, faiss, torch; got '{cfg.knn_backend}'"
+        )
 
 
 def _efficientnet_lite0_weights() -> str:

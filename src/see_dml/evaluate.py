@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from see_dml.config import CONFIG_DIR, ConfigError
+from see_dml.config import CONFIG_DIR, ConfigError, check_knn_backend
 
 # torch, Lightning, timm and faiss are imported where they are used: they take seconds to
 # load, and a mistyped ckpt_path or split should fail before that, not after.
@@ -213,9 +213,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got '{split}'")
     if cfg.export.format not in ("npz", "parquet"):
         raise ConfigError(f"export.format must be npz or parquet, got '{cfg.export.format}'")
-    if cfg.get("knn_backend", "auto") not in ("auto", "faiss", "torch"):
-        raise ConfigError(
-            f"knn_backend must be one of auto, faiss, torch; got '{cfg.knn_backend}'")
+    check_knn_backend(cfg)
     ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
     ckpt_file = check_ckpt_path(ckpt_path)
     import numpy as np
@@ -246,13 +244,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     gallery = embedded[names[1]] if len(names) == 2 else None
     # One search feeds the metrics and the retrieval grid; it is the search train's test
     # runs (retrieval_metrics = retrieve + metrics_from_neighbours), so the numbers agree.
-    # auto: the torch search on the GPU when the model ran on one, else faiss-cpu
+    # Searched where the model ran unless faiss is asked for: auto then picks the torch
+    # search for embeddings on a GPU and faiss for those on the CPU.
     backend = cfg.get("knn_backend", "auto")
-    if backend == "auto":
-        backend = "torch" if device.type == "cuda" else "faiss"
 
     def searched(emb: Any) -> Any:
-        return torch.as_tensor(emb).to(device) if backend == "torch" else emb
+        return emb if backend == "faiss" else torch.as_tensor(emb).to(device)
 
     result = retrieve(searched(query[0]), query[1],
                       *((searched(gallery[0]), gallery[1]) if gallery else (None, None)),
@@ -262,9 +259,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("nmi", False):  # query and gallery together for In-Shop, as training does
         from see_dml.metrics import nmi_score
 
-        clustered = [query[:2]] + ([gallery[:2]] if gallery else [])
-        scores["nmi"] = nmi_score(np.concatenate([np.asarray(e) for e, _ in clustered]),
-                                  np.concatenate([np.asarray(lab) for _, lab in clustered]),
+        parts = [query] + ([gallery] if gallery else [])
+        scores["nmi"] = nmi_score(*(np.concatenate([part[i] for part in parts]) for i in (0, 1)),
                                   seed=0)
     metrics: dict[str, Any] = {f"{split}/{k}": v for k, v in scores.items()}
 

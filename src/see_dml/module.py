@@ -267,14 +267,14 @@ class DMLModule(L.LightningModule):
             query = self.collect_embeddings(0, names[0], self._split_size(names[0]))
             gallery = self.collect_embeddings(1, names[1], self._split_size(names[1]))
             metrics = self._retrieval(query, gallery)
-            clustered = [torch.cat([q, g]) for q, g in zip(query[:2], gallery[:2])]
+            parts = [query, gallery]
         else:
             query = self.collect_embeddings(0, names[0], self._split_size(names[0]))
             metrics = self._retrieval(query, None)
-            clustered = list(query[:2])
+            parts = [query]
         if self.compute_nmi:
             from see_dml.metrics import nmi_score
 
-            metrics["nmi"] = nmi_score(clustered[0].cpu().numpy(), clustered[1].cpu().numpy(),
-                                       seed=0)
+            emb, lab = (torch.cat([part[i] for part in parts]).cpu().numpy() for i in (0, 1))
+            metrics["nmi"] = nmi_score(emb, lab, seed=0)
         self.log_dict({f"{self.test_prefix}/{k}": v for k, v in metrics.items()})

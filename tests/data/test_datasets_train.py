@@ -22,11 +22,13 @@ def test_train_and_evaluate_on_fixture(make_cfg, tmp_path, name, kwargs):
     data_dir = tmp_path / "data"
     make_fixture(name, data_dir, **kwargs)
     cfg = make_cfg(f"dataset={name}", f"paths.data_dir={data_dir}", "dataset.val_fraction=0.2",
-                   "see.enabled=true", "see.p_min=0.4", "see.n_points=4", *SMALL_PHOTOS)
+                   "see.enabled=true", "see.p_min=0.4", "see.n_points=4", "nmi=true",
+                   *SMALL_PHOTOS)
     metrics = train(cfg)
     ks = (1, 10, 20, 30, 40, 50) if name == "inshop" else (
         (1, 10, 100, 1000) if name == "sop" else (1, 2, 4, 8, 16, 32))
     for k in ks:  # the dataset's own Recall@K list
         assert 0.0 <= metrics[f"test/recall@{k}"] <= 1.0
     assert 0.0 <= metrics["test/map@r"] <= 1.0
+    assert 0.0 <= metrics["test/nmi"] <= 1.0  # In-Shop: query and gallery clustered together
     assert "best/val/map@r" in metrics
