@@ -73,6 +73,19 @@ def test_folder_against_itself_finds_each_query_first(trained, tmp_path):
         assert _pixels(img, RIGHT) > rows * 100  # every row has its green self-match border
 
 
+def test_torch_backend_finds_the_same_neighbours(trained, tmp_path):
+    common = [f"ckpt_path={trained['ckpt']}", f"query={trained['folder']}",
+              f"gallery={trained['folder']}", "k=3"]
+    faiss_run = _retrieve(*common, f"paths.run_dir={tmp_path / 'faiss'}", "knn_backend=faiss")
+    torch_run = _retrieve(*common, f"paths.run_dir={tmp_path / 'torch'}", "knn_backend=torch")
+    for a, b in zip(faiss_run["results"], torch_run["results"], strict=True):
+        assert a["neighbours"][0]["item"] == b["neighbours"][0]["item"] == a["query"]
+        assert [n["score"] for n in a["neighbours"]] == pytest.approx(
+            [n["score"] for n in b["neighbours"]], abs=1e-5)
+    with pytest.raises(ConfigError, match="knn_backend"):
+        _retrieve(*common, "knn_backend=annoy")
+
+
 def test_image_file_against_a_split(trained, tmp_path, capsys):
     """A PNG written from test image i finds test[i] first; an unlabelled query: grey."""
     query = sorted(trained["folder"].rglob("*.png"))[0]

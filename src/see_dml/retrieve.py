@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from see_dml.config import CONFIG_DIR, ConfigError
+from see_dml.config import CONFIG_DIR, ConfigError, check_knn_backend
 from see_dml.evaluate import (
     USER_ERRORS,
     build_eval_datamodule,
@@ -173,6 +173,9 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     k = cfg.k
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
+    check_knn_backend(cfg)
+    import torch
+
     from see_dml.export import embed_split, resolve_device
     from see_dml.metrics import knn_search
     from see_dml.plots import retrieval_grid
@@ -193,7 +196,11 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     k_used = min(k, len(gallery.ids))
     if k_used < k:
         log.warning("k=%d but the gallery holds %d images: showing %d", k, k_used, k_used)
-    scores, indices = knn_search(embedded[0], embedded[1], k_used, exclude_self=False)
+    backend = cfg.get("knn_backend", "auto")  # auto: torch for embeddings on a GPU
+    if backend != "faiss":
+        embedded = [torch.as_tensor(e).to(device) for e in embedded]
+    scores, indices = knn_search(embedded[0], embedded[1], k_used, exclude_self=False,
+                                 backend=backend)
 
     results = []
     for qi in range(len(query.ids)):
