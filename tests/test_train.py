@@ -57,6 +57,30 @@ def test_nmi_option_reports_test_nmi_and_prints_it(make_cfg, capsys):
     assert "test/nmi" not in train(make_cfg("test_final=false"))  # off by default
 
 
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)
+    return state["state_dict"]
+
+
+@pytest.mark.parametrize(("see", "workers"), [("false", 0), ("true", 0), ("true", 2)])
+def test_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path, see, workers):
+    """2 epochs straight == 1 epoch, killed, resumed for the 2nd: same weights, bit for bit
+    (proxies, optimiser, sampler epoch, SEE's generator and the augmentation RNG restored)."""
+    common = ["trainer.limit_train_batches=4", f"see.enabled={see}", "see.p_min=0.4",
+              f"data.num_workers={workers}",
+              "see.n_points=4", "callbacks.embedding_export=null", "test_final=false"]
+    straight = make_cfg(*common, "trainer.max_epochs=2", f"paths.run_dir={tmp_path / 'a'}")
+    train(straight)
+    train(make_cfg(*common, "trainer.max_epochs=1", f"paths.run_dir={tmp_path / 'b'}"))
+    resumed = train(make_cfg(*common, "trainer.max_epochs=2", f"paths.run_dir={tmp_path / 'b'}"))
+    assert resumed["epochs"] == 2
+    a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def _csv_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))

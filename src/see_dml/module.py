@@ -8,10 +8,12 @@ the (DDP-gathered) batch embeddings and labels and returns extra loss terms and 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +31,37 @@ class EmbeddingHook(Protocol):
 
     def __call__(self, module: DMLModule, embeddings: torch.Tensor,
                  labels: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+def rng_states() -> dict[str, Any]:
+    """The process's random states (torch, CUDA, numpy, Python) in checkpoint-safe types.
+
+    Lightning restores model, optimiser, loop and callback state on resume but not these
+    (its own helpers are private), so a resumed epoch would draw other augmentations.
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` saved (CUDA only onto as many devices as were saved)."""
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    cuda = states.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 class DMLModule(L.LightningModule):
@@ -179,6 +212,13 @@ class DMLModule(L.LightningModule):
         if self.config is not None:
             checkpoint["see_dml_config"] = self.config
         checkpoint["see_dml_num_classes"] = self.criterion.num_classes
+        checkpoint["see_dml_rng"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A resumed fit continues the random streams of the run it resumes (augmentations,
+        # DataLoader worker seeds): the next epoch draws what it would have drawn unbroken.
+        if "see_dml_rng" in checkpoint:
+            set_rng_states(checkpoint["see_dml_rng"])
 
     # -- evaluation -----------------------------------------------------------------------
     def _eval_step(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> None:

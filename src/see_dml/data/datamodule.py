@@ -25,6 +25,10 @@ class RetrievalDataModule(L.LightningDataModule):
         m_per_class: images per class in a class-balanced batch.
         sampler: ``class_balanced`` (m per class) or ``random`` (plain shuffling).
         eval_batch_size: images per batch when embedding eval splits.
+        persistent_workers: keep training workers alive between epochs. Off by default: new
+            workers each epoch take their seeds from the main process's random state, which
+            checkpoints restore, so a resumed run draws the same augmentations as an unbroken
+            one; persistent workers carry their own random state across epochs instead.
         transforms: :class:`TransformConfig` fields.
         mean, std: normalisation; set from the backbone by :meth:`set_normalization`.
     """
@@ -32,6 +36,7 @@ class RetrievalDataModule(L.LightningDataModule):
     def __init__(self, source: DatasetSource, batch_size: int = 60, m_per_class: int = 2,
                  sampler: str = "class_balanced", num_workers: int = 0,
                  eval_batch_size: int = 256, pin_memory: bool = False,
+                 persistent_workers: bool = False,
                  transforms: dict[str, Any] | None = None, seed: int = 0,
                  batches_per_epoch: int | None = None,
                  mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> None:
@@ -43,6 +48,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.eval_batch_size = eval_batch_size
         self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
         self.transform_cfg = TransformConfig(**(transforms or {}))
         self.seed = seed
         self.batches_per_epoch = batches_per_epoch
@@ -113,14 +119,25 @@ class RetrievalDataModule(L.LightningDataModule):
             self._train_sampler = ClassBalancedBatchSampler(
                 dataset.labels, self.batch_size, self.m_per_class, num_replicas=world,
                 rank=rank, seed=self.seed, batches_per_epoch=self.batches_per_epoch)
+            # A resumed fit builds its first iterator (whose workers prefetch at once) before
+            # any epoch-start hook runs, and Lightning sets the epoch of samplers, not of batch
+            # samplers: start at the epoch the fit resumes in, or it replays epoch 0's batches.
+            # processed, not current_epoch: a checkpoint written at an epoch's end has the
+            # epoch processed but not yet counted as completed (Lightning's own sampler epoch).
+            trainer = getattr(self, "trainer", None)
+            self._train_sampler.set_epoch(
+                trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0)
             return DataLoader(dataset, batch_sampler=self._train_sampler,
                               num_workers=self.num_workers, pin_memory=self.pin_memory,
-                              persistent_workers=self.num_workers > 0)
+                              persistent_workers=self._persistent())
         sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed,
                                       drop_last=True) if world > 1 else None)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=sampler is None,
                           sampler=sampler, drop_last=True, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+                          pin_memory=self.pin_memory, persistent_workers=self._persistent())
+
+    def _persistent(self) -> bool:
+        return self.persistent_workers and self.num_workers > 0
 
     def eval_dataloader(self, dataset: Dataset) -> DataLoader:
         world, rank = self._world()
