@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,41 @@ def test_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path, see, worker
     assert resumed["epochs"] == 2
     a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
     assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL a `python -m see_dml.train` after its first checkpoint, run the same command
+    again (as a requeued SLURM job does): it finishes with the weights of an unbroken run."""
+    def command(run_dir: Path) -> list[str]:
+        return [sys.executable, "-m", "see_dml.train", "trainer.max_epochs=4",
+                "+trainer.limit_train_batches=8", "data.batch_size=32", "model.embed_dim=16",
+                "dataset.images_per_class=20", "see.enabled=true", "see.p_min=0.4",
+                "callbacks.embedding_export=null", "test_final=false",
+                "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+                f"paths.cache_dir={tmp_path / 'cache'}"]
+
+    unbroken = subprocess.run(command(tmp_path / "unbroken"), capture_output=True, text=True,
+                              timeout=600)
+    assert unbroken.returncode == 0, unbroken.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(command(run_dir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere in the second epoch
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it was killed"
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] < 3
+
+    again = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 4
+    a, b = _final_weights(tmp_path / "unbroken"), _final_weights(run_dir)
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
