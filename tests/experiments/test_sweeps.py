@@ -1,7 +1,10 @@
-"""Sweeps: every experiment file composes, a local multirun runs, the table script reads it."""
+"""Sweeps: every experiment file composes, a local multirun runs, the table script reads it,
+and a preempted submitit job (the SLURM path) is requeued and resumes."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +57,30 @@ def test_local_multirun_and_table(tmp_path):
     assert {"SEE", "-"} == {line.split("|")[5].strip() for line in lines}
     for name in ("results.md", "results.csv", "results.png"):
         assert (sweep / name).stat().st_size > 0
+
+
+def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path):
+    """The SLURM path without SLURM: hydra-submitit's local launcher runs the job in its own
+    process; SIGUSR2 (SLURM's preemption notice) makes submitit requeue it; the requeued
+    attempt runs in the same run directory and resumes from last.ckpt (ckpt_path=auto)."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "see_dml.train", "-m", "hydra/launcher=submitit_local",
+           "trainer.max_epochs=3", "+trainer.limit_train_batches=4", "data.batch_size=32",
+           "model.embed_dim=16", "dataset.images_per_class=20", "callbacks.embedding_export=null",
+           "test_final=false", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}",
+           f"paths.cache_dir={tmp_path / 'cache'}",
+           "+callbacks.preempt._target_=preemption.PreemptOnce",
+           f"+callbacks.preempt.marker={tmp_path / 'preempted'}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "preempted").exists()  # the first attempt was preempted in epoch 1
+    logs = "".join(f.read_text() for f in (sweep / ".submitit").rglob("*_log.*"))
+    assert "Requeued job" in logs
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
+    assert f"Restoring states from the checkpoint path at {last}" in logs  # resumed, not anew
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["epochs"] == 3
 
 
 def test_table_script_rejects_an_empty_folder(tmp_path):
