@@ -62,7 +62,7 @@ train fp16_see_on_ms 80 trainer=gpu trainer.precision=16-mixed loss=multi_simila
 step synthesis 45 "$PY" benchmarks/bench_synthesis.py --device cuda --repeats 50 \
     --out "$OUT/synthesis_gpu.json"
 train timm_resnet50 100 trainer=gpu trainer.precision=bf16-mixed model=resnet50 \
-    model.pretrained=false model.embed_dim=128 data.transforms.image_size=64 \
+    model.backbone.pretrained=false model.embed_dim=128 data.transforms.image_size=64 \
     see.enabled=true trainer.max_epochs=1
 train bf16_see_off 100 trainer=gpu trainer.precision=bf16-mixed loss=proxy_anchor see.enabled=false
 step overhead_small_cnn_fp32 45 "$PY" benchmarks/bench_see_overhead.py --device cuda \

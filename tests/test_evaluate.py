@@ -192,7 +192,7 @@ def test_query_gallery_dataset_with_image_paths(tmp_path):
     """
     fx = make_fixture("inshop", tmp_path / "data", n_train=4, n_test=3, per_item=4)
     train_cfg = compose_config([*FAST, "dataset=inshop", f"paths.data_dir={tmp_path / 'data'}",
-                                "dataset.strict_counts=false", "model.in_chans=3",
+                                "dataset.strict_counts=false", "model.backbone.in_chans=3",
                                 "data.transforms.image_size=32", "data.transforms.resize=32",
                                 f"paths.run_dir={tmp_path / 'run'}"])
     model = build_model(train_cfg, num_classes=3)

@@ -132,7 +132,7 @@ def test_killed_run_resumes_from_last_checkpoint(make_cfg):
     assert any(r.get("train/loss_epoch") for r in rows_before)
     # Same run directory, nothing left to train. A fresh start with another initialisation
     # would train other weights; the resumed run evaluates the checkpoint's weights.
-    again = train(make_cfg("trainer.max_epochs=1", "model.head_init=kaiming"))
+    again = train(make_cfg("trainer.max_epochs=1", "model.head.init=kaiming"))
     assert again["epochs"] == 1
     assert again["test/map@r"] == pytest.approx(first["test/map@r"], abs=1e-7)
     # the resumed run appended to the CSV log: the first run's rows are all still there
@@ -140,7 +140,7 @@ def test_killed_run_resumes_from_last_checkpoint(make_cfg):
     assert len(rows_after) > len(rows_before)
     assert [{k: v for k, v in r.items() if v} for r in rows_after[:len(rows_before)]] == \
         [{k: v for k, v in r.items() if v} for r in rows_before]
-    fresh = train(make_cfg("trainer.max_epochs=1", "model.head_init=kaiming", "ckpt_path=null",
+    fresh = train(make_cfg("trainer.max_epochs=1", "model.head.init=kaiming", "ckpt_path=null",
                            "paths.run_dir=${paths.output_dir}/fresh"))
     assert fresh["test/map@r"] != pytest.approx(first["test/map@r"], abs=1e-7)
 
@@ -189,7 +189,6 @@ def test_unknown_loss_compose_error(make_cfg):
     ("model.embed_dim=-3", "model.embed_dim"),
     ("data.batch_size=30", "data.batch_size"),
     ("data.sampler=weird", "data.sampler"),
-    ("model.pooling=median", "model.pooling"),
     ("trainer.max_epochs=-1", "trainer.max_epochs"),
     ("knn_backend=annoy", "knn_backend"),
     ("matmul_precision=low", "matmul_precision"),
@@ -199,6 +198,14 @@ def test_bad_config_fails_before_training_naming_the_key(make_cfg, override, key
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(cfg)
     with pytest.raises(ConfigError):
+        train(cfg)
+    assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()
+
+
+def test_bad_component_option_fails_before_training_naming_the_key(make_cfg):
+    """Single-key options are checked once, by the component their node builds."""
+    cfg = make_cfg("model.head.pooling=median")
+    with pytest.raises(Exception, match=r"model\.head\.pooling must be one of"):
         train(cfg)
     assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()
 

@@ -101,10 +101,6 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"matmul_precision must be highest, high, medium or null; "
                           f"got '{cfg.matmul_precision}'")
     check_knn_backend(cfg)
-    if cfg.model.pooling not in ("avg", "max", "avg+max", "cls", "model"):
-        raise ConfigError(
-            f"model.pooling must be one of avg, max, avg+max, cls, model; got '{cfg.model.pooling}'"
-        )
     see = cfg.get("see")
     synthesis = cfg.get("synthesis")
     if see is not None and see.get("enabled", False):

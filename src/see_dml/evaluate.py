@@ -116,8 +116,8 @@ def load_module_from_checkpoint(path: str | Path, device: str | torch.device = "
         num_classes = int(proxies[0].shape[0])
     with open_dict(cfg):
         # The weights come from the state dict: never reach for a hub or a weights file.
-        cfg.model.pretrained = False
-        cfg.model.weights_path = None
+        cfg.model.backbone.pretrained = False
+        cfg.model.backbone.weights_path = None
     module = build_model(cfg, int(num_classes))
     try:
         module.load_state_dict(ckpt["state_dict"])

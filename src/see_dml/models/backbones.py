@@ -46,7 +46,8 @@ class SmallConvNet(nn.Module):
 
 
 class Backbone(nn.Module):
-    """A feature extractor with ``num_features``, ``mean``/``std`` and ``is_vit``.
+    """A feature extractor with ``num_features``, ``mean``/``std`` and ``num_prefix_tokens``
+    (the class / register tokens before a ViT's patch tokens; 0 for CNNs).
 
     Args:
         name: ``small_cnn`` or a timm model name (``resnet50``, ``deit_small_patch16_224``,
@@ -54,6 +55,7 @@ class Backbone(nn.Module):
         pretrained: download timm's pretrained weights (needs a hub; off on offline nodes).
         weights_path: a local weights file to load instead (see :func:`load_local_weights`).
         in_chans: input channels (1 for the digit datasets).
+        width: channels of the first block of ``small_cnn`` (ignored for timm models).
     """
 
     def __init__(self, name: str = "small_cnn", pretrained: bool = False,
@@ -68,13 +70,13 @@ class Backbone(nn.Module):
             self.num_prefix_tokens = 0
         else:
             if pretrained and weights_path:
-                raise ValueError("model.pretrained=true and model.weights_path are exclusive: "
-                                 "weights_path already provides the weights")
+                raise ValueError("model.backbone.pretrained=true and model.backbone.weights_path "
+                                 "are exclusive: weights_path already provides the weights")
             try:
                 self.body = timm.create_model(name, pretrained=pretrained, num_classes=0,
                                               in_chans=in_chans)
             except RuntimeError as err:
-                raise ValueError(f"model.backbone='{name}': {err}") from err
+                raise ValueError(f"model.backbone.name='{name}': {err}") from err
             self.num_features = self.body.num_features
             cfg = self.body.pretrained_cfg
             self.mean, self.std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std",
@@ -92,13 +94,8 @@ class Backbone(nn.Module):
     def timm_pool(self, features: torch.Tensor) -> torch.Tensor:
         """The backbone's own pooling (timm ``forward_head(pre_logits=True)``)."""
         if not self.is_timm:
-            raise ValueError("model.pooling=model needs a timm backbone")
+            raise ValueError("model.head.pooling=model needs a timm backbone")
         return self.body.forward_head(features, pre_logits=True)
-
-
-def build_backbone(name: str, pretrained: bool = False, weights_path: str | None = None,
-                   in_chans: int = 3) -> Backbone:
-    return Backbone(name, pretrained, weights_path, in_chans)
 
 
 _STRIP_PREFIXES = ("module.", "model.", "backbone.", "body.")
@@ -123,7 +120,7 @@ def load_local_weights(model: nn.Module, path: str | Path) -> None:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights_path: no weights file at '{path}'")
+        raise FileNotFoundError(f"model.backbone.weights_path: no weights file at '{path}'")
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -136,14 +133,14 @@ def load_local_weights(model: nn.Module, path: str | Path) -> None:
         return
     src = list(state.items())
     if len(src) < len(target):
-        raise ValueError(f"model.weights_path '{path}': {len(src)} tensors, the model has "
+        raise ValueError(f"model.backbone.weights_path '{path}': {len(src)} tensors, the model has "
                          f"{len(target)}")
     mapped = {}
     for (tk, tv), (sk, sv) in zip(target.items(), src):
         if tv.shape != sv.shape:
             raise ValueError(
-                f"model.weights_path '{path}' does not fit the model: neither the names nor "
-                f"the order match (model '{tk}' {tuple(tv.shape)} vs file '{sk}' "
+                f"model.backbone.weights_path '{path}' does not fit the model: neither the "
+                f"names nor the order match (model '{tk}' {tuple(tv.shape)} vs file '{sk}' "
                 f"{tuple(sv.shape)})"
             )
         mapped[tk] = sv

@@ -18,14 +18,24 @@ class EmbeddingHead(nn.Module):
             the head then receives ``(B, C)``).
         layer_norm: LayerNorm without affine parameters before the projection (SEE recipe).
         init: ``orthogonal`` (SEE recipe) or ``kaiming`` for the projection weight.
+        num_prefix_tokens: class / register tokens in front of a ViT's patch tokens
+            (``Backbone.num_prefix_tokens``): ``avg`` and ``max`` pool the patch tokens only,
+            as timm's own ViT pooling does.
     """
 
+    POOLINGS = ("avg", "max", "avg+max", "cls", "model")
+
     def __init__(self, in_features: int, embed_dim: int, pooling: str = "avg+max",
-                 layer_norm: bool = False, init: str = "orthogonal") -> None:
+                 layer_norm: bool = False, init: str = "orthogonal",
+                 num_prefix_tokens: int = 0) -> None:
         super().__init__()
-        if embed_dim <= 0:
-            raise ValueError(f"model.embed_dim must be a positive integer, got {embed_dim}")
+        if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim <= 0:
+            raise ValueError(f"model.embed_dim must be a positive integer, got {embed_dim!r}")
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"model.head.pooling must be one of {', '.join(self.POOLINGS)}; "
+                             f"got '{pooling}'")
         self.pooling = pooling
+        self.num_prefix_tokens = int(num_prefix_tokens)
         self.norm = nn.LayerNorm(in_features, elementwise_affine=False) if layer_norm else None
         self.proj = nn.Linear(in_features, embed_dim)
         if init == "orthogonal":
@@ -33,7 +43,7 @@ class EmbeddingHead(nn.Module):
         elif init == "kaiming":
             nn.init.kaiming_normal_(self.proj.weight, mode="fan_out")
         else:
-            raise ValueError(f"model.head_init must be 'orthogonal' or 'kaiming', got '{init}'")
+            raise ValueError(f"model.head.init must be 'orthogonal' or 'kaiming', got '{init}'")
         nn.init.zeros_(self.proj.bias)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,13 +52,14 @@ class EmbeddingHead(nn.Module):
         if x.dim() == 3:  # (B, N, C) tokens
             if self.pooling == "cls":
                 return x[:, 0]
+            x = x[:, self.num_prefix_tokens:]  # patch tokens only
             if self.pooling == "max":
                 return x.amax(1)
             if self.pooling == "avg+max":
                 return x.mean(1) + x.amax(1)
             return x.mean(1)
         if self.pooling == "cls":
-            raise ValueError("model.pooling=cls needs a token backbone (ViT)")
+            raise ValueError("model.head.pooling=cls needs a token backbone (ViT)")
         avg = x.mean((2, 3))
         if self.pooling == "avg":
             return avg
