@@ -2,8 +2,11 @@
 
 Natural images: train ``RandomResizedCrop(size, scale, bicubic)`` + horizontal flip, eval
 ``Resize(resize)`` + ``CenterCrop(size)``. Digits: a small random shift for training (no
-flip: a mirrored digit is not a digit), none for evaluation. Normalisation matches the
-backbone (timm's pretrained config: ImageNet stats, or 0.5 / 0.5 for ``vit_*``).
+flip: a mirrored digit is not a digit), none for evaluation. Icons (rendered drawings on
+white, e.g. emoji): a small random shift and scale with white fill, never a flip or a colour
+change, whatever ``hflip`` says (left/right hands and arrows, red/blue hearts are different
+classes), none for evaluation. Normalisation matches the backbone (timm's pretrained config:
+ImageNet stats, or 0.5 / 0.5 for ``vit_*``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ class TransformConfig:
 
 def build_transforms(image_kind: str, cfg: TransformConfig, mean: Sequence[float],
                      std: Sequence[float]) -> tuple[T.Compose, T.Compose]:
-    """Return ``(train_transform, eval_transform)`` for ``image_kind`` ``natural``/``digits``."""
+    """``(train_transform, eval_transform)`` for ``image_kind`` ``natural``/``digits``/``icons``.
+
+    The dataset declares its kind (``DatasetSource.image_kind``); the kind decides which
+    augmentations keep an image's class.
+    """
     normalize = T.Normalize(mean=list(mean), std=list(std))
     if image_kind == "digits":
         resize = [T.Resize(cfg.image_size)] if cfg.image_size else []
@@ -40,8 +47,15 @@ def build_transforms(image_kind: str, cfg: TransformConfig, mean: Sequence[float
         train = [*resize, *(augment if cfg.augment_digits else [])]
         return (T.Compose([*train, T.ToTensor(), normalize]),
                 T.Compose([*resize, T.ToTensor(), normalize]))
+    if image_kind == "icons":
+        resize = ([T.Resize(cfg.image_size, interpolation=T.InterpolationMode.BICUBIC)]
+                  if cfg.image_size else [])
+        augment = T.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.85, 1.05),
+                                 fill=255)
+        return (T.Compose([*resize, augment, T.ToTensor(), normalize]),
+                T.Compose([*resize, T.ToTensor(), normalize]))
     if image_kind != "natural":
-        raise ValueError(f"unknown image kind '{image_kind}' (natural or digits)")
+        raise ValueError(f"unknown image kind '{image_kind}' (natural, digits or icons)")
     size = cfg.image_size or 224
     resize = cfg.resize or size
     bicubic = T.InterpolationMode.BICUBIC
