@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from see_dml.data.base import DatasetSource, RetrievalDataset
@@ -50,6 +52,10 @@ class RetrievalDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.transform_cfg = TransformConfig(**(transforms or {}))
+        native = getattr(source, "native_size", None)
+        if native is not None and self.transform_cfg.native_size is None:
+            # known before setup: retrieve sizes folder images without loading the dataset
+            self.transform_cfg = replace(self.transform_cfg, native_size=tuple(native))
         self.seed = seed
         self.batches_per_epoch = batches_per_epoch
         self.mean, self.std = tuple(mean), tuple(std)
@@ -66,6 +72,9 @@ class RetrievalDataModule(L.LightningDataModule):
         if self.datasets:
             return
         splits = self.source.splits()
+        items = splits["train"].items
+        if self.transform_cfg.native_size is None and isinstance(items, np.ndarray):
+            self.transform_cfg = replace(self.transform_cfg, native_size=items.shape[1:3])
         train_tf, eval_tf = build_transforms(self.source.image_kind, self.transform_cfg,
                                              self.mean, self.std)
         for name, split in splits.items():

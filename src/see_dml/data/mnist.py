@@ -92,6 +92,7 @@ class DoubleMNIST(DatasetSource):
 
     name = "double_mnist"
     image_mode = "L"
+    native_size = (28, 56)  # (height, width): what eval resizes other images to
     image_kind = "digits"
     default_recall_ks = (1, 2, 4, 8)
 
@@ -134,6 +135,7 @@ class MNIST(DatasetSource):
 
     name = "mnist"
     image_mode = "L"
+    native_size = (28, 28)
     image_kind = "digits"
     default_recall_ks = (1, 2, 4, 8)
     expected_counts = {"train": {"images": 2500, "classes": 5},

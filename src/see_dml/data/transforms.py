@@ -31,6 +31,28 @@ class TransformConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     hflip: bool = True
     augment_digits: bool = True  # digits: small random rotation / shift / scale when training
+    # (height, width) of the dataset's images where they all share one (digits, icons); set
+    # by the DataModule, not by config: the size the eval transform resizes any image to
+    native_size: tuple[int, int] | None = None
+
+
+def eval_input_size(cfg: TransformConfig) -> tuple[int, int] | None:
+    """``(height, width)`` the model sees digits / icons at, which every eval image is
+    resized to (so images of other sizes neither crash a batch nor embed at the wrong size).
+
+    ``image_size=None``: the native size; ``image_size=s``: the native size after
+    ``Resize(s)`` (shorter side ``s``, the other scaled as torchvision does); without a known
+    native size, ``(s, s)``. None when neither is known.
+    """
+    native, side = cfg.native_size, cfg.image_size
+    if side is None:
+        return (int(native[0]), int(native[1])) if native else None
+    if native is None:
+        return (side, side)
+    height, width = native
+    if height <= width:
+        return (side, int(side * width / height))
+    return (int(side * height / width), side)
 
 
 def build_transforms(image_kind: str, cfg: TransformConfig, mean: Sequence[float],
@@ -41,19 +63,21 @@ def build_transforms(image_kind: str, cfg: TransformConfig, mean: Sequence[float
     augmentations keep an image's class.
     """
     normalize = T.Normalize(mean=list(mean), std=list(std))
+    size = eval_input_size(cfg)
     if image_kind == "digits":
         resize = [T.Resize(cfg.image_size)] if cfg.image_size else []
         augment = [T.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.9, 1.1))]
         train = [*resize, *(augment if cfg.augment_digits else [])]
         return (T.Compose([*train, T.ToTensor(), normalize]),
-                T.Compose([*resize, T.ToTensor(), normalize]))
+                T.Compose([*([T.Resize(size)] if size else []), T.ToTensor(), normalize]))
     if image_kind == "icons":
-        resize = ([T.Resize(cfg.image_size, interpolation=T.InterpolationMode.BICUBIC)]
-                  if cfg.image_size else [])
+        bicubic = T.InterpolationMode.BICUBIC
+        resize = [T.Resize(cfg.image_size, interpolation=bicubic)] if cfg.image_size else []
         augment = T.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.85, 1.05),
                                  fill=255)
+        eval_resize = [T.Resize(size, interpolation=bicubic)] if size else []
         return (T.Compose([*resize, augment, T.ToTensor(), normalize]),
-                T.Compose([*resize, T.ToTensor(), normalize]))
+                T.Compose([*eval_resize, T.ToTensor(), normalize]))
     if image_kind != "natural":
         raise ValueError(f"unknown image kind '{image_kind}' (natural, digits or icons)")
     size = cfg.image_size or 224
