@@ -353,9 +353,6 @@ def match_classes(icon_sets: Mapping[str, IconSet]
     Returns ``({key: {set: drawing}}, report)``: classes drawn by at least two sets; ``report``
     counts dropped emoji by reason and per-set matching events.
     """
-    if all(name in icon_sets for name in FLUENT_SETS):
-        raise ValueError("dataset.sets has both fluent-emoji and fluent-emoji-flat: they are "
-                         "near-copies of each other (cross-set R@1 0.95 on raw pixels); keep one")
     report: Counter = Counter()
     code_sets = {n: s for n, s in icon_sets.items() if s.chars}
     if not code_sets:
