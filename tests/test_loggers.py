@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -62,3 +63,33 @@ def test_no_logger_runs(make_cfg):
     assert not (run_dir / "tensorboard").exists()
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["test/recall@1"] == pytest.approx(metrics["test/recall@1"])
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch, tmp_path):
+    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                       "WANDB_DIR": tmp_path / "wandb_dir",
+                       "WANDB_CONFIG_DIR": tmp_path / "wandb_config",
+                       "WANDB_CACHE_DIR": tmp_path / "wandb_cache",
+                       "HOME": tmp_path / "home"}.items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+@pytest.mark.parametrize("logger", ["csv", "wandb", "tensorboard"])
+def test_a_resumed_run_keeps_what_every_logger_wrote(make_cfg, wandb_offline, logger):
+    """1 epoch, then the same run resumed for a 2nd: nothing the first run logged is lost."""
+    short = ["trainer.limit_train_batches=2", "callbacks.embedding_export=null",
+             "test_final=false", f"logger={logger}"]
+    _, run_dir = run(make_cfg, *short, "trainer.max_epochs=1")
+    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()
+             and p.parent.name in ("csv", "tensorboard")}
+    assert files
+    run(make_cfg, *short, "trainer.max_epochs=2")
+    for path, before in files.items():
+        after = path.read_bytes()
+        assert after[:len(before)] == before, f"{path.name} lost what the first run wrote"
+    if logger in ("csv", "wandb"):  # both log to the CSV file: both epochs are in it
+        with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
+            epochs = {r["epoch"] for r in csv.DictReader(f) if r.get("train/loss_epoch")}
+        assert epochs == {"0", "1"}
