@@ -1,0 +1,46 @@
+"""Third-party messages that tell a see-dml user nothing, silenced in one place.
+
+Each entry point calls :func:`quiet_third_party` once, first thing. Every filter below is
+narrow (one message) and says why hiding it loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+#: ``warnings`` messages (regular expressions matched at the start of the message).
+WARNINGS = (
+    # Lightning's own pytree helper builds torch's deprecated LeafSpec, three times a run;
+    # nothing in this project uses it, and Lightning has to change, not its users.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # A resumed run (ckpt_path=auto, a requeued job) checkpoints into its own run directory,
+    # which holds the checkpoints it resumes from; run directories are unique otherwise.
+    r"Checkpoint directory .* exists and is not empty",
+)
+
+#: Log lines to drop: ``{logger name: substrings}``.
+LOG_LINES = {
+    # "Tip: ... try installing litlogger", an advertisement printed by every Trainer.
+    "lightning.pytorch.utilities.rank_zero": ("litlogger",),
+}
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, substrings: tuple[str, ...]) -> None:
+        super().__init__()
+        self.substrings = substrings
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(s in message for s in self.substrings)
+
+
+def quiet_third_party() -> None:
+    """Install the filters of :data:`WARNINGS` and :data:`LOG_LINES` (idempotent)."""
+    for pattern in WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name, substrings in LOG_LINES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLines) for f in logger.filters):
+            logger.addFilter(_DropLines(substrings))

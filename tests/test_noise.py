@@ -1,0 +1,76 @@
+"""Third-party noise is silenced at the source or by one narrow filter each."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from see_dml import _noise
+
+
+@pytest.fixture
+def restore_filters():
+    """Warning filters and logger filters as they were before the test."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    before = list(logger.filters)
+    with warnings.catch_warnings():
+        yield
+    logger.filters[:] = before
+
+
+def _emitted(quiet: bool, tmp_path: Path) -> list[str]:
+    """Warnings of the two noisy Lightning sources, with or without the filters."""
+    from lightning.pytorch.utilities._pytree import _tree_flatten
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if quiet:
+            _noise.quiet_third_party()
+        _tree_flatten(1)  # Lightning builds torch's deprecated LeafSpec here
+        (tmp_path / "last.ckpt").touch()  # a resumed run's own checkpoint directory
+        ModelCheckpoint(dirpath=tmp_path)._ModelCheckpoint__warn_if_dir_not_empty(tmp_path)
+    return [str(w.message) for w in caught]
+
+
+def test_leafspec_and_checkpoint_dir_warnings_are_filtered(tmp_path, restore_filters):
+    loud = _emitted(False, tmp_path)
+    assert any("LeafSpec" in m for m in loud)  # the sources still emit them
+    assert any("exists and is not empty" in m for m in loud)
+    assert _emitted(True, tmp_path) == []
+
+
+def test_litlogger_tip_is_dropped_and_other_lines_kept(caplog, restore_filters, tmp_path):
+    import lightning as L
+
+    def trainer_lines() -> str:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            L.Trainer(accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp_path),
+                      enable_progress_bar=False, enable_model_summary=False)
+        return caplog.text
+
+    assert "litlogger" in trainer_lines()
+    _noise.quiet_third_party()
+    _noise.quiet_third_party()  # idempotent: one filter
+    lines = trainer_lines()
+    assert "litlogger" not in lines
+    assert "GPU available" in lines  # Lightning's other lines still pass
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    assert sum(isinstance(f, _noise._DropLines) for f in logger.filters) == 1
+
+
+def test_pyproject_license_is_an_spdx_string():
+    # setuptools >= 77 deprecates the TOML-table form {text = "MIT"} with a warning per build
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(),
+                                   Path(__file__).parents[1] / "pyproject.toml")
+    assert not [w for w in caught if "license" in str(w.message).lower()]
+    assert dist.metadata.license_expression == "MIT"
