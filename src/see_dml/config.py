@@ -7,11 +7,14 @@ touched, and each error names the key that is wrong and what would be right.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import uuid
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
 
 
 def _find_config_dir() -> Path:
@@ -101,6 +104,8 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"matmul_precision must be highest, high, medium or null; "
                           f"got '{cfg.matmul_precision}'")
     check_knn_backend(cfg)
+    check_learning_rate(cfg)
+    check_see_effect(cfg)
     see = cfg.get("see")
     synthesis = cfg.get("synthesis")
     if see is not None and see.get("enabled", False):
@@ -134,6 +139,83 @@ def check_knn_backend(cfg: DictConfig) -> None:
         raise ConfigError(
             f"knn_backend must be one of auto, faiss, torch; got '{cfg.knn_backend}'"
         )
+
+
+def check_learning_rate(cfg: DictConfig) -> None:
+    """``optimizer.lr`` is a non-negative number (a negative one ascends the loss)."""
+    lr = OmegaConf.select(cfg, "optimizer.lr")
+    if lr is None:
+        return
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
+        raise ConfigError(f"optimizer.lr must be a non-negative number, got {lr!r}")
+
+
+def check_see_effect(cfg: DictConfig) -> None:
+    """SEE settings that are wrong (``see.weight < 0``: raises) or that make SEE a no-op
+    (``see.weight=0``, a schedule that expands no sample in any epoch: logs a warning)."""
+    see = cfg.get("see")
+    if see is None or not see.get("enabled", False):
+        return
+    weight = see.get("weight", 0.2)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+        raise ConfigError(f"see.weight must be a non-negative number (the weight of the "
+                          f"synthetic loss term), got {weight!r}")
+    if weight == 0:
+        log.warning("see.enabled=true with see.weight=0: the synthetic points add nothing to "
+                    "the loss, so this run trains as without SEE")
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    batch = OmegaConf.select(cfg, "data.batch_size")
+    p_min, p_max = see.get("p_min"), see.get("p_max")
+    if (see.get("mode") != "top_fraction" or not isinstance(epochs, int) or epochs < 1
+            or not isinstance(batch, int) or batch < 1
+            or not all(isinstance(p, (int, float)) for p in (p_min, p_max))
+            or not 0 <= p_min <= p_max <= 1):
+        return  # threshold mode depends on the data; bad values are reported elsewhere
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes") or 1
+    # SEE expands the gathered batch of every rank
+    global_batch = batch * (devices if isinstance(devices, int) and devices > 0 else 1) * nodes
+    from see_dml.synthesis.schedule import expansion_fraction  # torch: only when SEE is on
+
+    largest = max(expansion_fraction(e, epochs, p_min, p_max, see.get("ramp_end_epoch", 200),
+                                     see.get("scheduled", True)) for e in range(epochs))
+    if round(global_batch * largest + 1e-9) == 0:
+        log.warning(
+            "see.enabled=true but the schedule expands no sample in this run: the fraction "
+            f"rises from see.p_min={p_min} and reaches only {largest:.4g} by the last epoch of "
+            f"trainer.max_epochs={epochs}, under half a sample of a {global_batch}-image "
+            "batch; this run trains as without SEE. Train longer, or raise see.p_min "
+            "(or see.scheduled=false for a constant see.p_max)")
+
+
+def ignored_keys(cfg: DictConfig, config_name: str) -> list[str]:
+    """Dotted keys of ``cfg`` that ``conf/<config_name>.yaml`` does not define, so the tool
+    reads none of them: say, ``+model.embed_dim=32`` given to ``evaluate``, which rebuilds the
+    model from the checkpoint's own config."""
+    primary = OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")
+    known = {str(k) for k in primary if k != "defaults"}
+    for entry in primary.get("defaults", []):
+        name = entry if isinstance(entry, str) else next(iter(entry))
+        known.add(str(name).split()[-1].split("@")[0].split("/")[0])  # "optional local"
+
+    def leaves(node: object, prefix: str) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [leaf for k, v in node.items() for leaf in leaves(v, f"{prefix}.{k}")]
+        return [prefix]
+
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    return sorted(leaf for key, value in raw.items() if str(key) not in known
+                  for leaf in leaves(value, str(key)))
+
+
+def warn_ignored_keys(cfg: DictConfig, config_name: str) -> list[str]:
+    """Log one warning naming the keys :func:`ignored_keys` finds; return them."""
+    keys = ignored_keys(cfg, config_name)
+    if keys:
+        log.warning("%s ignores %s: the model, its training and its transforms come from the "
+                    "checkpoint (ckpt_path); only the keys of conf/%s.yaml apply", config_name,
+                    ", ".join(keys), config_name)
+    return keys
 
 
 def _efficientnet_lite0_weights() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -13,6 +14,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from see_dml.data.base import DatasetSource, RetrievalDataset
 from see_dml.data.samplers import ClassBalancedBatchSampler
 from see_dml.data.transforms import TransformConfig, build_transforms
+
+log = logging.getLogger(__name__)
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -89,9 +92,25 @@ class RetrievalDataModule(L.LightningDataModule):
         if self.sampler == "class_balanced":
             ClassBalancedBatchSampler(self.datasets["train"].labels, self.batch_size,
                                       self.m_per_class)
+            self._warn_small_classes()
         elif len(self.datasets["train"]) < self.batch_size:
             raise ValueError(f"data.batch_size={self.batch_size} exceeds the "
                              f"{len(self.datasets['train'])} training images")
+
+    def _warn_small_classes(self) -> None:
+        """Classes with fewer training images than ``m_per_class`` fill their share of a
+        batch by repeating images (the sampler draws them with replacement)."""
+        labels = self.source.splits()["train"].labels  # the dataset's own class ids
+        classes, counts = np.unique(labels, return_counts=True)
+        short = counts < self.m_per_class
+        if short.any():
+            smallest = int(np.argmin(counts))
+            log.warning(
+                "data.m_per_class=%d exceeds the training images of %d of %d classes "
+                "(smallest: class %s with %d): their batches repeat images. Lower "
+                "data.m_per_class to at most %d to avoid it.", self.m_per_class,
+                int(short.sum()), len(classes), classes[smallest], counts[smallest],
+                counts[smallest])
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,254 @@
+"""Bad inputs a new user gives, each answered by one error (or warning) naming the key or file.
+
+In-process where the message is the point (milliseconds to seconds each); a CLI subprocess
+only where the exit status is. Groups: config, data, checkpoint, retrieve / evaluate.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.errors import InstantiationException, MissingConfigException
+from hydra.utils import instantiate
+from PIL import Image
+
+from conftest import FAST, compose_config
+from see_dml.config import ConfigError, validate_config, warn_ignored_keys
+from see_dml.data.base import DatasetNotFoundError, RetrievalDataset, Split, UnreadableImageError
+from see_dml.evaluate import CheckpointError, evaluate, read_checkpoint
+from see_dml.retrieve import retrieve_images
+from see_dml.train import build_datamodule, train
+
+
+# -- config ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["model.embed_dim=0"], "model.embed_dim"),
+    (["data.batch_size=-4"], "data.batch_size"),
+    (["data.batch_size=30", "data.m_per_class=4"], "data.m_per_class"),
+    (["data.sampler=shuffled"], "data.sampler"),
+    (["trainer.max_epochs=-2"], "trainer.max_epochs"),
+    (["matmul_precision=ultra"], "matmul_precision"),
+    (["knn_backend=annoy"], "knn_backend"),
+    (["optimizer.lr=-0.001"], "optimizer.lr"),
+    (["optimizer.lr=fast"], "optimizer.lr"),
+    (["see.enabled=true", "see.weight=-0.5"], "see.weight"),
+    (["see.enabled=true", "see.n_points=100"], "see.n_points"),
+    (["see.enabled=true", "see.p_min=0.5", "see.p_max=0.2"], "see.p_min"),
+    (["see.enabled=true", "synthesis=embedding_expansion"], "synthesis"),
+])
+def test_bad_config_is_rejected_naming_the_key(make_cfg, overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(make_cfg(*overrides))
+
+
+def test_unknown_config_option_names_the_group(make_cfg):
+    with pytest.raises(MissingConfigException, match="loss"):
+        make_cfg("loss=not_a_loss")
+
+
+def test_see_that_expands_nothing_in_the_whole_run_is_warned_about(make_cfg, caplog):
+    # one epoch: the ramp sits at p_min=0 for its only epoch, so SEE never expands a sample
+    with caplog.at_level(logging.WARNING, logger="see_dml.config"):
+        validate_config(make_cfg("see.enabled=true", "trainer.max_epochs=1"))
+    assert "see.p_min=0.0" in caplog.text and "trainer.max_epochs=1" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="see_dml.config"):
+        validate_config(make_cfg("see.enabled=true", "trainer.max_epochs=2"))  # p(1) = 0.2
+        validate_config(make_cfg("see.enabled=true", "trainer.max_epochs=1", "see.p_min=0.1"))
+        validate_config(make_cfg("trainer.max_epochs=1"))  # SEE off: nothing to say
+    assert caplog.text == ""
+
+
+def test_see_weight_zero_is_warned_about(make_cfg, caplog):
+    with caplog.at_level(logging.WARNING, logger="see_dml.config"):
+        validate_config(make_cfg("see.enabled=true", "see.weight=0", "trainer.max_epochs=4"))
+    assert "see.weight=0" in caplog.text
+
+
+def test_model_overrides_that_evaluate_ignores_are_named(caplog):
+    cfg = compose_config(["ckpt_path=x.ckpt", "+model.embed_dim=32", "+optimizer.lr=0.1",
+                          "dataset.root=/data"], config_name="evaluate")
+    with caplog.at_level(logging.WARNING, logger="see_dml.config"):
+        keys = warn_ignored_keys(cfg, "evaluate")
+    assert keys == ["model.embed_dim", "optimizer.lr"]  # dataset.root is evaluate's own key
+    assert "model.embed_dim, optimizer.lr" in caplog.text
+    assert warn_ignored_keys(compose_config(["ckpt_path=x.ckpt"], "evaluate"), "evaluate") == []
+
+
+# -- data -----------------------------------------------------------------------------------
+def test_m_per_class_above_the_images_of_a_class_is_named(make_cfg, caplog):
+    cfg = make_cfg("dataset.images_per_class=3")  # data.m_per_class=4 draws repeats
+    with caplog.at_level(logging.WARNING, logger="see_dml.data.datamodule"):
+        build_datamodule(cfg)
+    assert "data.m_per_class=4" in caplog.text
+    assert "64 of 64 classes" in caplog.text and "with 3" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="see_dml.data.datamodule"):
+        build_datamodule(make_cfg("dataset.images_per_class=3", "data.m_per_class=3",
+                                  "data.batch_size=30"))
+    assert "data.m_per_class" not in caplog.text
+
+
+def test_too_few_classes_for_a_batch(make_cfg):
+    with pytest.raises(ValueError, match=r"data\.batch_size|data\.m_per_class"):
+        build_datamodule(make_cfg("dataset=mnist", "data.batch_size=32", "data.m_per_class=4"))
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["dataset.class_split=[60,16,20]"], "dataset.class_split"),
+    (["dataset.val_fraction=0.2"], "dataset.val_fraction"),
+    (["dataset.on_error=explode"], "dataset.on_error"),
+])
+def test_bad_dataset_option_names_the_key(make_cfg, overrides, key):
+    # raised in the constructor, instantiate wraps it (the message keeps the key)
+    with pytest.raises((ValueError, InstantiationException), match=key.replace(".", r"\.")):
+        instantiate(make_cfg(*overrides).dataset).splits()
+
+
+def test_missing_dataset_names_the_root(make_cfg, tmp_path):
+    root = tmp_path / "no_cub_here"
+    with pytest.raises(DatasetNotFoundError, match=str(root)):
+        instantiate(make_cfg("dataset=cub", f"dataset.root={root}").dataset).splits()
+
+
+def test_empty_cache_file_is_named_and_rebuilt(make_cfg, caplog):
+    cfg = make_cfg()
+    source = instantiate(cfg.dataset)
+    source.splits()
+    cache = source._cache_path()
+    cache.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="see_dml.data.cache"):
+        instantiate(cfg.dataset).splits()
+    assert str(cache) in caplog.text and cache.stat().st_size > 0
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    bad = tmp_path / "cat" / "001.jpg"
+    bad.parent.mkdir()
+    bad.write_text("not a jpeg")
+    dataset = RetrievalDataset(Split([bad], np.zeros(1), "train"), None, "RGB", "fail")
+    with pytest.raises(UnreadableImageError, match=str(bad)):
+        dataset[0]
+
+
+# -- checkpoint -----------------------------------------------------------------------------
+def _file(tmp_path: Path, kind: str) -> Path | str | None:
+    path = tmp_path / "model.ckpt"
+    if kind == "text":
+        path.write_text("a config, not a checkpoint")
+    elif kind == "empty":
+        path.touch()
+    elif kind == "no_state_dict":
+        torch.save({"epoch": 3}, path)
+    elif kind == "not_see_dml":
+        torch.save({"state_dict": {}}, path)
+    elif kind == "folder":
+        return tmp_path
+    elif kind == "missing":
+        return tmp_path / "nope.ckpt"
+    elif kind == "none":
+        return None
+    return path
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("none", "ckpt_path is required"),
+    ("missing", "nope.ckpt' does not exist"),
+    ("folder", "is not a file"),
+    ("text", "model.ckpt' is not a readable checkpoint"),
+    ("empty", "model.ckpt' is not a readable checkpoint"),
+    ("no_state_dict", "no 'state_dict'"),
+    ("not_see_dml", "no 'see_dml_config'"),
+])
+def test_bad_checkpoint_names_ckpt_path(tmp_path, kind, message):
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(_file(tmp_path, kind))
+
+
+# -- evaluate / retrieve --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """last.ckpt of a seconds-long Double-MNIST run."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    cache = tmp_path_factory.getbasetemp() / "see_dml_cache"  # shared with make_cfg's
+    train(compose_config([*FAST, "dataset.images_per_class=20", f"paths.run_dir={root / 'run'}",
+                          f"paths.cache_dir={cache}", "test_final=false",
+                          "callbacks.embedding_export=null"]))
+    return str(root / "run" / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["split=train"], "split"),
+    (["export.format=csv"], "export.format"),
+    (["knn_backend=annoy"], "knn_backend"),
+])
+def test_bad_evaluate_option_names_the_key(tmp_path, overrides, key):
+    cfg = compose_config([f"ckpt_path={tmp_path / 'x.ckpt'}", f"paths.run_dir={tmp_path}",
+                          *overrides], config_name="evaluate")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        evaluate(cfg)
+
+
+def _retrieve(tmp_path: Path, ckpt: str, query: str, gallery: str, *overrides: str) -> dict:
+    cfg = compose_config([f"ckpt_path={ckpt}", f"query={query}", f"gallery={gallery}",
+                          f"paths.run_dir={tmp_path / 'out'}", "progress=false", *overrides],
+                         config_name="retrieve")
+    return retrieve_images(cfg)
+
+
+@pytest.mark.parametrize(("query", "extra", "message"), [
+    ("no_such_folder", [], "query='no_such_folder' is neither a split"),
+    ("EMPTY", [], "holds no image file"),
+    ("test", ["k=0"], "k must be a positive integer"),
+    ("test", ["knn_backend=annoy"], "knn_backend"),
+])
+def test_bad_retrieve_input_names_the_key(tmp_path, query, extra, message):
+    (tmp_path / "empty").mkdir()
+    dummy = tmp_path / "x.ckpt"
+    dummy.touch()  # these fail before the checkpoint is read
+    query = str(tmp_path / "empty") if query == "EMPTY" else query
+    with pytest.raises(ConfigError, match=message):
+        _retrieve(tmp_path, str(dummy), query, "test", *extra)
+
+
+def test_retrieve_non_image_file_names_it(tmp_path, ckpt):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("L", (28, 56)).save(folder / "ok.png")
+    (folder / "notes.png").write_text("not an image")
+    with pytest.raises((ConfigError, UnreadableImageError), match="notes.png"):
+        _retrieve(tmp_path, ckpt, str(folder), str(folder))
+
+
+def test_retrieve_user_images_of_mixed_sizes_and_modes(tmp_path, ckpt):
+    # Used to crash in torch.stack ("stack expects each tensor to be equal size").
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in [("a.png", (28, 56)), ("b.png", (40, 40, 3)), ("c.png", (17, 90, 4)),
+                        ("d.png", (64, 128))]:
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / name)
+    report = _retrieve(tmp_path, ckpt, str(folder), str(folder), "k=2")
+    assert len(report["results"]) == 4
+    for res in report["results"]:  # each image finds itself first
+        assert res["neighbours"][0]["item"] == res["query"]
+
+
+# -- exit status of the CLIs ----------------------------------------------------------------
+@pytest.mark.parametrize(("module", "args", "message"), [
+    ("see_dml.evaluate", ["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' does not exist"),
+    ("see_dml.retrieve", ["ckpt_path=/no/such.ckpt", "query=test"], "ckpt_path='/no/such.ckpt'"),
+])
+def test_cli_exits_2_with_one_error_line(tmp_path, module, args, message):
+    proc = subprocess.run([sys.executable, "-m", module, *args,
+                           f"paths.output_dir={tmp_path}"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert "Traceback" not in proc.stderr
