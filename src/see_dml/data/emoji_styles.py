@@ -550,7 +550,7 @@ packages/<set>-<version>.tgz      the npm packages it is built from
     def _missing_hint(self) -> str:
         packages = ", ".join(f"{NPM_SCOPE}/{n}@{v}" for n, v in self.sets.items())
         return (f"The build fetches {packages} with npm once. Either install Node.js with npm "
-                "(Debian/Ubuntu: apt-get install npm; or https://nodejs.org), or point "
+                "(Debian/Ubuntu: apt-get install npm), or point "
                 f"dataset.root at a prebuilt copy: a folder holding {self.cache_path().name} "
                 "(built with these sets and dataset.image_size), or holding "
                 f"packages/<set>-<version>.tgz for each set. Looked in: {self.root}")
