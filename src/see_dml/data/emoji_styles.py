@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import resvg_py
 from PIL import Image
 
 from see_dml.data.base import DatasetNotFoundError, DatasetSource, Split
@@ -306,17 +307,20 @@ def drawings_by_name(icon_set: IconSet, names: Mapping[str, Key],
     only when they agree. A plain alias that names another emoji than the icon's own name
     does is the mismatch to avoid: it is logged and ignored.
     """
+    def is_plain(alias: str) -> bool:  # another name, no flip or rotation
+        return alias in icon_set.aliases and not set(icon_set.aliases[alias]) - {"parent",
+                                                                                 "hidden"}
+
     primaries = [n for n in icon_set.icons if icon_set.visible(n)]
-    primaries += [a for a, e in icon_set.aliases.items()
-                  if icon_set.visible(a) and set(e) - {"parent", "hidden"}]
-    plain_aliases: dict[str, list[str]] = defaultdict(list)
-    for alias, entry in icon_set.aliases.items():
-        if not set(entry) - {"parent", "hidden"}:
-            target = alias
-            while target in icon_set.aliases and not set(icon_set.aliases[target]) - {
-                    "parent", "hidden"}:
-                target = icon_set.aliases[target]["parent"]
-            plain_aliases[target].append(alias)
+    primaries += [a for a in icon_set.aliases if icon_set.visible(a) and not is_plain(a)]
+    plain_aliases: dict[str, list[str]] = defaultdict(list)  # icon -> its plain aliases
+    for alias in filter(is_plain, icon_set.aliases):
+        target = alias
+        for _ in range(16):  # a chain of aliases; bounded against cycles
+            if not is_plain(target):
+                break
+            target = icon_set.aliases[target]["parent"]
+        plain_aliases[target].append(alias)
     claims: dict[Key, list[tuple[str, bool]]] = defaultdict(list)  # key -> (icon, by own name)
     for name in primaries:
         by_alias = {names[a] for a in plain_aliases.get(name, ()) if a in names}
@@ -395,8 +399,6 @@ def render(drawing: Drawing, size: int) -> np.ndarray:
 
     System fonts are not loaded: no set draws text, and renders must not depend on the machine.
     """
-    import resvg_py
-
     png = resvg_py.svg_to_bytes(svg_string=drawing.svg(size), background="#ffffff",
                                 skip_system_fonts=True, width=size, height=size)
     with Image.open(BytesIO(bytes(png))) as img:
