@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 class EmbeddingHook(Protocol):
     """Called in every training step with the global batch; returns named tensors.
 
-    Keys starting with ``loss/`` are added to the training loss; all are logged.
+    Keys starting with ``loss/`` are added to the training loss; all are logged. A hook
+    that returns ``loss/metric`` replaces the plain metric loss (which is then not computed).
     """
 
     def __call__(self, module: DMLModule, embeddings: torch.Tensor,
@@ -175,11 +176,13 @@ class DMLModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         images, labels = batch[0], batch[1]
         embeddings, labels = self._gather(self(images), labels)
-        terms: dict[str, torch.Tensor] = {"loss/metric": self.criterion(embeddings, labels)}
+        terms: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor] = {}
         for hook in self.embedding_hooks:
             for key, value in hook(self, embeddings, labels).items():
                 (terms if key.startswith("loss/") else stats)[key] = value
+        if "loss/metric" not in terms:  # a synthesiser whose loss is the loss (EE, PS) sets it
+            terms = {"loss/metric": self.criterion(embeddings, labels), **terms}
         loss = torch.stack([t.float() for t in terms.values()]).sum()
         batch_size = embeddings.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,

@@ -56,6 +56,24 @@ def test_threshold_decays_and_is_floored() -> None:
     assert expansion_threshold(0, 100, 0.4, 0.0, floor=0.1) == pytest.approx(0.4)
 
 
+def test_threshold_decays_over_the_whole_run_as_the_authors() -> None:
+    """The authors cap the top-fraction ramp at epoch 200, not the threshold decay."""
+    t = [expansion_threshold(e, 300, 0.4, 0.0, floor=-1.0) for e in (200, 250, 300)]
+    assert t[0] == pytest.approx(0.2 * (math.cos(math.pi * 200 / 300) + 1))  # 0.1, not 0.0
+    assert t[0] > t[1] > t[2] == pytest.approx(0.0, abs=1e-12)
+    # the cap is still there when asked for
+    assert expansion_threshold(200, 300, 0.4, 0.0, floor=-1.0, ramp_end=200) == pytest.approx(
+        0.0, abs=1e-12)
+
+
+def test_fractional_epochs_follow_the_same_curve() -> None:
+    """Training by steps passes epochs as step / steps_per_epoch."""
+    assert expansion_fraction(12.5, 25.0, 0.0, 0.4) == pytest.approx(0.2)
+    assert expansion_fraction(2.5, 10, 0.0, 0.4) == pytest.approx(
+        0.4 - 0.2 * (math.cos(math.pi / 4) + 1))
+    assert expansion_fraction(250.0, 300.0, 0.0, 0.4) == pytest.approx(0.4)  # the cap
+
+
 def test_select_top_fraction_picks_highest_with_stable_ties() -> None:
     cos = torch.tensor([0.1, 0.9, 0.5, 0.9, -0.3, 0.5])
     assert torch.equal(select_top_fraction(cos, 0.5), torch.tensor([1, 3, 2]))

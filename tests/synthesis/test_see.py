@@ -142,7 +142,7 @@ def test_half_precision_inputs(dtype: torch.dtype, tol: float) -> None:
     torch.testing.assert_close(norms, torch.ones_like(norms), atol=tol, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["mmd", "random"])
+@pytest.mark.parametrize("mode", ["mmd", "random", "random_circle"])
 def test_on_axis_samples_collapse_without_nan(mode: str) -> None:
     _, w = _inputs(4, 16, seed=2)
     near = F.normalize(w[3] + 1e-7 * torch.randn(16), dim=0)
@@ -175,10 +175,11 @@ def test_no_gradient_and_empty_batch() -> None:
     assert empty.shape == (0, 16) and empty_labels.shape == (0,)
 
 
-def test_random_mode_same_latitude_but_no_simplex() -> None:
+def test_random_circle_mode_same_latitude_but_no_simplex() -> None:
     k, n, d = 8, 6, 64
     z, w = _inputs(k, d, seed=5)
-    syn, labels = random_expansion(z, torch.arange(k), w, n, torch.Generator().manual_seed(0))
+    syn, labels = random_expansion(z, torch.arange(k), w, n, torch.Generator().manual_seed(0),
+                                   on_circle=True)
     assert torch.equal(labels, torch.arange(k).repeat_interleave(n))
     pts = syn.double().view(k, n, d)
     s = (z.double() * w.double()).sum(1)
@@ -193,9 +194,43 @@ def test_random_mode_same_latitude_but_no_simplex() -> None:
     simplex = (s**2 - (1 - s**2) / n)[:, None]
     assert (gram[:, off].reshape(k, -1) - simplex).abs().max() > 1e-2
     # With one point the only zero-sum unit choice is the reflection, as in SEE.
-    one, _ = random_expansion(z, torch.arange(k), w, 1)
+    one, _ = random_expansion(z, torch.arange(k), w, 1, on_circle=True)
     mmd, _ = spherical_expansion(z, torch.arange(k), w, 1)
     torch.testing.assert_close(one, mmd, atol=1e-5, rtol=0)
+
+
+def test_random_mode_is_the_authors_zero_sum_gaussian_off_the_sphere() -> None:
+    """The authors' ablation: ``s·w + ρ·Σ_j M[k, j]·frame_j`` with an ``(n+1, n+1)`` Gaussian
+    ``M`` whose columns sum to zero, over the ``n+1`` directions ``{u, v_2..v_{n+1}}``."""
+    k, n, d = 64, 8, 32
+    z, w = _inputs(k, d, seed=7)
+    z = F.normalize(z + 1.5 * w, dim=1)  # cosine to the axis around 0.8
+    noise = torch.randn(k, d, n + 1, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(3)
+    syn, labels = random_expansion(z, torch.arange(k), w, n, gen, noise=noise)
+    assert torch.equal(labels, torch.arange(k).repeat_interleave(n))
+    pts = syn.double().view(k, n, d)
+    zd, wd = z.double(), w.double()
+    s = (zd * wd).sum(1)
+    rho = (1 - s**2).sqrt()
+    # The axial part is exactly the sample's: every point projects onto the axis at s.
+    torch.testing.assert_close((pts * wd[:, None]).sum(2), s[:, None].expand(k, n),
+                               atol=1e-5, rtol=0)
+    # Off the latitude circle inside the null space of the axis: the radial parts stay
+    # orthogonal to w but their lengths are rho times Gaussian row norms, not rho.
+    radial = pts - s[:, None, None] * wd[:, None, :]
+    assert (radial @ wd[:, :, None]).abs().max() < 1e-5
+    assert (radial.norm(dim=2) / rho[:, None] - 1).abs().mean() > 0.5
+    # Not unit: the rows of M are Gaussian, not normalised (norm ~ sqrt(n+1)·ρ).
+    norms = pts.norm(dim=2)
+    assert (norms - 1).abs().mean() > 0.5
+    # Directions lean away from the axis: the mean cosine to it drops well below s.
+    cos = (F.normalize(pts, dim=2) * wd[:, None]).sum(2)
+    assert cos.mean() < s.mean() - 0.2
+    # The same generator state gives the same points (the ablation is reproducible).
+    again, _ = random_expansion(z, torch.arange(k), w, n, torch.Generator().manual_seed(3),
+                                noise=noise)
+    torch.testing.assert_close(syn, again)
 
 
 def test_bad_mode_and_shapes_raise() -> None:
@@ -206,3 +241,5 @@ def test_bad_mode_and_shapes_raise() -> None:
         spherical_expansion(z, torch.arange(3), w[:2], 2)
     with pytest.raises(ValueError, match="noise"):
         spherical_expansion(z, torch.arange(3), w, 2, noise=torch.randn(3, 16, 3))
+    with pytest.raises(ValueError, match="noise"):  # the authors' random mode needs n + 1
+        spherical_expansion(z, torch.arange(3), w, 2, mode="random", noise=torch.randn(3, 16, 2))

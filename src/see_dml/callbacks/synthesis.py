@@ -1,79 +1,82 @@
-"""The synthesis callback: plugs a synthesiser (SEE, EE, Symmetrical) into training.
+"""The synthesis callbacks: plug SEE, EE, Symmetrical or Proxy Synthesis into training.
 
-The module never knows which synthesiser is active. The callback registers itself as an
-*embedding hook* of :class:`~see_dml.module.DMLModule`; every training step it receives
-the (DDP-gathered) unit embeddings and labels, decides with its schedule what to expand,
-calls a pure synthesis function from :mod:`see_dml.synthesis`, and returns the extra loss
-term (``loss/synthetic``) and statistics (``see/...``) for the logger.
+The module never knows which synthesiser is active. A callback registers itself as an
+*embedding hook* of :class:`~see_dml.module.DMLModule`; every training step it receives the
+(DDP-gathered) embeddings and labels, decides with its schedule what to synthesise, calls a
+pure function from :mod:`see_dml.synthesis`, and returns loss terms (``loss/...``) and
+statistics (``<name>/...``) for the logger. A hook that returns ``loss/metric`` *replaces*
+the plain loss (EE, Symmetrical and Proxy Synthesis are the loss); SEE adds
+``loss/synthetic``. Each synthesiser is one config node with a ``_target_`` (``conf/see``,
+``conf/synthesis/*.yaml``): a new synthesiser is a class here and one YAML file.
 
-How synthetic points enter each kind of loss
---------------------------------------------
-SEE (``see.enabled=true``), points detached (``torch.no_grad`` synthesis):
-
-* proxy losses (Proxy-Anchor, NormSoftmax, ArcFace): axis = the sample's own proxy;
-  term ``λ·L(stopgrad(Ẑ), Ŷ)`` — a second loss over the synthetic points alone that
-  updates only the proxies. For Proxy-Anchor this is exactly the authors' formulation.
-* pair losses (Multi-Similarity, contrastive, triplet): axis = the batch mean of the class
-  (there is no proxy); with ``see.pair_integration=reference`` (default) the term is
-  ``λ·L(Z, Y; ref=stopgrad(Ẑ), ref_labels=Ŷ)``: real anchors are pulled to / pushed from
-  the synthetic points; with ``joint`` it is ``λ·L([Z; stopgrad(Ẑ)], [Y; Ŷ])``.
-
-Embedding Expansion and Symmetrical Synthesis (``synthesis=embedding_expansion|symmetric``)
-follow their papers: synthetic points are differentiable functions of real pairs, and for
-pair losses the term is ``λ·L([Z; Ẑ], [Y; Ŷ])`` restricted to the hardest (positive,
-negative) pair of each anchor's synthetic group (``synthesis.mining=hardest``; a triplet
-loss takes the group's hardest negative against the real anchor); for proxy
-losses, where pair mining means nothing, ``λ·L(Ẑ, Ŷ)`` with gradients through ``Ẑ``.
+How the synthetic points enter each kind of loss is written out, with every departure from
+the authors' code, in ``docs/method.md``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-import torch.nn.functional as F
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_metric_learning.losses import TripletMarginLoss
 
+from see_dml.losses import MetricLoss, full_precision, hphn_triplet_loss, no_autocast
 from see_dml.synthesis import (
+    class_axes,
     embedding_expansion,
     expansion_fraction,
     expansion_threshold,
     hardest_negative_pairs,
+    proxy_synthesis,
     select_threshold,
     select_top_fraction,
     spherical_expansion,
     symmetrical_synthesis,
 )
 
-
-def class_mean_axes(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Unit direction of each sample's class mean in the batch: ``(B, d)`` -> ``(B, d)``."""
-    classes, inverse = torch.unique(labels, return_inverse=True)
-    sums = torch.zeros(len(classes), embeddings.shape[1], device=embeddings.device,
-                       dtype=embeddings.dtype).index_add_(0, inverse, embeddings)
-    return F.normalize(sums, dim=1)[inverse]
+IndicesTuple = tuple[torch.Tensor, ...]
 
 
 class SynthesisCallback(Callback):
-    """Base: registration, the step's random generator (saved in checkpoints) and logging."""
+    """Base: registration, training progress, the step's random generator, stats names.
 
-    def __init__(self, weight: float, seed: int = 0) -> None:
-        self.weight = float(weight)
+    Args:
+        name: prefix of the logged statistics (``train/<name>/synthetic``, ...).
+        seed: seed of the synthesiser's own random generator (saved in checkpoints).
+    """
+
+    def __init__(self, name: str, seed: int = 0) -> None:
+        self.name = name
         self.seed = int(seed)
         self._generator: torch.Generator | None = None
         self._pending_state: torch.Tensor | None = None
-        self.epoch = 0
-        self.max_epochs = 1
+        # training progress in epochs (fractional when training by steps)
+        self.epoch: float = 0
+        self.max_epochs: float = 1
+        self.steps_per_epoch: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         pl_module.add_embedding_hook(self)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epoch = trainer.current_epoch
-        self.max_epochs = max(1, trainer.max_epochs or 1)
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            self.epoch, self.max_epochs = trainer.current_epoch, trainer.max_epochs
+            return
+        # Training by steps (max_epochs=-1): progress is optimiser steps, counted in epochs
+        # so that the ramp's epoch cap keeps its meaning; an endless loader counts steps.
+        batches = trainer.num_training_batches
+        spe = (max(1.0, batches / trainer.accumulate_grad_batches)
+               if math.isfinite(batches) else 1.0)
+        self.steps_per_epoch = spe
+        self.epoch = trainer.global_step / spe
+        self.max_epochs = max(trainer.max_steps, 1) / spe
 
     def generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
@@ -86,7 +89,7 @@ class SynthesisCallback(Callback):
         return self._generator
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"seed": self.seed}
+        state: dict[str, Any] = {"seed": self.seed}
         if self._generator is not None:
             state["generator"] = self._generator.get_state()
         return state
@@ -96,9 +99,37 @@ class SynthesisCallback(Callback):
         self._pending_state = state_dict.get("generator")
         self._generator = None
 
+    def stat(self, like: torch.Tensor, key: str, value: float) -> tuple[str, torch.Tensor]:
+        return f"{self.name}/{key}", like.new_tensor(float(value), dtype=torch.float32)
+
     def __call__(self, module: Any, embeddings: torch.Tensor, labels: torch.Tensor
                  ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def split_mixed_tuples(tuples: IndicesTuple, num_real: int) -> tuple[IndicesTuple, int, int]:
+    """Keep the mined tuples that mix real and synthetic points (rows ``>= num_real``).
+
+    Args:
+        tuples: pairs ``(a1, p, a2, n)`` or triplets ``(a, p, n)`` over ``[real; synthetic]``.
+        num_real: ``B``, the number of real rows.
+
+    Returns:
+        The mixed tuples (same format), their count, and the count of tuples with at least
+        one real member (a synthetic-only tuple carries no gradient: its points are fixed).
+    """
+    if len(tuples) == 4:
+        a1, p, a2, n = tuples
+        pos_syn = (a1 >= num_real).int() + (p >= num_real).int()
+        neg_syn = (a2 >= num_real).int() + (n >= num_real).int()
+        keep_pos, keep_neg = pos_syn == 1, neg_syn == 1
+        mixed = int(keep_pos.sum() + keep_neg.sum())
+        with_real = int((pos_syn < 2).sum() + (neg_syn < 2).sum())
+        return (a1[keep_pos], p[keep_pos], a2[keep_neg], n[keep_neg]), mixed, with_real
+    a, p, n = tuples
+    syn = (a >= num_real).int() + (p >= num_real).int() + (n >= num_real).int()
+    keep = (syn > 0) & (syn < 3)
+    return (a[keep], p[keep], n[keep]), int(keep.sum()), int((syn < 3).sum())
 
 
 class SEECallback(SynthesisCallback):
@@ -109,150 +140,278 @@ class SEECallback(SynthesisCallback):
         mode: ``top_fraction`` (expand the ``round(B·p(e))`` samples closest to their axis)
             or ``threshold`` (expand every sample with cosine ``>= t(e)``).
         p_min, p_max: the schedule's ends (fractions, or cosine thresholds).
-        scheduled: cosine ramp over training; ``False`` keeps ``p_max`` throughout.
-        ramp_end_epoch: the ramp ends here for long runs.
+        scheduled: cosine ramp over training; ``False`` keeps ``p_max`` (top-fraction) or
+            ``max(threshold_floor, p_min)`` (threshold) throughout.
+        ramp_end_epoch: the top-fraction ramp ends here for long runs (the threshold decay
+            spans the whole run, as the authors').
         threshold_floor: threshold mode: the lowest threshold.
         weight: λ of the synthetic term.
-        directions: ``simplex`` (Max-Mahalanobis centres) or ``random`` (ablation: same
-            latitude circle, random zero-sum placement).
-        pair_integration: ``reference`` or ``joint`` (pair losses, see module docstring).
+        directions: ``simplex`` (Max-Mahalanobis centres), ``random`` (the authors'
+            ablation: zero-sum Gaussian matrix, points off the sphere) or ``random_circle``
+            (same latitude circle as SEE, random zero-sum placement).
+        pair_axes: pair losses: ``leave_one_out`` (the class mean of the batch without the
+            sample) or ``class_mean`` (with it; its synthetic positives are never mined).
+        pair_integration: pair losses: ``mined`` (the loss's miner runs over real and
+            synthetic points together; the term is the loss over the mined tuples that mix
+            the two) or ``joint`` (``λ·L([Z; Ẑ], [Y; Ŷ])``, every mined tuple).
+        name, seed: see :class:`SynthesisCallback`.
     """
 
     def __init__(self, n_points: int = 8, mode: str = "top_fraction", p_min: float = 0.0,
                  p_max: float = 0.4, scheduled: bool = True, ramp_end_epoch: int = 200,
                  threshold_floor: float = 0.0, weight: float = 0.2,
-                 directions: str = "simplex", pair_integration: str = "reference",
-                 seed: int = 0) -> None:
-        super().__init__(weight, seed)
-        if mode not in ("top_fraction", "threshold"):
-            raise ValueError(f"see.mode must be 'top_fraction' or 'threshold', got '{mode}'")
-        if directions not in ("simplex", "random"):
-            raise ValueError(f"see.directions must be 'simplex' or 'random', got '{directions}'")
-        if pair_integration not in ("reference", "joint"):
-            raise ValueError("see.pair_integration must be 'reference' or 'joint', "
-                             f"got '{pair_integration}'")
+                 directions: str = "simplex", pair_axes: str = "leave_one_out",
+                 pair_integration: str = "mined", name: str = "see", seed: int = 0) -> None:
+        super().__init__(name, seed)
+        for key, value, allowed in (
+                ("mode", mode, ("top_fraction", "threshold")),
+                ("directions", directions, ("simplex", "random", "random_circle")),
+                ("pair_axes", pair_axes, ("leave_one_out", "class_mean")),
+                ("pair_integration", pair_integration, ("mined", "joint"))):
+            if value not in allowed:
+                raise ValueError(f"see.{key} must be one of {', '.join(allowed)}; got '{value}'")
         self.n_points = n_points
         self.mode = mode
         self.p_min, self.p_max = p_min, p_max
         self.scheduled = scheduled
         self.ramp_end_epoch = ramp_end_epoch
         self.threshold_floor = threshold_floor
+        self.weight = float(weight)
         self.directions = directions
+        self.pair_axes = pair_axes
         self.pair_integration = pair_integration
 
     def current_level(self) -> float:
-        """This epoch's expansion fraction (top-fraction) or cosine threshold."""
+        """The expansion fraction (top-fraction) or cosine threshold at this point of training."""
         if self.mode == "top_fraction":
             return expansion_fraction(self.epoch, self.max_epochs, self.p_min, self.p_max,
                                       self.ramp_end_epoch, self.scheduled)
         if not self.scheduled:
             return max(self.threshold_floor, self.p_min)
         return expansion_threshold(self.epoch, self.max_epochs, self.p_max, self.p_min,
-                                   self.threshold_floor, self.ramp_end_epoch)
+                                   self.threshold_floor)
 
-    def select(self, embeddings: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
+    def select(self, embeddings: torch.Tensor, axes: torch.Tensor,
+               valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices of the samples to expand; ``valid`` ``(B,)`` excludes samples outright."""
         cos = (embeddings * axes).sum(dim=1)
+        if valid is not None:
+            cos = torch.where(valid, cos, torch.full_like(cos, -math.inf))
         level = self.current_level()
-        if self.mode == "top_fraction":
-            return select_top_fraction(cos, level)
-        return select_threshold(cos, level)
+        chosen = (select_top_fraction(cos, level) if self.mode == "top_fraction"
+                  else select_threshold(cos, level))
+        return chosen if valid is None else chosen[valid[chosen]]
+
+    def _pair_term(self, criterion: MetricLoss, embeddings: torch.Tensor, labels: torch.Tensor,
+                   syn: torch.Tensor, syn_labels: torch.Tensor
+                   ) -> tuple[torch.Tensor, float]:
+        """The synthetic term of a pair loss and the share of mined tuples that are mixed."""
+        all_emb, all_labels = torch.cat([embeddings, syn]), torch.cat([labels, syn_labels])
+        mixed_tuples, mixed, with_real = split_mixed_tuples(
+            criterion.mine(all_emb, all_labels), len(labels))
+        share = mixed / with_real if with_real else 0.0
+        if self.pair_integration == "joint":
+            return criterion(all_emb, all_labels), share
+        if not mixed:
+            return all_emb.sum() * 0, share
+        return criterion(all_emb, all_labels, indices_tuple=mixed_tuples), share
 
     def __call__(self, module: Any, embeddings: torch.Tensor, labels: torch.Tensor
                  ) -> dict[str, torch.Tensor]:
-        criterion = module.criterion
+        criterion: MetricLoss = module.criterion
+        embeddings = full_precision(embeddings)
+        proxies = criterion.class_directions()
         with torch.no_grad():
-            z = embeddings.detach().float()
-            proxies = criterion.class_directions()
-            axes = (proxies.detach().float()[labels] if proxies is not None
-                    else class_mean_axes(z, labels))
-            chosen = self.select(z, axes)
-            if len(chosen):
-                syn, syn_labels = spherical_expansion(
-                    z[chosen], labels[chosen], axes[chosen], self.n_points,
-                    generator=self.generator(z.device),
-                    mode="mmd" if self.directions == "simplex" else "random")
-        stats = {
-            "see/expanded": embeddings.new_tensor(float(len(chosen))),
-            "see/synthetic": embeddings.new_tensor(float(len(chosen) * self.n_points)),
-            "see/level": embeddings.new_tensor(self.current_level()),
-        }
-        if not len(chosen):  # nothing expanded (epoch 0 of the ramp): no synthetic term
-            return {**stats, "loss/synthetic": embeddings.new_zeros(())}
-        syn = syn.to(embeddings.dtype)
-        if criterion.kind == "proxy":
-            term = criterion(syn, syn_labels)  # detached points: reaches only the proxies
-        elif self.pair_integration == "reference":
-            term = criterion(embeddings, labels, ref_emb=syn, ref_labels=syn_labels)
-        else:
-            term = criterion(torch.cat([embeddings, syn]), torch.cat([labels, syn_labels]))
+            z = embeddings.detach()
+            if proxies is not None:  # the authors' axis: the sample's own proxy
+                axes, valid = proxies.detach().to(z.dtype)[labels], None
+            else:
+                axes, valid = class_axes(z, labels, self.pair_axes == "leave_one_out")
+                axes = axes.to(z.dtype)
+            chosen = self.select(z, axes, valid)
+            mode = {"simplex": "mmd", "random": "random", "random_circle": "random_circle"}
+            syn, syn_labels = spherical_expansion(
+                z[chosen], labels[chosen], axes[chosen], self.n_points,
+                generator=self.generator(z.device) if len(chosen) else None,
+                mode=mode[self.directions])  # type: ignore[arg-type]
+        stats = dict([self.stat(z, "expanded", len(chosen)),
+                      self.stat(z, "synthetic", len(syn)),
+                      self.stat(z, "level", self.current_level())])
+        with no_autocast(embeddings):
+            if proxies is not None:
+                # detached points: the term reaches only the proxies (the authors' formula);
+                # nothing expanded (epoch 0 of the ramp): no term, as theirs
+                term = criterion(syn, syn_labels) if len(syn) else z.new_zeros(())
+            else:
+                term, share = (self._pair_term(criterion, embeddings, labels, syn, syn_labels)
+                               if len(syn) else (z.new_zeros(()), 0.0))
+                stats.update([self.stat(z, "mined_share", share)])
         return {**stats, "loss/synthetic": self.weight * term}
 
 
-class PairSynthesisCallback(SynthesisCallback):
-    """Embedding Expansion (Ko & Gu, CVPR 2020) or Symmetrical Synthesis (Gu & Ko, AAAI 2020).
+class HardPairSynthesisCallback(SynthesisCallback):
+    """Base of EE and Symmetrical Synthesis: differentiable points from same-class pairs.
+
+    The synthesiser's loss *is* the loss (``loss/metric``):
+
+    * pair losses with ``mining=hardest``: each real anchor's hardest real positive pair
+      and hardest negative pair over its whole synthetic group
+      (:func:`~see_dml.synthesis.hardest_negative_pairs`); ``loss=triplet`` gives EE's
+      HPHN triplet (:func:`~see_dml.losses.hphn_triplet_loss`), other pair losses take the
+      two pairs as their ``(a1, p, a2, n)`` tuple;
+    * pair losses with ``mining=none``: ``L([Z; Ẑ], [Y; Ŷ])`` with the loss's own miner;
+    * proxy losses: ``L([Z; Ẑ], [Y; Ŷ])``.
 
     Args:
-        method: ``embedding_expansion`` or ``symmetric``.
-        n_points: EE's internal division points per same-class pair.
-        weight: λ of the synthetic term.
-        mining: ``hardest`` (each anchor's hardest positive and hardest negative over its
-            synthetic group, as both papers) or ``none`` (the loss's own miner, if any).
+        mining: ``hardest`` (as both papers) or ``none``.
+        real_term: also add the plain loss of the real embeddings (``loss/real``); not in
+            the papers, off by default.
+        name, seed: see :class:`SynthesisCallback`.
     """
 
-    def __init__(self, method: str, n_points: int = 2, weight: float = 1.0,
-                 mining: str = "hardest", seed: int = 0) -> None:
-        super().__init__(weight, seed)
-        if method not in ("embedding_expansion", "symmetric"):
-            raise ValueError(f"unknown synthesis '{method}' (embedding_expansion, symmetric)")
+    def __init__(self, mining: str = "hardest", real_term: bool = False, name: str = "pairs",
+                 seed: int = 0) -> None:
+        super().__init__(name, seed)
         if mining not in ("hardest", "none"):
             raise ValueError(f"synthesis.mining must be 'hardest' or 'none', got '{mining}'")
-        self.method = method
-        self.n_points = n_points
         self.mining = mining
+        self.real_term = bool(real_term)
+
+    def synthesise(self, embeddings: torch.Tensor, labels: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(syn (S, d), syn_labels (S,), pair_index (S, 2))``, differentiable."""
+        raise NotImplementedError
+
+    def loss(self, criterion: MetricLoss, embeddings: torch.Tensor, labels: torch.Tensor
+             ) -> tuple[torch.Tensor, int]:
+        """The synthesiser's loss over ``embeddings (B, d)`` and the number of points made."""
+        syn, syn_labels, pair_index = self.synthesise(embeddings, labels)
+        if not len(syn):  # no same-class pair in the batch: the plain loss
+            return criterion(embeddings, labels), 0
+        all_emb, all_labels = torch.cat([embeddings, syn]), torch.cat([labels, syn_labels])
+        if criterion.kind == "proxy" or self.mining == "none":
+            return criterion(all_emb, all_labels), len(syn)
+        indices = hardest_negative_pairs(embeddings, labels, syn, syn_labels, pair_index)
+        if isinstance(criterion.loss, TripletMarginLoss):
+            loss = criterion.loss
+            return hphn_triplet_loss(all_emb, indices, loss.distance, loss.margin,
+                                     smooth=loss.smooth_loss), len(syn)
+        if criterion.tuple_kind != "pair":
+            raise ValueError(f"synthesis.mining=hardest needs a pair loss or the triplet loss; "
+                             f"loss={criterion.name} takes other tuples (use mining=none)")
+        return criterion(all_emb, all_labels, indices_tuple=indices), len(syn)
 
     def __call__(self, module: Any, embeddings: torch.Tensor, labels: torch.Tensor
                  ) -> dict[str, torch.Tensor]:
-        criterion = module.criterion
-        if self.method == "embedding_expansion":
-            syn, syn_labels, pair_index = embedding_expansion(embeddings, labels, self.n_points)
-        else:
-            syn, syn_labels, pair_index = symmetrical_synthesis(embeddings, labels)
-        stats = {"see/synthetic": embeddings.new_tensor(float(len(syn)))}
-        if not len(syn):
-            return {**stats, "loss/synthetic": embeddings.new_zeros(())}
-        if criterion.kind == "proxy":
-            term = criterion(syn, syn_labels)
-        else:
-            all_emb, all_labels = torch.cat([embeddings, syn]), torch.cat([labels, syn_labels])
-            indices = None
-            if self.mining == "hardest":
-                a1, p, a2, n = hardest_negative_pairs(embeddings, labels, syn, syn_labels,
-                                                      pair_index)
-                if isinstance(criterion.loss, TripletMarginLoss):
-                    # PML forms triplets only where a1 == a2; EE's negative pair may start
-                    # at a synthetic member of the anchor's group, so anchor it at a1.
-                    a2 = a1
-                indices = (a1, p, a2, n)
-            term = criterion(all_emb, all_labels, indices_tuple=indices)
-        return {**stats, "loss/synthetic": self.weight * term}
+        criterion: MetricLoss = module.criterion
+        with no_autocast(embeddings):
+            embeddings = full_precision(embeddings)
+            loss, made = self.loss(criterion, embeddings, labels)
+            out = {"loss/metric": loss, **dict([self.stat(embeddings, "synthetic", made)])}
+            if self.real_term:
+                out["loss/real"] = criterion(embeddings, labels)
+        return out
+
+
+class EmbeddingExpansionCallback(HardPairSynthesisCallback):
+    """Embedding Expansion (Ko & Gu, CVPR 2020): ``n`` division points per same-class chord.
+
+    Args:
+        n_points: internal division points per pair (EE's default 2).
+        mining, real_term, name, seed: see :class:`HardPairSynthesisCallback`.
+    """
+
+    def __init__(self, n_points: int = 2, mining: str = "hardest", real_term: bool = False,
+                 name: str = "embedding_expansion", seed: int = 0) -> None:
+        super().__init__(mining, real_term, name, seed)
+        if n_points < 1:
+            raise ValueError(f"synthesis.n_points must be >= 1, got {n_points}")
+        self.n_points = n_points
+
+    def synthesise(self, embeddings: torch.Tensor, labels: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return embedding_expansion(embeddings, labels, self.n_points)
+
+
+class SymmetricalSynthesisCallback(HardPairSynthesisCallback):
+    """Symmetrical Synthesis (Gu & Ko, AAAI 2020): each pair reflected about each other."""
+
+    def __init__(self, mining: str = "hardest", real_term: bool = False,
+                 name: str = "symmetric", seed: int = 0) -> None:
+        super().__init__(mining, real_term, name, seed)
+
+    def synthesise(self, embeddings: torch.Tensor, labels: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return symmetrical_synthesis(embeddings, labels)
+
+
+class ProxySynthesisCallback(SynthesisCallback):
+    """Proxy Synthesis (Gu, Ko & Kim, AAAI 2021), for proxy losses; its loss is the loss.
+
+    Every step draws ``λ ~ Beta(α, α)``, mixes the first ``floor(B·ratio)`` embeddings with a
+    partner of another class and their proxies alike, and computes the loss over real and
+    synthetic embeddings with ``C + S`` classes (:func:`~see_dml.synthesis.proxy_synthesis`).
+
+    Args:
+        ratio: PS's ``μ``, synthetic embeddings per real one (paper: 1.0).
+        alpha: PS's ``α`` of the Beta distribution (paper: 0.4).
+        name, seed: see :class:`SynthesisCallback`.
+    """
+
+    def __init__(self, ratio: float = 1.0, alpha: float = 0.4, name: str = "proxy_synthesis",
+                 seed: int = 0) -> None:
+        super().__init__(name, seed)
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"synthesis.ratio must be in [0, 1], got {ratio}")
+        if alpha <= 0:
+            raise ValueError(f"synthesis.alpha must be > 0, got {alpha}")
+        self.ratio = float(ratio)
+        self.alpha = float(alpha)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        criterion: MetricLoss = pl_module.criterion  # type: ignore[assignment]
+        if criterion.kind != "proxy":
+            raise ValueError(f"synthesis=proxy_synthesis mixes proxies, but loss="
+                             f"{criterion.name} has none; use loss=proxy_anchor, norm_softmax "
+                             "or arcface")
+        super().setup(trainer, pl_module, stage)
+
+    def draw_lambda(self, device: torch.device) -> float:
+        """``λ ~ Beta(α, α)`` from a NumPy generator seeded by this callback's generator (torch
+        cannot draw Beta samples from a given generator); resumes exactly with it."""
+        seed = torch.randint(2**62, (1,), generator=self.generator(device), device=device)
+        return float(np.random.default_rng(int(seed.item())).beta(self.alpha, self.alpha))
+
+    def __call__(self, module: Any, embeddings: torch.Tensor, labels: torch.Tensor
+                 ) -> dict[str, torch.Tensor]:
+        criterion: MetricLoss = module.criterion
+        lam = self.draw_lambda(embeddings.device)
+        with no_autocast(embeddings):
+            embeddings = full_precision(embeddings)
+            syn, syn_labels, syn_proxies = proxy_synthesis(
+                embeddings, labels, criterion.class_directions(), self.ratio, lam)
+            loss = criterion.forward_with_extra_classes(
+                torch.cat([embeddings, syn]), torch.cat([labels, syn_labels]), syn_proxies)
+        return {"loss/metric": loss, **dict([self.stat(embeddings, "synthetic", len(syn)),
+                                             self.stat(embeddings, "lambda", lam)])}
+
+
+def synthesis_node(cfg: DictConfig) -> DictConfig | None:
+    """The one synthesiser's config node: ``see`` when ``see.enabled``, else ``synthesis``.
+
+    ``validate_config`` rejects asking for both; this only picks.
+    """
+    see = cfg.get("see")
+    if see is not None and see.get("enabled", False):
+        return see
+    return cfg.get("synthesis")
 
 
 def build_synthesis_callback(cfg: DictConfig) -> SynthesisCallback | None:
-    """The callback for ``see.enabled=true`` or ``synthesis=...``; ``None`` for the plain loss."""
-    see = cfg.get("see")
-    synthesis = cfg.get("synthesis")
-    see_on = see is not None and see.get("enabled", False)
-    if see_on and synthesis is not None:
-        raise ValueError("see.enabled=true and synthesis=... both ask for a synthesiser")
-    if see_on:
-        return SEECallback(
-            n_points=see.n_points, mode=see.mode, p_min=see.p_min, p_max=see.p_max,
-            scheduled=see.scheduled, ramp_end_epoch=see.ramp_end_epoch,
-            threshold_floor=see.threshold_floor, weight=see.weight,
-            directions=see.directions, pair_integration=see.pair_integration,
-            seed=cfg.seed)
-    if synthesis is not None:
-        return PairSynthesisCallback(
-            method=synthesis.name, n_points=synthesis.get("n_points", 2),
-            weight=synthesis.weight, mining=synthesis.mining, seed=cfg.seed)
-    return None
+    """Instantiate the synthesiser's node (its ``_target_``); ``None`` for the plain loss."""
+    node = synthesis_node(cfg)
+    if node is None:
+        return None
+    kwargs = OmegaConf.to_container(node, resolve=True)
+    kwargs.pop("enabled", None)  # the SEE switch, not an argument
+    return instantiate(kwargs, seed=cfg.seed)

@@ -3,15 +3,14 @@
 The library has the losses, miners and distances; what it lacks, and this adapter adds, is
 (1) building proxy/classifier losses from a config that does not know the number of classes,
 (2) a uniform view of the class directions (``ProxyAnchorLoss.proxies`` is ``(C, d)``, the
-softmax family's ``W`` is ``(d, C)``) that synthesis needs, and (3) the loss *kind*, which
-decides how synthetic embeddings enter the loss:
-
-* ``proxy`` losses (Proxy-Anchor, Proxy-NCA, NormSoftmax, ArcFace, CosFace...): synthetic
-  points form a second term ``L(stopgrad(Z_syn), Y_syn)`` that reaches only the proxies
-  (SEE's own formulation for Proxy-Anchor);
-* ``pair`` losses (Multi-Similarity, contrastive, triplet...): synthetic points join as
-  extra *reference* embeddings, ``L(Z, Y; ref=stopgrad(Z_syn), ref_labels=Y_syn)``, so that
-  real anchors are pulled to / pushed from them.
+softmax family's ``W`` is ``(d, C)``) that synthesis needs, (3) the loss *kind* (``proxy``
+or ``pair``), which decides how synthetic embeddings enter the loss (``docs/method.md``),
+(4) the tuples the loss would train on (:meth:`MetricLoss.mine`), so that a synthesiser can
+mine over real and synthetic points together, (5) a call with extra classes appended to the
+proxies (:meth:`MetricLoss.forward_with_extra_classes`, for Proxy Synthesis) and (6) float32
+arithmetic whatever the training precision: pytorch-metric-learning casts its proxies *in
+place* to the embeddings' dtype (``cast_types``), so bf16/fp16 embeddings would silently turn
+the proxies Parameter into half precision.
 """
 
 from __future__ import annotations
@@ -23,11 +22,25 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning.losses import BaseMetricLossFunction
+from pytorch_metric_learning.losses import BaseMetricLossFunction, GenericPairLoss
 from pytorch_metric_learning.miners import BaseMiner
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
 LossKind = Literal["proxy", "pair"]
+IndicesTuple = tuple[torch.Tensor, ...]
+
+
+def full_precision(x: torch.Tensor | None) -> torch.Tensor | None:
+    """fp16/bf16 tensors as float32; float32/float64 (and ``None``) unchanged."""
+    if x is not None and x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    return x
+
+
+def no_autocast(x: torch.Tensor) -> torch.autocast:
+    """A context without autocast on ``x``'s device: matmuls stay in the inputs' dtype."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def _accepts(factory: Callable, name: str) -> bool:
@@ -89,14 +102,75 @@ class MetricLoss(nn.Module):
             return None
         return F.normalize(weight, dim=-1)
 
+    @property
+    def tuple_kind(self) -> Literal["pair", "triplet"]:
+        """What the loss trains on: pairs ``(a1, p, a2, n)`` or triplets ``(a, p, n)``."""
+        return "pair" if isinstance(self.loss, GenericPairLoss) else "triplet"
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 ref_emb: torch.Tensor | None = None,
                 ref_labels: torch.Tensor | None = None,
                 indices_tuple: tuple | None = None) -> torch.Tensor:
-        """Loss of ``embeddings (B, d)`` with ``labels (B,)``; ``ref_*`` for pair losses."""
-        if indices_tuple is None and self.miner is not None:
-            indices_tuple = self.miner(embeddings, labels, ref_emb, ref_labels)
-        return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        """Loss of ``embeddings (B, d)`` with ``labels (B,)``; ``ref_*`` for pair losses.
+
+        Runs in float32 (float64 inputs stay float64) with autocast off, whatever the
+        training precision; the result is a 0-dim tensor of that dtype.
+        """
+        with no_autocast(embeddings):
+            embeddings, ref_emb = full_precision(embeddings), full_precision(ref_emb)
+            if indices_tuple is None and self.miner is not None:
+                indices_tuple = self.miner(embeddings, labels, ref_emb, ref_labels)
+            return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    @torch.no_grad()
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> IndicesTuple:
+        """The tuples the loss would train on: its miner's, or all of the kind it uses.
+
+        Returns ``(a1, p, a2, n)`` for pair losses (:attr:`tuple_kind` ``"pair"``) and
+        ``(a, p, n)`` for triplet losses, indices into ``embeddings (N, d)``.
+        """
+        with no_autocast(embeddings):
+            embeddings = full_precision(embeddings)
+            if self.miner is not None:
+                mined = self.miner(embeddings, labels)
+                if self.tuple_kind == "pair":
+                    return lmu.convert_to_pairs(mined, labels)
+                return lmu.convert_to_triplets(mined, labels)
+        if self.tuple_kind == "pair":
+            return lmu.get_all_pairs_indices(labels)
+        return lmu.get_all_triplets_indices(labels)
+
+    def forward_with_extra_classes(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                                   extra_directions: torch.Tensor) -> torch.Tensor:
+        """Proxy losses only: the loss with ``S`` more classes whose proxies are given.
+
+        Args:
+            embeddings: ``(N, d)``; labels ``(N,)`` in ``[0, C + S)``.
+            extra_directions: ``(S, d)`` proxies of classes ``C .. C + S - 1`` (may carry
+                gradients; they join the loss's own proxies for this call only).
+
+        pytorch-metric-learning has no way to add classes for one call: the loss runs with
+        its class-weight Parameter swapped for the concatenation
+        (``torch.func.functional_call``) and its ``num_classes`` raised to ``C + S``.
+        """
+        if self.kind != "proxy":
+            raise ValueError(f"loss '{self.name}' has no proxies to add classes to")
+        attr = "proxies" if isinstance(getattr(self.loss, "proxies", None), torch.Tensor) else "W"
+        with no_autocast(embeddings):
+            embeddings = full_precision(embeddings)
+            weight = getattr(self.loss, attr)
+            extra = extra_directions.to(weight.dtype)
+            full = (torch.cat([weight, extra]) if attr == "proxies"
+                    else torch.cat([weight, extra.t()], dim=1))
+            # NormalizedSoftmaxLoss keeps no num_classes; the others build masks from it
+            num_classes = getattr(self.loss, "num_classes", None)
+            if num_classes is not None:
+                self.loss.num_classes = num_classes + extra.shape[0]
+            try:
+                return torch.func.functional_call(self.loss, {attr: full}, (embeddings, labels))
+            finally:
+                if num_classes is not None:
+                    self.loss.num_classes = num_classes
 
 
 def build_metric_loss(cfg: Any, num_classes: int, embed_dim: int) -> MetricLoss:

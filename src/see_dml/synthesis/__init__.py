@@ -1,11 +1,13 @@
 """Embedding synthesis: SEE and the baselines that share its interface, as pure functions.
 
-- :func:`spherical_expansion` (SEE) and its ablation :func:`random_expansion`;
+- :func:`spherical_expansion` (SEE), its ablation :func:`random_expansion` and the batch
+  class axes of pair losses :func:`class_axes`;
 - :func:`max_mahalanobis_centers`, the regular-simplex centres SEE places points on;
 - :func:`expansion_fraction`, :func:`expansion_threshold`, :func:`select_top_fraction`,
   :func:`select_threshold`: which samples to expand at a given epoch;
 - :func:`embedding_expansion` (EE) and :func:`symmetrical_synthesis`, with their hard pair
-  mining :func:`hardest_negative_pairs`.
+  mining :func:`hardest_negative_pairs`;
+- :func:`proxy_synthesis` (PS), mixup of embeddings and of their proxies.
 
 Callbacks and losses decide when to call these; nothing here holds state.
 """
@@ -16,21 +18,25 @@ from see_dml.synthesis.expansion import (
     same_class_pairs,
 )
 from see_dml.synthesis.mmd import max_mahalanobis_centers
+from see_dml.synthesis.proxy_synthesis import other_class_partners, proxy_synthesis
 from see_dml.synthesis.schedule import (
     expansion_fraction,
     expansion_threshold,
     select_threshold,
     select_top_fraction,
 )
-from see_dml.synthesis.see import random_expansion, spherical_expansion
+from see_dml.synthesis.see import class_axes, random_expansion, spherical_expansion
 from see_dml.synthesis.symmetric import symmetrical_synthesis
 
 __all__ = [
+    "class_axes",
     "embedding_expansion",
     "expansion_fraction",
     "expansion_threshold",
     "hardest_negative_pairs",
     "max_mahalanobis_centers",
+    "other_class_partners",
+    "proxy_synthesis",
     "random_expansion",
     "same_class_pairs",
     "select_threshold",

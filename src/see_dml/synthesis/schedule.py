@@ -3,7 +3,11 @@
 Default ("top-fraction"): expand the ``round(B·p(e))`` samples closest to their own class
 axis, with ``p(e)`` rising on a cosine ramp from ``p_min`` to ``p_max`` that ends at epoch
 ``ramp_end`` (200) for long runs. Second mode ("threshold"): expand every sample whose cosine
-to its axis is at least ``t(e)``, with ``t`` decaying on the same cosine shape.
+to its axis is at least ``t(e)``, with ``t`` decaying on the same cosine shape over the whole
+run (the authors apply the 200-epoch cap to the top-fraction ramp only).
+
+Epochs may be fractional: a run trained by steps (``trainer.max_epochs=-1``) passes
+``step / steps_per_epoch`` and ``max_steps / steps_per_epoch`` (see ``docs/method.md``).
 """
 
 from __future__ import annotations
@@ -20,23 +24,27 @@ __all__ = [
 ]
 
 
-def _ramp(epoch: int, max_epochs: int, ramp_end: int) -> float:
-    """Cosine ramp weight ``(cos(π·min(e, R)/min(E, R)) + 1)/2``: 1 at epoch 0, 0 at the end."""
-    if max_epochs < 1 or ramp_end < 1:
-        raise ValueError(f"need max_epochs >= 1 and ramp_end >= 1, got {max_epochs}, {ramp_end}")
+def _ramp(epoch: float, max_epochs: float, ramp_end: float | None) -> float:
+    """Cosine ramp weight ``(cos(π·min(e, R)/min(E, R)) + 1)/2``: 1 at epoch 0, 0 at the end.
+
+    ``ramp_end=None`` means no cap (``R = ∞``). Epochs may be fractional (training by steps).
+    """
+    end = math.inf if ramp_end is None else ramp_end
+    if not max_epochs > 0 or not end > 0:
+        raise ValueError(f"need max_epochs > 0 and ramp_end > 0, got {max_epochs}, {ramp_end}")
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
     # Clamped at 1 so epochs past max_epochs stay at the end value instead of ramping back.
-    progress = min(min(epoch, ramp_end) / min(max_epochs, ramp_end), 1.0)
+    progress = min(min(epoch, end) / min(max_epochs, end), 1.0)
     return (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
 def expansion_fraction(
-    epoch: int,
-    max_epochs: int,
+    epoch: float,
+    max_epochs: float,
     p_min: float,
     p_max: float,
-    ramp_end: int = 200,
+    ramp_end: float | None = 200,
     scheduled: bool = True,
 ) -> float:
     """Fraction ``p(e)`` of the batch to expand (authors' top-fraction schedule).
@@ -55,18 +63,19 @@ def expansion_fraction(
 
 
 def expansion_threshold(
-    epoch: int,
-    max_epochs: int,
+    epoch: float,
+    max_epochs: float,
     t_start: float,
     t_end: float,
     floor: float,
-    ramp_end: int = 200,
+    ramp_end: float | None = None,
 ) -> float:
     """Cosine threshold ``t(e)`` for the threshold mode, decaying from ``t_start`` to ``t_end``.
 
-    ``t(e) = max(floor, t_end + (t_start − t_end)·(cos(π·min(e, R)/min(E, R)) + 1)/2)``: the
-    same cosine shape as :func:`expansion_fraction`, so more samples pass as training goes
-    on; ``floor`` is the lowest cosine a sample may have and still be expanded.
+    ``t(e) = max(floor, t_end + (t_start − t_end)·(cos(π·e/E) + 1)/2)``: the same cosine shape
+    as :func:`expansion_fraction`, so more samples pass as training goes on; ``floor`` is the
+    lowest cosine a sample may have and still be expanded. As in the authors' code the decay
+    spans the whole run; ``ramp_end`` (default ``None``: no cap) caps it like the fraction's.
     """
     return max(floor, t_end + (t_start - t_end) * _ramp(epoch, max_epochs, ramp_end))
 

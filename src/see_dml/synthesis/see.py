@@ -6,7 +6,12 @@ An orthonormal frame ``{u, v_2, ..., v_n}`` of the null space of ``w`` (``u`` fi
 random) and the MMD coefficient matrix ``B`` (``(n+1, n)``, a regular simplex with row 0 =
 ``e_1``) give the ``n + 1`` points ``ẑ_k = s·w + ρ·Σ_j B[k, j]·frame_j``: ``ẑ_0 = z`` and the
 ``n`` new points ``k = 1..n`` lie on ``z``'s latitude circle around ``w``, spread as far apart
-as possible. See ``docs/see-method.md`` ("Geometry") for the properties the tests check.
+as possible. See ``docs/method.md`` ("Geometry") for the properties the tests check.
+
+The class axis is the sample's proxy for proxy losses; for pair losses
+:func:`class_axes` gives the leave-one-out class mean of the batch (the class mean without
+the sample itself), so that synthetic positives are *harder* than the real ones and are
+mined (``docs/method.md``, "How synthetic points enter each loss").
 
 All synthesis runs under ``torch.no_grad()``: the synthetic points are fixed targets.
 """
@@ -20,13 +25,38 @@ import torch.nn.functional as F
 
 from see_dml.synthesis.mmd import _simplex_coefficients
 
-__all__ = ["random_expansion", "spherical_expansion"]
+__all__ = ["class_axes", "random_expansion", "spherical_expansion"]
 
 # Below this radial length the radial direction u is numerical noise (the sample sits on
 # the axis); any unit vector orthogonal to w is then as good, and the points collapse to z.
 _RHO_EPS = 1e-6
 
-ExpansionMode = Literal["mmd", "random"]
+ExpansionMode = Literal["mmd", "random", "random_circle"]
+_MODES = ("mmd", "random", "random_circle")
+
+
+@torch.no_grad()
+def class_axes(
+    embeddings: torch.Tensor, labels: torch.Tensor, leave_one_out: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class axes from the batch itself, for losses without proxies.
+
+    Args:
+        embeddings: ``(B, d)`` embeddings. labels: ``(B,)``.
+        leave_one_out: the axis of sample ``i`` is the direction of the sum of the *other*
+            samples of its class (default); ``False``: of the whole class, ``i`` included.
+
+    Returns:
+        ``axes`` ``(B, d)`` unit rows and ``valid`` ``(B,)`` bool: ``False`` for a sample
+        alone of its class in the batch, whose axis would be itself (or nothing) and which
+        must never be expanded.
+    """
+    classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    z = embeddings.float()
+    sums = torch.zeros(len(classes), z.shape[1], device=z.device, dtype=z.dtype)
+    sums.index_add_(0, inverse, z)
+    axes = sums[inverse] - z if leave_one_out else sums[inverse]
+    return F.normalize(axes, dim=1), counts[inverse] > 1
 
 
 def _check_inputs(
@@ -35,6 +65,7 @@ def _check_inputs(
     axes: torch.Tensor,
     n_points: int,
     noise: torch.Tensor | None,
+    noise_columns: int | None = None,
 ) -> None:
     if z.ndim != 2:
         raise ValueError(f"z must be (K, d), got shape {tuple(z.shape)}")
@@ -48,9 +79,10 @@ def _check_inputs(
             f"n_points must satisfy 1 <= n <= d - 2, got n={n_points} with embedding dim "
             f"d={d} (so n <= {d - 2}); lower the number of points per expanded sample"
         )
-    if noise is not None and noise.shape != (z.shape[0], d, n_points):
+    cols = n_points if noise_columns is None else noise_columns
+    if noise is not None and noise.shape != (z.shape[0], d, cols):
         raise ValueError(
-            f"noise must be (K, d, n) = {(z.shape[0], d, n_points)}, got {tuple(noise.shape)}"
+            f"noise must be (K, d, {cols}) = {(z.shape[0], d, cols)}, got {tuple(noise.shape)}"
         )
 
 
@@ -63,6 +95,20 @@ def _draw_noise(
     return torch.randn(
         z.shape[0], z.shape[1], n, generator=generator, device=z.device, dtype=torch.float32
     )
+
+
+def _authors_random_coefficients(
+    k: int, n: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """``(K, n, n+1)``: rows ``1..n`` of the authors' ``(n+1, n+1)`` zero-sum Gaussian matrix.
+
+    Rows ``0..n-1`` are standard Gaussian and row ``n`` is minus their sum (every column sums
+    to zero), as in the authors' ``random_sum_zero``; the rows are *not* normalised, so the
+    points leave the sphere and the latitude circle. Row 0 (which would replace ``z``
+    itself) is dropped like theirs.
+    """
+    g = torch.randn(k, n, n + 1, generator=generator, device=device, dtype=torch.float32)
+    return torch.cat([g[:, 1:], -g.sum(dim=1, keepdim=True)], dim=1)
 
 
 def _random_zero_sum_coefficients(
@@ -167,22 +213,27 @@ def spherical_expansion(
         n_points: ``n``, new points per sample; ``1 <= n <= d - 2``.
         generator: for the random frame (and the random coefficients in ``"random"`` mode);
             must live on ``z``'s device.
-        mode: ``"mmd"`` (SEE: the ``n+1`` points form a regular simplex around the axis) or
-            ``"random"`` (ablation: same latitude circle, random zero-sum directions, no
-            simplex; see :func:`random_expansion`).
-        noise: optional ``(K, d, n)`` Gaussian draws used instead of the generator, so a
+        mode: ``"mmd"`` (SEE: the ``n+1`` points form a regular simplex around the axis),
+            ``"random"`` (the authors' ablation: the simplex matrix replaced by a zero-sum
+            Gaussian one over ``n+1`` frame directions; the points leave the sphere) or
+            ``"random_circle"`` (this project's ablation: same latitude circle as SEE,
+            random zero-sum unit directions, no simplex). See :func:`random_expansion`.
+        noise: optional ``(K, d, n)`` Gaussian draws (``(K, d, n+1)`` in ``"random"``
+            mode, whose frame has one more direction) used instead of the generator, so a
             reference implementation can rebuild the same frame. Column 0 is only used as
-            the radial direction of samples lying on their axis (``ρ ≈ 0``); columns
-            ``1..n-1`` are projected and orthonormalised into ``v_2..v_n``. The random
-            coefficients of ``"random"`` mode still come from ``generator``.
+            the radial direction of samples lying on their axis (``ρ ≈ 0``); the other
+            columns are projected and orthonormalised into ``v_2, v_3, ...``. The random
+            coefficients of the random modes still come from ``generator``.
 
     Returns:
-        ``(K·n, d)`` unit points in ``z``'s dtype, the ``n`` points of sample ``i`` at rows
-        ``i·n .. i·n + n - 1``, and their ``(K·n,)`` labels ``labels.repeat_interleave(n)``.
+        ``(K·n, d)`` points in ``z``'s dtype (unit, except in ``"random"`` mode), the ``n``
+        points of sample ``i`` at rows ``i·n .. i·n + n - 1``, and their ``(K·n,)`` labels
+        ``labels.repeat_interleave(n)``.
     """
-    _check_inputs(z, labels, axes, n_points, noise)
-    if mode not in ("mmd", "random"):
-        raise ValueError(f"mode must be 'mmd' or 'random', got {mode!r}")
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    frame_size = n_points + 1 if mode == "random" else n_points
+    _check_inputs(z, labels, axes, n_points, noise, frame_size)
     out_dtype = z.dtype if z.is_floating_point() else torch.float32
     k, d = z.shape
     syn_labels = labels.repeat_interleave(n_points)
@@ -191,15 +242,19 @@ def spherical_expansion(
     # float32 arithmetic: fp16/bf16 rounding would break the unit norms and the simplex.
     z32 = F.normalize(z.float(), dim=1)
     w32 = F.normalize(axes.float(), dim=1)
-    draws = _draw_noise(z32, n_points, generator, noise)
+    draws = _draw_noise(z32, frame_size, generator, noise)
     s, rho, frame = _latitude_frames(z32, w32, draws)
     if mode == "mmd":
         coeff = _simplex_coefficients(n_points, torch.float32, z32.device)[1:]  # (n, n)
+    elif mode == "random":
+        coeff = _authors_random_coefficients(k, n_points, generator, z32.device)  # (K, n, n+1)
     else:
         coeff = _random_zero_sum_coefficients(k, n_points, generator, z32.device)  # (K, n, n)
     directions = coeff @ frame.transpose(1, 2)  # (K, n, d): row k is c_k in R^d
     axial = (s[:, None] * w32)[:, None, :]  # (K, 1, d)
     points = torch.addcmul(axial, rho[:, None, None], directions).reshape(k * n_points, d)
+    if mode == "random":  # the authors' points are off the sphere; losses normalise them
+        return points.to(out_dtype), syn_labels
     # Absorb float32 rounding so downstream cosine losses see exactly unit rows.
     return F.normalize(points, dim=1).to(out_dtype), syn_labels
 
@@ -211,17 +266,24 @@ def random_expansion(
     n_points: int,
     generator: torch.Generator | None = None,
     *,
+    on_circle: bool = False,
     noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ablation of SEE with ``B`` replaced by a random zero-sum matrix (no simplex).
 
-    Each sample gets its own random coefficient rows ``c_1..c_n`` (Gaussian, shifted so that
-    ``e_1 + Σ c_k = 0``, then normalised). The points therefore keep unit norm and the
-    sample's cosine to its axis, exactly like SEE, but are not spread as a regular simplex:
-    any difference to :func:`spherical_expansion` measures the MMD placement. Shapes and
-    arguments as in :func:`spherical_expansion`.
+    ``on_circle=False`` (default, the authors' variant, ``see.directions=random``): an
+    ``(n+1, n+1)`` Gaussian matrix whose columns sum to zero multiplies ``n+1`` frame
+    directions ``{u, v_2, ..., v_{n+1}}``; rows ``1..n`` give the points ``s·w + ρ·c_k``,
+    which are not unit and lean away from the axis (their cosine to it drops).
+
+    ``on_circle=True`` (``see.directions=random_circle``): each sample gets its own random
+    rows ``c_1..c_n`` (Gaussian, shifted so that ``e_1 + Σ c_k = 0``, then normalised). The
+    points keep unit norm and the sample's cosine to its axis, exactly like SEE, but are not
+    spread as a regular simplex: any difference to :func:`spherical_expansion` measures the
+    MMD placement alone. Shapes and arguments as in :func:`spherical_expansion`.
     """
-    return spherical_expansion(z, labels, axes, n_points, generator, mode="random", noise=noise)
+    mode: ExpansionMode = "random_circle" if on_circle else "random"
+    return spherical_expansion(z, labels, axes, n_points, generator, mode=mode, noise=noise)
 
 
 @torch.no_grad()
