@@ -32,7 +32,7 @@ def synthesis_name(cfg: dict[str, Any]) -> str:
 
 def run_key(cfg: dict[str, Any]) -> tuple[str, ...]:
     dataset = cfg["dataset"]["_target_"].rsplit(".", 1)[-1]
-    return (dataset, cfg["model"]["backbone"], str(cfg["model"]["embed_dim"]),
+    return (dataset, cfg["model"]["backbone"]["name"], str(cfg["model"]["embed_dim"]),
             cfg["loss"]["name"], synthesis_name(cfg), str(cfg["trainer"]["max_epochs"]))
 
 
