@@ -377,7 +377,7 @@ def test_the_check_cli_builds_and_reports_the_dataset(cold_runs):
 
 # -- through the composed config --------------------------------------------------------------
 
-def test_the_config_uses_five_sets_and_one_fluent(make_cfg, tmp_path):
+def test_the_config_uses_five_sets_and_one_fluent(make_cfg):
     cfg = make_cfg("dataset=emoji_styles")
     assert set(cfg.dataset.sets) == {"noto", "twemoji", "openmoji", "fluent-emoji-flat",
                                      "emojione"}
