@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -211,4 +212,82 @@ def test_query_gallery_dataset_with_image_paths(tmp_path):
                                  ks=(1, 10, 20, 30, 40, 50))
     for key in ("recall@1", "recall@10", "map@r", "r_precision"):
         assert report[f"test/{key}"] == pytest.approx(expected[key], abs=1e-6), key
-    assert (tmp_path / "eval" / "retrieval_grid_test.png").stat().st_size > 0
+    # plots are named after the query split, as the exports are: no "test" split here
+    assert sorted(p.name for p in (tmp_path / "eval").glob("*.png")) == [
+        "projection_query.png", "recall_at_k.png", "retrieval_grid_query.png"]
+
+
+@pytest.mark.parametrize("loss", ["proxy_anchor", "norm_softmax", "arcface"])
+def test_checkpoint_without_class_count_reads_it_from_the_loss_weights(tmp_path, loss):
+    """Checkpoints from before ``see_dml_num_classes``: the count comes from the class
+    weights, ``(C, d)`` proxies or the softmax family's ``(d, C)`` W."""
+    cfg = compose_config([*FAST, f"loss={loss}", f"paths.run_dir={tmp_path}"])
+    model = build_model(cfg, num_classes=7)  # 7 classes, 16-d: the two axes differ
+    ckpt = tmp_path / "old.ckpt"
+    torch.save({"state_dict": model.state_dict(), "see_dml_config": model.config}, ckpt)
+    module, _ = load_module_from_checkpoint(ckpt)
+    assert module.criterion.num_classes == 7
+    for key, value in model.state_dict().items():
+        assert torch.equal(module.state_dict()[key], value), key
+
+
+def test_export_has_one_projection_default():
+    """The callback built without arguments, training's config and evaluate's agree."""
+    from see_dml.callbacks.export import EmbeddingExport
+
+    default = inspect.signature(EmbeddingExport).parameters["projection"].default
+    train_cfg = compose_config([])
+    eval_cfg = compose_config(["ckpt_path=x"], config_name="evaluate")
+    assert default == train_cfg.callbacks.embedding_export.projection == eval_cfg.plots.projection
+
+
+class CountSearches:
+    """Wraps the kNN search behind every metric and plot, counting its calls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import see_dml.metrics.retrieval as retrieval
+
+        self.calls = 0
+        search = retrieval.knn_search
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return search(*args, **kwargs)
+
+        monkeypatch.setattr(retrieval, "knn_search", counted)
+
+
+def test_export_callback_on_query_gallery_dataset(make_cfg, tmp_path, monkeypatch):
+    """``callbacks=export`` on In-Shop: checkpoints still selected and saved, query and
+    gallery exported (paths, Parquet too), plots named after the query split, and one kNN
+    search per evaluation: the grid reuses the metrics' neighbours."""
+    fx = make_fixture("inshop", tmp_path / "data", n_train=6, n_test=4, per_item=4)
+    cfg = make_cfg("dataset=inshop", f"paths.data_dir={tmp_path / 'data'}",
+                   "dataset.val_fraction=0.2", "dataset.strict_counts=false",
+                   "data.transforms.image_size=32", "data.transforms.resize=36",
+                   "data.batch_size=8", "data.m_per_class=2", "data.eval_batch_size=16",
+                   "callbacks=export", "callbacks.embedding_export.projection=pca",
+                   "test_final=false")
+    searches = CountSearches(monkeypatch)
+    metrics = train(cfg)
+    assert searches.calls == 2  # the validation epoch's and the test's
+    run_dir = Path(cfg.paths.run_dir)
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert Path(metrics["best_checkpoint"]).parent == run_dir / "checkpoints"
+    assert "best/val/map@r" in metrics
+    assert sorted(p.name for p in run_dir.glob("*.png")) == [
+        "projection_query.png", "recall_at_k.png", "retrieval_grid_query.png"]
+    exported = {}
+    for split in ("query", "gallery"):
+        data = np.load(run_dir / f"embeddings_{split}.npz")
+        assert list(data["paths"]) == [str(p) for p in fx.images[split]]
+        table = pq.read_table(run_dir / f"embeddings_{split}.parquet")
+        np.testing.assert_array_equal(
+            np.stack(table["embedding"].to_numpy(zero_copy_only=False)), data["embeddings"])
+        exported[split] = data
+    # the exported embeddings are those the test metrics were computed on
+    q, g = exported["query"], exported["gallery"]
+    expected = retrieval_metrics(q["embeddings"], q["labels"], g["embeddings"], g["labels"],
+                                 ks=(1, 10, 20, 30, 40, 50))
+    for key in ("recall@1", "recall@10", "map@r", "r_precision"):
+        assert metrics[f"test/{key}"] == pytest.approx(expected[key], abs=1e-6), key

@@ -198,3 +198,26 @@ def test_gradient_value_clipping_trains(make_cfg, clip):
     assert all(0 < g <= clip for g in probe.max_abs)
     assert all(math.isfinite(x) for x in probe.losses)
     assert changed(before, module)
+
+
+def test_tests_log_under_the_prefix_of_their_block_and_leave_one_result(make_cfg):
+    """``test_metrics_prefix`` names one test's metrics and result; the next test is ``test``
+    again. The result holds the logged metrics and the embeddings they come from."""
+    from see_dml.metrics import retrieval_metrics
+
+    cfg = make_cfg()
+    module, dm = build(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_model_summary=False)
+    with module.test_metrics_prefix("test_final"):
+        trainer.test(module, datamodule=dm, verbose=False)
+    first = module.test_result
+    assert first is not None and first.prefix == "test_final"
+    assert {k for k in trainer.callback_metrics if k.endswith("/map@r")} == {"test_final/map@r"}
+    trainer.test(module, datamodule=dm, verbose=False)
+    assert module.test_result.prefix == "test"
+    assert "test/map@r" in trainer.callback_metrics
+    (split,) = first.splits
+    assert split.name == "test"
+    assert split.indices.tolist() == list(range(len(dm.eval_dataset("test"))))
+    expected = retrieval_metrics(split.embeddings, split.labels, ks=module.recall_ks)
+    assert float(trainer.callback_metrics["test/map@r"]) == pytest.approx(expected["map@r"])

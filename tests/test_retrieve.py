@@ -116,6 +116,24 @@ def test_cli_bad_query_exits_naming_the_key(tmp_path):
     assert proc.returncode != 0 and "ckpt_path" in proc.stderr
 
 
+def test_cli_non_image_in_a_folder_is_one_line_naming_the_file(tmp_path):
+    """A stray non-image among a folder's images: one ``error:`` line naming the file,
+    before the checkpoint is even read (here an empty file: it is never loaded)."""
+    folder = tmp_path / "images"
+    (folder / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "cat" / "1.png")
+    (folder / "cat" / "notes.png").write_text("not an image")
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.touch()
+    proc = subprocess.run(
+        [sys.executable, "-m", "see_dml.retrieve", f"ckpt_path={ckpt}", f"query={folder}",
+         "gallery=test", f"paths.output_dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: query: ") and str(folder / "cat" / "notes.png") in line
+
+
 def test_bad_locations_name_the_key(trained, tmp_path):
     with pytest.raises(ConfigError, match="gallery='.*nowhere'"):
         _retrieve(f"ckpt_path={trained['ckpt']}", f"query={trained['folder']}",

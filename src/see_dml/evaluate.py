@@ -2,9 +2,10 @@
 
 The model is rebuilt from the run config stored in the checkpoint
 (``checkpoint["see_dml_config"]``), so no training config has to be given again. The test
-split (or query + gallery for In-Shop) is embedded with a plain loop, searched once, and
-Recall@K (the dataset's Ks), MAP@R, R-Precision and Precision@1 are printed as a Markdown
-table and written to ``metrics.json`` / ``metrics.md`` in the output directory
+split (or query + gallery for In-Shop) is embedded with a plain loop, then evaluated and
+reported exactly as training's test is (:mod:`see_dml.evaluation`: one kNN search, one
+report): Recall@K (the dataset's Ks), MAP@R, R-Precision and Precision@1 are printed as a
+Markdown table and written to ``metrics.json`` / ``metrics.md`` in the output directory
 (``${paths.output_dir}/evaluate/runs/<time>_<id>``); the last line printed names it.
 
 Which dataset (see ``conf/evaluate.yaml``):
@@ -21,13 +22,13 @@ Which dataset (see ``conf/evaluate.yaml``):
 
 Options: ``split=test|val`` (val: the held-out training classes), ``export.enabled=true``
 (``embeddings_<split>.npz``, plus ``.parquet`` with ``export.format=parquet``),
-``plots.enabled=true`` (projection, Recall@K curve, retrieval grid), ``device=auto|cpu|cuda``,
+``plots.enabled=true`` (``projection_<query split>.png``, ``recall_at_k.png``,
+``retrieval_grid_<query split>.png``), ``device=auto|cpu|cuda``,
 ``batch_size=...``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -41,11 +42,9 @@ from see_dml.config import CONFIG_DIR, ConfigError, check_knn_backend
 # torch, Lightning, timm and faiss are imported where they are used: they take seconds to
 # load, and a mistyped ckpt_path or split should fail before that, not after.
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
     from see_dml.data.datamodule import RetrievalDataModule
-    from see_dml.metrics import RetrievalResult
     from see_dml.module import DMLModule
 
 log = logging.getLogger(__name__)
@@ -109,11 +108,10 @@ def load_module_from_checkpoint(path: str | Path, device: str | torch.device = "
     cfg = OmegaConf.create(ckpt["see_dml_config"])
     num_classes = ckpt.get("see_dml_num_classes")
     if num_classes is None:  # written before the class count was stored: read the proxies
-        proxies = [v for k, v in ckpt["state_dict"].items() if k.startswith("criterion.")]
-        if not proxies:
+        num_classes = _num_classes_from_loss(ckpt["state_dict"])
+        if num_classes is None:
             raise CheckpointError(f"ckpt_path='{path}' stores no 'see_dml_num_classes' and "
-                                  "its loss has no parameters to infer it from")
-        num_classes = int(proxies[0].shape[0])
+                                  "its loss has no class weights to infer it from")
     with open_dict(cfg):
         # The weights come from the state dict: never reach for a hub or a weights file.
         cfg.model.backbone.pretrained = False
@@ -125,6 +123,16 @@ def load_module_from_checkpoint(path: str | Path, device: str | torch.device = "
         raise CheckpointError(f"ckpt_path='{path}': weights do not fit the model its config "
                               f"describes: {err}") from err
     return module.eval().to(resolve_device(device)), cfg
+
+
+def _num_classes_from_loss(state_dict: dict[str, Any]) -> int | None:
+    """The class count of a loss's class weights, by their name (the shapes alone are
+    ambiguous when C == d): pytorch-metric-learning's ``proxies`` are ``(C, d)``, the softmax
+    family's ``W`` (NormSoftmax, ArcFace, CosFace) ``(d, C)``."""
+    for key, weight in state_dict.items():
+        if key.startswith("criterion.") and key.endswith((".proxies", ".W")):
+            return int(weight.shape[0] if key.endswith(".proxies") else weight.shape[1])
+    return None
 
 
 # -- dataset of the evaluation --------------------------------------------------------------
@@ -178,34 +186,6 @@ def eval_split_names(dm: RetrievalDataModule, split: str) -> list[str]:
     raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got '{split}'")
 
 
-# -- report ---------------------------------------------------------------------------------
-def _plots(out_dir: Path, cfg: DictConfig, split: str, names: list[str], dm: RetrievalDataModule,
-           embedded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-           result: RetrievalResult, metrics: dict[str, float]) -> list[Path]:
-    from see_dml.plots import plot_projection, plot_recall_curve, plot_retrieval_examples
-
-    written = []
-    query = names[0]
-    if cfg.plots.projection not in (None, "none"):
-        path = out_dir / f"projection_{split}.png"
-        plot_projection(embedded[query][0], embedded[query][1], path, cfg.plots.projection,
-                        title=f"{dm.source.name} {query}: {cfg.plots.projection}")
-        written.append(path)
-    path = out_dir / "recall_at_k.png"
-    plot_recall_curve(metrics, path, title=f"{dm.source.name} {split}: Recall@K")
-    written.append(path)
-    path = out_dir / f"retrieval_grid_{split}.png"
-    gallery = names[1] if len(names) == 2 else None
-    plot_retrieval_examples(
-        result, dm.eval_dataset(query).split.items,
-        dm.eval_dataset(gallery).split.items if gallery else None,
-        embedded[gallery][1] if gallery else None, path,
-        n_queries=cfg.plots.grid_queries, k=cfg.plots.grid_k,
-        image_mode=dm.source.image_mode)
-    written.append(path)
-    return written
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` as ``cfg`` says; return what ``metrics.json`` holds."""
     split = str(cfg.split)
@@ -216,11 +196,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_knn_backend(cfg)
     ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
     ckpt_file = check_ckpt_path(ckpt_path)
-    import numpy as np
-    import torch
-
-    from see_dml.export import embed_split, resolve_device, save_embeddings, split_paths
-    from see_dml.metrics import metrics_from_neighbours, retrieve
+    from see_dml.evaluation import ReportOptions, evaluate_embeddings, report, write_metrics
+    from see_dml.export import embed_split, resolve_device
 
     device = resolve_device(cfg.get("device", "auto"))
     module, ckpt_cfg = load_module_from_checkpoint(ckpt_path, device)
@@ -230,68 +207,35 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     dm = build_eval_datamodule(run_cfg, module, batch_size=cfg.get("batch_size"),
                                num_workers=cfg.get("num_workers"))
     names = eval_split_names(dm, split)
-    # npz always (the plots and notebooks read it); parquet in addition when asked.
-    formats = ["npz"] + (["parquet"] if cfg.export.format == "parquet" else [])
     out_dir = Path(cfg.paths.run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    # The embeddings stay where the model ran; the search that train's test runs
+    # (see_dml.evaluation.evaluate_embeddings), so the numbers agree.
     embedded = {name: embed_split(module, dm.eval_dataset(name), dm.eval_batch_size, device,
                                   dm.num_workers, progress=cfg.get("progress", True),
                                   desc=f"embedding {name}")
                 for name in names}
-    recall_ks = dm.source.recall_ks
-    query = embedded[names[0]]
-    gallery = embedded[names[1]] if len(names) == 2 else None
-    # One search feeds the metrics and the retrieval grid; it is the search train's test
-    # runs (retrieval_metrics = retrieve + metrics_from_neighbours), so the numbers agree.
-    # Searched where the model ran unless faiss is asked for: auto then picks the torch
-    # search for embeddings on a GPU and faiss for those on the CPU.
-    backend = cfg.get("knn_backend", "auto")
+    result = evaluate_embeddings(split, embedded, dm.source.recall_ks,
+                                 knn_backend=cfg.get("knn_backend", "auto"),
+                                 compute_nmi=bool(cfg.get("nmi", False)))
+    done = report(result, dm, out_dir, ReportOptions(
+        export=bool(cfg.export.enabled), format=cfg.export.format,
+        plots=bool(cfg.plots.enabled), projection=cfg.plots.projection,
+        grid_queries=cfg.plots.grid_queries, grid_k=cfg.plots.grid_k), row_name=ckpt_file.name)
 
-    def searched(emb: Any) -> Any:
-        return emb if backend == "faiss" else torch.as_tensor(emb).to(device)
-
-    result = retrieve(searched(query[0]), query[1],
-                      *((searched(gallery[0]), gallery[1]) if gallery else (None, None)),
-                      k=max(recall_ks), backend=backend)
-    scores = metrics_from_neighbours(result.neighbour_labels, result.query_labels,
-                                     result.relevant_counts, recall_ks)
-    if cfg.get("nmi", False):  # query and gallery together for In-Shop, as training does
-        from see_dml.metrics import nmi_score
-
-        parts = [query] + ([gallery] if gallery else [])
-        scores["nmi"] = nmi_score(*(np.concatenate([part[i] for part in parts]) for i in (0, 1)),
-                                  seed=0)
-    metrics: dict[str, Any] = {f"{split}/{k}": v for k, v in scores.items()}
-
-    if cfg.export.enabled:
-        for name, (emb, labels, indices) in embedded.items():
-            items = dm.eval_dataset(name).split.items
-            paths = split_paths(items, indices)
-            ids = indices if paths is None else paths
-            for fmt in formats:
-                written = save_embeddings(out_dir / f"embeddings_{name}", emb, labels, ids, fmt,
-                                          indices=indices)
-                log.info("wrote %s", written)
-    if cfg.plots.enabled:
-        for path in _plots(out_dir, cfg, split, names, dm, embedded, result, metrics):
-            log.info("wrote %s", path)
-
-    from see_dml.train import format_results
-
-    table = format_results(metrics, {split: ckpt_file.name})
-    sizes = {n: len(embedded[n][0]) for n in names}
+    sizes = {s.name: len(s.indices) for s in result.splits}
+    query = result.query
     title = (f"{dm.source.name} {split}: " + (
-        f"{sizes[names[0]]} query vs {sizes[names[1]]} gallery images" if gallery else
-        f"{sizes[names[0]]} images, {len(np.unique(query[1]))} classes, all vs all"))
-    report = {**metrics, "ckpt_path": str(ckpt_file.resolve()),
-              "dataset": dm.source.name, "split": split,
-              "num_images": sizes}
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-    (out_dir / "metrics.md").write_text(f"# {title}\n\n{table}\n")
-    print(f"\n{title}\n{table}")
+        f"{sizes[names[0]]} query vs {sizes[names[1]]} gallery images" if result.gallery else
+        f"{sizes[names[0]]} images, {len(set(query.labels.tolist()))} classes, all vs all"))
+    summary = {**done.metrics, "ckpt_path": str(ckpt_file.resolve()),
+               "dataset": dm.source.name, "split": split, "num_images": sizes}
+    write_metrics(out_dir, summary)
+    (out_dir / "metrics.md").write_text(f"# {title}\n\n{done.table}\n")
+    print(f"\n{title}\n{done.table}")
     print(f"Output directory: {out_dir.resolve()}")
-    return report
+    return summary
 
 
 #: Errors of the user's making; their message names the key or file. DatasetNotFoundError
@@ -302,12 +246,12 @@ USER_ERRORS = (CheckpointError, ConfigError, FileNotFoundError)
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     try:
-        report = evaluate(cfg)
+        summary = evaluate(cfg)
     except USER_ERRORS as err:
         # A wrong path or key: the message says which; a traceback would only bury it.
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    return report.get(f"{cfg.split}/map@r")
+    return summary.get(f"{cfg.split}/map@r")
 
 
 if __name__ == "__main__":

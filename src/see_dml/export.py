@@ -1,8 +1,9 @@
 """Embed a split with a trained module and write the embeddings to disk.
 
-Shared by ``python -m see_dml.evaluate``, ``python -m see_dml.retrieve`` and the
-:class:`~see_dml.callbacks.export.EmbeddingExport` callback, so every tool embeds with the
-same loop (eval mode, ``torch.no_grad``, dataset order) and writes the same file layout.
+``python -m see_dml.evaluate`` and ``python -m see_dml.retrieve`` embed with
+:func:`embed_split` (eval mode, ``torch.no_grad``, dataset order); training embeds in the
+module's test loop. Every evaluation writes its embeddings with :func:`save_embeddings`
+(through :func:`see_dml.evaluation.report`), so all have the same file layout.
 
 File layout of ``embeddings_<split>.npz`` (and ``.parquet``, one row per image):
 
@@ -39,10 +40,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 def embed_split(module: nn.Module, dataset: Dataset, batch_size: int = 256,
                 device: str | torch.device | None = "auto", num_workers: int = 0,
                 progress: bool = True, desc: str = "embedding"
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Embed every image of ``dataset`` (``(image, label, index)`` items) in dataset order.
 
-    The module is put in eval mode (BatchNorm statistics, no dropout) and left there.
+    The module is put in eval mode (BatchNorm statistics, no dropout) and left there. The
+    embeddings stay on ``device``: a search there needs no copy (``knn_backend=auto``
+    searches GPU embeddings with torch), and faiss copies them to the host itself.
 
     Args:
         module: maps ``(B, C, H, W)`` images to ``(B, d)`` embeddings (a ``DMLModule``).
@@ -54,7 +57,8 @@ def embed_split(module: nn.Module, dataset: Dataset, batch_size: int = 256,
         progress: show a tqdm bar.
 
     Returns:
-        ``(embeddings (N, d) float32, labels (N,) int64, indices (N,) int64)``.
+        ``(embeddings (N, d) float32 on device, labels (N,) int64, indices (N,) int64)``
+        (labels and indices on the CPU).
 
     Raises:
         RuntimeError: when the loop did not see each of the ``len(dataset)`` images exactly
@@ -66,16 +70,16 @@ def embed_split(module: nn.Module, dataset: Dataset, batch_size: int = 256,
                         pin_memory=dev.type == "cuda")
     embs, labels, indices = [], [], []
     for images, label, index in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
-        embs.append(module(images.to(dev, non_blocking=True)).float().cpu())
+        embs.append(module(images.to(dev, non_blocking=True)).float())
         labels.append(torch.as_tensor(label))
         indices.append(torch.as_tensor(index))
     n = len(dataset)  # type: ignore[arg-type]
     if not embs:
         raise RuntimeError(f"{desc}: the dataset is empty")
-    emb = torch.cat(embs).numpy()
-    lab = torch.cat(labels).numpy().astype(np.int64)
-    idx = torch.cat(indices).numpy().astype(np.int64)
-    if len(idx) != n or not np.array_equal(np.sort(idx), np.arange(n)):
+    emb = torch.cat(embs)
+    lab = torch.cat(labels).long()
+    idx = torch.cat(indices).long()
+    if len(idx) != n or not torch.equal(torch.sort(idx).values, torch.arange(n)):
         raise RuntimeError(f"{desc}: embedded {len(idx)} rows for a dataset of {n} images, "
                            "or some index twice; a sampler or a custom dataset is the likely "
                            "cause")

@@ -7,10 +7,11 @@ the (DDP-gathered) batch embeddings and labels and returns extra loss terms and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import lightning as L
 import numpy as np
@@ -19,6 +20,9 @@ from torch import nn
 
 from see_dml.losses import MetricLoss
 from see_dml.models import Backbone, EmbeddingHead
+
+if TYPE_CHECKING:
+    from see_dml.evaluation import EvaluationResult
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,11 @@ class DMLModule(L.LightningModule):
         compute_nmi: also report ``test/nmi``, the NMI of a k-means clustering of the test
             embeddings (as many clusters as classes; query and gallery together for
             In-Shop).
+
+    Every evaluation ends in one :class:`~see_dml.evaluation.EvaluationResult` (one kNN
+    search); the last test's stays in :attr:`test_result` for the export callback, and its
+    metrics are logged as ``<prefix>/...``, the prefix ``test`` unless a test runs inside
+    :meth:`test_metrics_prefix`.
         config: the resolved run config, stored in checkpoints so any tool can rebuild
             the model from a checkpoint alone.
     """
@@ -109,7 +118,8 @@ class DMLModule(L.LightningModule):
         self.compute_nmi = compute_nmi
         self.config = config
         self.embedding_hooks: list[EmbeddingHook] = []
-        self.test_prefix = "test"
+        self.test_result: EvaluationResult | None = None
+        self._test_prefix = "test"
         self._eval_buffers: dict[int, list[tuple[torch.Tensor, ...]]] = {}
         if freeze_bn:
             self._freeze_bn_params()
@@ -275,49 +285,54 @@ class DMLModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         return len(dm.eval_dataset(name)) if dm is not None else None
 
-    def _retrieval(self, query: tuple[torch.Tensor, ...],
-                   gallery: tuple[torch.Tensor, ...] | None) -> dict[str, float]:
-        from see_dml.metrics import resolve_backend, retrieval_metrics
+    def _evaluate(self, prefix: str, names: list[str], compute_nmi: bool = False
+                  ) -> EvaluationResult | None:
+        """The result of the splits ``names`` (one, or query and gallery) embedded in this
+        epoch; None when nothing was (``limit_val_batches=0``)."""
+        from see_dml.evaluation import evaluate_embeddings
 
-        # Embeddings stay where they are for the torch search on a GPU; faiss takes numpy.
-        backend = resolve_backend(self.knn_backend, query[0])
-
-        def host(t: torch.Tensor) -> Any:
-            return t if backend == "torch" else t.cpu().numpy()
-
-        q_emb, q_lab = host(query[0]), query[1].cpu().numpy()
-        if gallery is None:
-            return retrieval_metrics(q_emb, q_lab, ks=self.recall_ks, backend=backend)
-        return retrieval_metrics(q_emb, q_lab, host(gallery[0]), gallery[1].cpu().numpy(),
-                                 ks=self.recall_ks, backend=backend)
+        splits = {name: self.collect_embeddings(i, name, self._split_size(name))
+                  for i, name in enumerate(names)}
+        if any(len(emb) == 0 for emb, _, _ in splits.values()):
+            return None
+        # Embeddings are searched where they are: knn_backend=auto picks the torch search
+        # for a model on a GPU (see_dml.metrics.knn.resolve_backend).
+        return evaluate_embeddings(prefix, splits, self.recall_ks, knn_backend=self.knn_backend,
+                                   compute_nmi=compute_nmi)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self._eval_buffers.clear()
             return
-        val = self.collect_embeddings(0, "val", self._split_size("val"))
-        if len(val[0]) == 0:
+        result = self._evaluate("val", ["val"])
+        if result is None:
             return
-        metrics = self._retrieval(val, None)
-        shown = {"map@r", "recall@1"}
-        self.log_dict({f"val/{k}": v for k, v in metrics.items() if k in shown}, prog_bar=True)
-        self.log_dict({f"val/{k}": v for k, v in metrics.items() if k not in shown})
+        shown = {"val/map@r", "val/recall@1"}
+        metrics = result.prefixed_metrics()
+        self.log_dict({k: v for k, v in metrics.items() if k in shown}, prog_bar=True)
+        self.log_dict({k: v for k, v in metrics.items() if k not in shown})
+
+    @contextlib.contextmanager
+    def test_metrics_prefix(self, prefix: str) -> Iterator[None]:
+        """Log the metrics of tests run inside this block as ``<prefix>/...``.
+
+        ``train`` tests the selected checkpoint as ``test`` and the last one as
+        ``test_final``. A block, not an attribute to set: a later ``trainer.test`` (of a
+        user, of ``evaluate``) logs under ``test`` again. The prefix also travels in the
+        :class:`~see_dml.evaluation.EvaluationResult`, which is what the export callback
+        reads.
+        """
+        previous, self._test_prefix = self._test_prefix, prefix
+        try:
+            yield
+        finally:
+            self._test_prefix = previous
+
+    def on_test_epoch_start(self) -> None:
+        self.test_result = None
 
     def on_test_epoch_end(self) -> None:
-        dm = self.trainer.datamodule
-        names = dm.test_split_names
-        if len(names) == 2:
-            query = self.collect_embeddings(0, names[0], self._split_size(names[0]))
-            gallery = self.collect_embeddings(1, names[1], self._split_size(names[1]))
-            metrics = self._retrieval(query, gallery)
-            parts = [query, gallery]
-        else:
-            query = self.collect_embeddings(0, names[0], self._split_size(names[0]))
-            metrics = self._retrieval(query, None)
-            parts = [query]
-        if self.compute_nmi:
-            from see_dml.metrics import nmi_score
-
-            emb, lab = (torch.cat([part[i] for part in parts]).cpu().numpy() for i in (0, 1))
-            metrics["nmi"] = nmi_score(emb, lab, seed=0)
-        self.log_dict({f"{self.test_prefix}/{k}": v for k, v in metrics.items()})
+        names = self.trainer.datamodule.test_split_names
+        self.test_result = self._evaluate(self._test_prefix, names, self.compute_nmi)
+        if self.test_result is not None:
+            self.log_dict(self.test_result.prefixed_metrics())

@@ -101,6 +101,32 @@ def check_location(value: str, key: str) -> Path:
     return path
 
 
+def image_files(value: str, key: str) -> tuple[list[Path], list[str | None]] | None:
+    """The image files ``query=`` / ``gallery=`` names and their labels (see
+    :func:`list_images`), each checked to decode; None for a split name.
+
+    Cheap (PIL, no torch): runs before the model loads, so a typo or a stray file costs a
+    second, and the error is one line naming ``key`` and the file.
+    """
+    path = check_location(value, key)
+    if value in SPLIT_NAMES:
+        return None
+    files, labels = list_images(path)
+    if not files:
+        raise ConfigError(f"{key}='{value}' holds no image file "
+                          f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    from PIL import Image
+
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                img.verify()  # the whole file for PNG (CRCs), the headers for JPEG
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... by format
+            raise ConfigError(f"{key}: '{file}' is not a readable image "
+                              f"({type(err).__name__}: {err})") from err
+    return files, labels
+
+
 def _datamodule(state: dict[str, Any], cfg: DictConfig) -> RetrievalDataModule:
     """The checkpoint's DataModule (not set up: a folder search never loads the dataset)."""
     if "dm" not in state:
@@ -110,14 +136,16 @@ def _datamodule(state: dict[str, Any], cfg: DictConfig) -> RetrievalDataModule:
     return state["dm"]
 
 
-def image_set(value: str, key: str, cfg: DictConfig, state: dict[str, Any]) -> ImageSet:
+def image_set(value: str, key: str, cfg: DictConfig, state: dict[str, Any],
+              files: tuple[list[Path], list[str | None]] | None = None) -> ImageSet:
     """Resolve ``query=`` / ``gallery=``: a split name of the checkpoint's dataset, or a path.
 
     Every image, split or file, gets the checkpoint's eval transform (its dataset's image
     kind, the backbone's normalisation); split labels are the dataset's own class ids.
+    ``files``: what :func:`image_files` found for ``value`` (default: look again).
 
     Raises:
-        ConfigError: naming ``key`` when ``value`` is neither a split nor an image path.
+        ConfigError: naming ``key`` when ``value`` is neither a split nor image files.
     """
     import numpy as np
 
@@ -138,14 +166,10 @@ def image_set(value: str, key: str, cfg: DictConfig, state: dict[str, Any]) -> I
         dataset = RetrievalDataset(split, eval_tf, dm.source.image_mode, dm.source.on_error)
         return ImageSet(value, dataset, ids, [str(int(v)) for v in split.labels])
 
-    path = check_location(value, key)
-    files, labels = list_images(path)
-    if not files:
-        raise ConfigError(f"{key}='{value}' holds no image file "
-                          f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    split = Split(files, np.zeros(len(files), dtype=np.int64), name=key)
+    paths, labels = files or image_files(value, key)  # type: ignore[misc]
+    split = Split(paths, np.zeros(len(paths), dtype=np.int64), name=key)
     dataset = RetrievalDataset(split, eval_tf, dm.source.image_mode, on_error="fail")
-    return ImageSet(str(path), dataset, [str(f) for f in files], labels)
+    return ImageSet(str(Path(value).expanduser()), dataset, [str(f) for f in paths], labels)
 
 
 def _markdown(results: list[dict[str, Any]], limit: int) -> str:
@@ -165,17 +189,16 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     """Run the retrieval ``cfg`` describes; return what ``retrieval.json`` holds."""
     ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
     check_ckpt_path(ckpt_path)
+    files = {}
     for key in ("query", "gallery"):
         if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
             raise ConfigError(f"{key} is required: an image file or folder, or a split name "
                               f"({', '.join(SPLIT_NAMES)})")
-        check_location(str(cfg[key]), key)  # a typo fails before the model loads
+        files[key] = image_files(str(cfg[key]), key)  # a typo fails before the model loads
     k = cfg.k
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
     check_knn_backend(cfg)
-    import torch
-
     from see_dml.export import embed_split, resolve_device
     from see_dml.metrics import knn_search
     from see_dml.plots import retrieval_grid
@@ -186,8 +209,8 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(run_cfg):
         run_cfg.dataset = resolve_dataset_config(cfg, ckpt_cfg)
     state: dict[str, Any] = {"module": module, "run_cfg": run_cfg}
-    query = image_set(cfg.query, "query", cfg, state)
-    gallery = image_set(cfg.gallery, "gallery", cfg, state)
+    query = image_set(cfg.query, "query", cfg, state, files["query"])
+    gallery = image_set(cfg.gallery, "gallery", cfg, state, files["gallery"])
     batch_size = _datamodule(state, cfg).eval_batch_size
 
     embedded = [embed_split(module, s.dataset, batch_size, device, progress=cfg.progress,
@@ -196,11 +219,9 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     k_used = min(k, len(gallery.ids))
     if k_used < k:
         log.warning("k=%d but the gallery holds %d images: showing %d", k, k_used, k_used)
-    backend = cfg.get("knn_backend", "auto")  # auto: torch for embeddings on a GPU
-    if backend != "faiss":
-        embedded = [torch.as_tensor(e).to(device) for e in embedded]
+    # Searched where the model ran: knn_backend=auto picks the torch search on a GPU.
     scores, indices = knn_search(embedded[0], embedded[1], k_used, exclude_self=False,
-                                 backend=backend)
+                                 backend=cfg.get("knn_backend", "auto"))
 
     results = []
     for qi in range(len(query.ids)):

@@ -8,9 +8,7 @@ weights (``test_final/...``) on the test classes. The run directory gets the res
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from see_dml.config import CONFIG_DIR, validate_config
 from see_dml.data.base import DatasetSource
 from see_dml.data.datamodule import RetrievalDataModule
+from see_dml.evaluation import format_results, write_metrics
 from see_dml.losses import build_metric_loss
 from see_dml.models import Backbone
 from see_dml.module import DMLModule
@@ -121,28 +120,6 @@ def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
     return str(last) if last is not None and last.exists() else None
 
 
-def format_results(metrics: dict[str, float],
-                   rows: dict[str, str] | None = None) -> str:
-    """A Markdown table in %: one row per ``{prefix: row name}`` (default: the selected and
-    the final weights), columns Recall@K for every K present, MAP@R, R-Precision."""
-    rows = rows or {"test": "selected (val)", "test_final": "final epoch"}
-    rows = {p: name for p, name in rows.items() if any(k.startswith(p + "/") for k in metrics)}
-    if not rows:
-        return "(no test metrics)"
-    ks = sorted({int(k.rsplit("@", 1)[1]) for k in metrics
-                 if any(k.startswith(f"{p}/recall@") for p in rows)})
-    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"]
-    names = [f"R@{k}" for k in ks] + ["MAP@R", "R-Prec"]
-    if any(f"{p}/nmi" in metrics for p in rows):
-        cols, names = [*cols, "nmi"], [*names, "NMI"]
-    header = "| weights | " + " | ".join(names) + " |"
-    lines = [header, "|" + "---|" * (len(cols) + 1)]
-    for prefix, name in rows.items():
-        vals = [metrics.get(f"{prefix}/{c}", math.nan) * 100 for c in cols]
-        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
-    return "\n".join(lines)
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the flat metrics written to ``metrics.json``."""
     validate_config(cfg)
@@ -185,8 +162,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test_final", True) and best and last and Path(best) != Path(last):
         runs.append(("test_final", last))
     for prefix, ckpt in runs:
-        model.test_prefix = prefix
-        trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=False)
+        with model.test_metrics_prefix(prefix):
+            trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
                         if k.startswith(prefix + "/")})
     if best and ckpt_cb is not None and ckpt_cb.best_model_score is not None:
@@ -196,7 +173,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if "test_final/recall@1" not in metrics:  # selected == final weights
         metrics.update({k.replace("test/", "test_final/"): v for k, v in metrics.items()
                         if k.startswith("test/")})
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    write_metrics(run_dir, metrics)
 
     if trainer.is_global_zero:
         print(f"\nResults on {source.name} test classes ({dm.describe()}):")

@@ -1,0 +1,285 @@
+"""What an evaluation is, and the one report made of it.
+
+Training (the module's val/test epochs), ``python -m see_dml.evaluate`` and the end-of-training
+export callback all go through here:
+
+    embeddings per split ─► evaluate_embeddings ─► EvaluationResult
+        (one kNN search: metrics, and the neighbours the retrieval grid shows)
+    EvaluationResult ─► report ─► metrics, Markdown table, embeddings_<split>.npz, plots
+    metrics ─► write_metrics ─► metrics.json
+
+The kNN backend is not decided here: the embeddings are searched where they are, and
+:func:`see_dml.metrics.knn.resolve_backend` picks the search for ``knn_backend=auto``.
+
+Heavy libraries (torch, faiss, matplotlib) load inside the functions that need them, so
+importing this module (``train`` does, for :func:`format_results`) costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+
+    from see_dml.data.datamodule import RetrievalDataModule
+    from see_dml.metrics import RetrievalResult
+
+log = logging.getLogger(__name__)
+
+#: 2-D projection of the query embeddings, where neither the config nor the caller says.
+DEFAULT_PROJECTION = "tsne"
+EXPORT_FORMATS = ("npz", "parquet")
+
+
+@dataclass(frozen=True)
+class SplitEmbeddings:
+    """One evaluated split.
+
+    Attributes:
+        name: the split (``test``, ``val``, ``query``, ``gallery``); names the export files.
+        embeddings: ``(N, d)`` float32 rows, sorted by ``indices``.
+        labels: ``(N,)`` int64 class ids as the dataset numbers them.
+        indices: ``(N,)`` int64 position of each row in the split (all of ``0..len-1``
+            unless ``limit_test_batches`` cut the evaluation short).
+    """
+
+    name: str
+    embeddings: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Everything one evaluation produced: what the metrics, the table, the exports and the
+    plots are made of.
+
+    Attributes:
+        prefix: what the metrics are logged under (``val``, ``test``, ``test_final``).
+        splits: ``(test,)``, ``(val,)`` or ``(query, gallery)``: the queries come first.
+        knn: the one kNN search of the queries (all-vs-all, or against the gallery).
+        metrics: ``recall@K``, ``precision@1``, ``r_precision``, ``map@r``, query counts
+            and, when asked, ``nmi`` (unprefixed floats).
+    """
+
+    prefix: str
+    splits: tuple[SplitEmbeddings, ...]
+    knn: RetrievalResult
+    metrics: dict[str, float]
+
+    @property
+    def query(self) -> SplitEmbeddings:
+        return self.splits[0]
+
+    @property
+    def gallery(self) -> SplitEmbeddings | None:
+        """The gallery of a query/gallery protocol (In-Shop); None for all-vs-all."""
+        return self.splits[1] if len(self.splits) == 2 else None
+
+    def prefixed_metrics(self) -> dict[str, float]:
+        """``{"<prefix>/<metric>": value}``, as logged and written to ``metrics.json``."""
+        return {f"{self.prefix}/{k}": v for k, v in self.metrics.items()}
+
+
+def evaluate_embeddings(prefix: str,
+                        splits: Mapping[str, tuple[torch.Tensor, Any, Any]],
+                        recall_ks: tuple[int, ...] | list[int], *, knn_backend: str = "auto",
+                        compute_nmi: bool = False) -> EvaluationResult:
+    """Search once and compute every metric of one evaluation.
+
+    Args:
+        prefix: the result's :attr:`EvaluationResult.prefix`.
+        splits: ``{name: (embeddings (N, d), labels (N,), indices (N,))}``, queries first,
+            and at most a gallery after them. Embeddings are searched where they are (a
+            tensor on a GPU: the torch search there with ``knn_backend=auto``).
+        recall_ks: the K of Recall@K.
+        knn_backend: ``auto``, ``faiss`` or ``torch`` (see :func:`see_dml.metrics.knn_search`).
+        compute_nmi: also ``nmi``, of a k-means clustering of all rows of all splits together
+            (query and gallery for In-Shop), as many clusters as classes.
+    """
+    from see_dml.metrics import metrics_from_neighbours, nmi_score, retrieve
+
+    if not 1 <= len(splits) <= 2:
+        raise ValueError(f"evaluate one split, or a query and a gallery split; got {list(splits)}")
+    parts = [SplitEmbeddings(name, _numpy(emb, np.float32), _numpy(lab, np.int64),
+                             _numpy(idx, np.int64))
+             for name, (emb, lab, idx) in splits.items()]
+    (q_emb, _, _), *gallery = splits.values()
+    knn = retrieve(q_emb, parts[0].labels,
+                   *((gallery[0][0], parts[1].labels) if gallery else (None, None)),
+                   k=max(recall_ks), backend=knn_backend)  # type: ignore[arg-type]
+    metrics = metrics_from_neighbours(knn.neighbour_labels, knn.query_labels,
+                                      knn.relevant_counts, recall_ks)
+    if compute_nmi:
+        metrics["nmi"] = nmi_score(np.concatenate([p.embeddings for p in parts]),
+                                   np.concatenate([p.labels for p in parts]), seed=0)
+    return EvaluationResult(prefix, tuple(parts), knn, metrics)
+
+
+def _numpy(x: Any, dtype: type) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, on any device
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+# -- report -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReportOptions:
+    """What :func:`report` writes besides the numbers.
+
+    Attributes:
+        export: ``embeddings_<split>.npz`` for every split (layout in :mod:`see_dml.export`).
+        format: ``npz``, or ``parquet`` (written besides the npz).
+        plots: ``projection_<query split>.png``, ``recall_at_k.png`` and
+            ``retrieval_grid_<query split>.png``.
+        projection: ``tsne``, ``umap`` (umap-learn), ``pca`` or ``none``.
+        grid_queries, grid_k: rows and neighbours of the retrieval grid.
+    """
+
+    export: bool = True
+    format: str = "npz"
+    plots: bool = True
+    projection: str = DEFAULT_PROJECTION
+    grid_queries: int = 8
+    grid_k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.format not in EXPORT_FORMATS:
+            raise ValueError(f"export format must be npz or parquet, got '{self.format}'")
+
+
+@dataclass
+class Report:
+    """What :func:`report` made of one :class:`EvaluationResult`.
+
+    Attributes:
+        metrics: ``{"<prefix>/<metric>": value}``, ready for ``metrics.json``.
+        table: the Markdown results table (:func:`format_results`).
+        files: every file written.
+        figures: ``{name: (figure, png path)}`` of the plots, for image-capable loggers.
+    """
+
+    metrics: dict[str, float]
+    table: str
+    files: list[Path] = field(default_factory=list)
+    figures: dict[str, tuple[Figure, Path]] = field(default_factory=dict)
+
+
+def report(result: EvaluationResult, dm: RetrievalDataModule, out_dir: str | Path,
+           options: ReportOptions | None = None, *, row_name: str | None = None) -> Report:
+    """The metrics, table, embedding exports and plots of ``result``, written to ``out_dir``.
+
+    Args:
+        result: the evaluation.
+        dm: the DataModule it evaluated: its splits hold the image paths (export) and the
+            raw images (retrieval grid).
+        out_dir: where files go.
+        options: what to write besides the numbers (default :class:`ReportOptions`).
+        row_name: the table row's name (default the prefix).
+    """
+    options = options or ReportOptions()
+    metrics = result.prefixed_metrics()
+    out = Path(out_dir)
+    done = Report(metrics, format_results(metrics, {result.prefix: row_name or result.prefix}))
+    if options.export or options.plots:
+        out.mkdir(parents=True, exist_ok=True)
+    if options.export:
+        done.files += _export(result, dm, out, options.format)
+    if options.plots:
+        done.figures = _plots(result, dm, out, options)
+        done.files += [path for _, path in done.figures.values()]
+    for path in done.files:
+        log.info("wrote %s", path)
+    return done
+
+
+def _export(result: EvaluationResult, dm: RetrievalDataModule, out: Path, fmt: str
+            ) -> list[Path]:
+    from see_dml.export import save_embeddings, split_paths
+
+    written = []
+    for split in result.splits:
+        items = dm.eval_dataset(split.name).split.items
+        if len(split.indices) != len(items):  # limit_test_batches / fast_dev_run
+            log.info("embedding export: %s holds %d of %d images", split.name,
+                     len(split.indices), len(items))
+        paths = split_paths(items, split.indices)
+        for f in ["npz"] + (["parquet"] if fmt == "parquet" else []):
+            written.append(save_embeddings(
+                out / f"embeddings_{split.name}", split.embeddings, split.labels,
+                split.indices if paths is None else paths, f, indices=split.indices))
+    return written
+
+
+def _items_at(items: Any, indices: np.ndarray) -> Any:
+    """The split items (paths or an image array) of the evaluated rows, in row order."""
+    return items[indices] if isinstance(items, np.ndarray) else [items[int(i)] for i in indices]
+
+
+def _plots(result: EvaluationResult, dm: RetrievalDataModule, out: Path,
+           options: ReportOptions) -> dict[str, tuple[Figure, Path]]:
+    """Files are named after the query split (``test``, ``val``, In-Shop's ``query``), as
+    the embedding exports are."""
+    from see_dml.plots import plot_projection, plot_recall_curve, plot_retrieval_examples
+
+    name, query, gallery = dm.source.name, result.query, result.gallery
+    figures = {}
+    if options.projection not in (None, "none"):
+        path = out / f"projection_{query.name}.png"
+        figures["projection"] = (plot_projection(
+            query.embeddings, query.labels, path, options.projection,  # type: ignore[arg-type]
+            title=f"{name} {query.name}: {options.projection}"), path)
+    path = out / "recall_at_k.png"
+    figures["recall_at_k"] = (plot_recall_curve(
+        result.prefixed_metrics(), path, title=f"{name} {result.prefix}: Recall@K"), path)
+    # The metrics' own neighbours; rows map to split items through the indices, so a
+    # shortened evaluation (limit_test_batches) shows the right images too.
+    path = out / f"retrieval_grid_{query.name}.png"
+    figures["retrieval_grid"] = (plot_retrieval_examples(
+        result.knn, _items_at(dm.eval_dataset(query.name).split.items, query.indices),
+        _items_at(dm.eval_dataset(gallery.name).split.items, gallery.indices)
+        if gallery else None, gallery.labels if gallery else None, path,
+        n_queries=options.grid_queries, k=options.grid_k,
+        image_mode=dm.source.image_mode), path)
+    return figures
+
+
+def format_results(metrics: Mapping[str, Any], rows: Mapping[str, str] | None = None) -> str:
+    """A Markdown table in %: one row per ``{prefix: row name}`` (default: the selected and
+    the final weights), columns Recall@K for every K present, MAP@R, R-Precision (and NMI
+    when there)."""
+    rows = rows or {"test": "selected (val)", "test_final": "final epoch"}
+    rows = {p: name for p, name in rows.items() if any(k.startswith(p + "/") for k in metrics)}
+    if not rows:
+        return "(no test metrics)"
+    ks = sorted({int(k.rsplit("@", 1)[1]) for k in metrics
+                 if any(k.startswith(f"{p}/recall@") for p in rows)})
+    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"]
+    names = [f"R@{k}" for k in ks] + ["MAP@R", "R-Prec"]
+    if any(f"{p}/nmi" in metrics for p in rows):
+        cols, names = [*cols, "nmi"], [*names, "NMI"]
+    header = "| weights | " + " | ".join(names) + " |"
+    lines = [header, "|" + "---|" * (len(cols) + 1)]
+    for prefix, name in rows.items():
+        vals = [metrics.get(f"{prefix}/{c}", math.nan) * 100 for c in cols]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def write_metrics(out_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """``<out_dir>/metrics.json``: the flat metrics of a run, keys sorted. Train and evaluate
+    both write it here."""
+    path = Path(out_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(metrics), indent=2, sort_keys=True))
+    return path

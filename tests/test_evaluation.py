@@ -1,0 +1,100 @@
+"""One evaluation: embeddings -> one kNN search -> result -> report (files, table, metrics)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from see_dml.evaluation import (
+    ReportOptions,
+    evaluate_embeddings,
+    format_results,
+    report,
+    write_metrics,
+)
+from see_dml.metrics import nmi_score, retrieval_metrics
+
+
+def _clusters(n_classes: int = 4, per_class: int = 6, dim: int = 8, seed: int = 0
+              ) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    emb = rng.normal(size=(n_classes, dim))[labels] * 2 + rng.normal(size=(len(labels), dim))
+    return emb.astype(np.float32), labels
+
+
+def _fake_dm(items: dict[str, np.ndarray]) -> SimpleNamespace:
+    """What :func:`report` reads of a RetrievalDataModule: the splits' raw items."""
+    return SimpleNamespace(
+        source=SimpleNamespace(name="toy", image_mode="L"),
+        eval_dataset=lambda name: SimpleNamespace(split=SimpleNamespace(items=items[name])))
+
+
+def test_result_of_query_and_gallery_tensors():
+    emb, labels = _clusters()
+    q, g = slice(0, None, 2), slice(1, None, 2)
+    result = evaluate_embeddings(
+        "test", {"query": (torch.from_numpy(emb[q]), torch.from_numpy(labels[q]),
+                           torch.arange(12)),
+                 "gallery": (torch.from_numpy(emb[g]), labels[g], np.arange(12))},
+        (1, 2, 4), compute_nmi=True)
+    assert [s.name for s in result.splits] == ["query", "gallery"]
+    assert result.query.embeddings.dtype == np.float32 and result.gallery is not None
+    np.testing.assert_array_equal(result.gallery.labels, labels[g])
+    expected = retrieval_metrics(emb[q], labels[q], emb[g], labels[g], ks=(1, 2, 4))
+    assert {k: v for k, v in result.metrics.items() if k != "nmi"} == expected
+    # the clustering covers both splits (In-Shop's query + gallery), as training reports it
+    assert result.metrics["nmi"] == pytest.approx(nmi_score(
+        np.concatenate([emb[q], emb[g]]), np.concatenate([labels[q], labels[g]])))
+    assert result.prefixed_metrics()["test/recall@1"] == expected["recall@1"]
+    assert result.knn.indices.shape[0] == 12 and not result.knn.exclude_self
+
+
+def test_report_of_a_shortened_evaluation_maps_rows_to_their_images(tmp_path):
+    """Rows 0..N-1 of a result are split items ``indices`` (``limit_test_batches``): the
+    export names those items and the grid shows their images, not items 0..N-1."""
+    emb, labels = _clusters(n_classes=3, per_class=4)
+    kept = np.arange(1, 24, 2)  # every other item of a 24-item split was evaluated
+    items = np.zeros((24, 8, 8), dtype=np.uint8)  # black: never evaluated...
+    items[kept] = 128  # ...grey: evaluated
+    result = evaluate_embeddings("test", {"test": (emb[:12], labels[:12], kept)}, (1, 2))
+    done = report(result, _fake_dm({"test": items}), tmp_path,
+                  ReportOptions(projection="pca", grid_queries=4, grid_k=3))
+    assert sorted(p.name for p in done.files) == [
+        "embeddings_test.npz", "projection_test.png", "recall_at_k.png",
+        "retrieval_grid_test.png"]
+    np.testing.assert_array_equal(np.load(tmp_path / "embeddings_test.npz")["indices"], kept)
+    with Image.open(tmp_path / "retrieval_grid_test.png") as img:
+        rgb = np.asarray(img.convert("RGB"))
+    assert (rgb == 128).all(axis=2).sum() > 0
+    assert (rgb == 0).all(axis=2).sum() == 0  # no image of an item that was not evaluated
+    assert done.metrics == result.prefixed_metrics()
+    assert done.table.splitlines()[2].startswith("| test | ")
+
+
+def test_report_without_exports_or_plots_writes_nothing(tmp_path):
+    emb, labels = _clusters()
+    result = evaluate_embeddings("val", {"val": (emb, labels, np.arange(len(emb)))}, (1,))
+    done = report(result, _fake_dm({}), tmp_path / "out",
+                  ReportOptions(export=False, plots=False), row_name="last.ckpt")
+    assert done.files == [] and not (tmp_path / "out").exists()
+    assert "| last.ckpt | " in done.table
+    with pytest.raises(ValueError, match="npz or parquet"):
+        ReportOptions(format="csv")
+
+
+def test_write_metrics_and_table(tmp_path):
+    metrics = {"test/recall@1": 0.5, "test/recall@2": 0.75, "test/map@r": 0.25,
+               "test/r_precision": 0.3, "epochs": 2}
+    path = write_metrics(tmp_path / "run", metrics)
+    assert path == tmp_path / "run" / "metrics.json"
+    assert json.loads(path.read_text()) == metrics
+    assert list(json.loads(path.read_text())) == sorted(metrics)
+    assert format_results(metrics).splitlines() == [
+        "| weights | R@1 | R@2 | MAP@R | R-Prec |", "|---|---|---|---|---|",
+        "| selected (val) | 50.00 | 75.00 | 25.00 | 30.00 |"]
