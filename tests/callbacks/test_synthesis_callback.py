@@ -419,18 +419,32 @@ def test_losses_and_synthesis_stay_float32_under_bf16_autocast(make_cfg, loss):
     ("proxy_synthesis", ProxySynthesisCallback),
 ])
 def test_every_synthesis_node_is_instantiated_from_its_target(make_cfg, synthesis, cls):
-    assert sorted(p.stem for p in (CONFIG_DIR / "synthesis").glob("*.yaml")) == sorted(
-        ["embedding_expansion", "symmetric", "proxy_synthesis"])
     cfg = make_cfg(f"synthesis={synthesis}", "seed=7")
     assert cfg.synthesis._target_.endswith(cls.__name__)
     cb = build_synthesis_callback(cfg)
     assert type(cb) is cls and cb.name == synthesis and cb.seed == 7
 
 
-def test_see_node_is_instantiated_from_its_target(make_cfg):
-    cfg = make_cfg("see.enabled=true", "see.n_points=3", "see.directions=random")
+@pytest.mark.parametrize("switch", ["see.enabled=true", "synthesis=see"])
+def test_see_node_is_instantiated_from_its_target(make_cfg, switch):
+    """``synthesis=see`` is the same choice as ``see.enabled=true`` (one sweep key for all)."""
+    cfg = make_cfg(switch, "see.n_points=3", "see.directions=random")
     cb = build_synthesis_callback(cfg)
     assert type(cb) is SEECallback and cb.n_points == 3 and cb.directions == "random"
+    validate_config(cfg)
+
+
+def test_synthesis_none_is_the_plain_loss(make_cfg):
+    cfg = make_cfg("synthesis=none")
+    assert cfg.get("synthesis") is None and not cfg.see.enabled
+    assert build_synthesis_callback(cfg) is None
+
+
+def test_every_synthesis_option_builds(make_cfg):
+    """Adding a synthesiser is one YAML file with a ``_target_``: each one builds."""
+    for option in sorted(p.stem for p in (CONFIG_DIR / "synthesis").glob("*.yaml")):
+        cb = build_synthesis_callback(make_cfg(f"synthesis={option}"))
+        assert (cb is None) == (option == "none"), option
 
 
 # one proxy and one pair loss end to end by default; the others in the slow suite

@@ -1,4 +1,4 @@
-"""SEE geometry: the properties of docs/see-method.md, a per-sample reference, edge cases."""
+"""SEE geometry: the properties of docs/method.md, a per-sample reference, edge cases."""
 
 from __future__ import annotations
 
