@@ -1,7 +1,8 @@
-"""A callback that preempts its own training once, as SLURM does before requeueing a job.
+"""Callbacks that stop their own training with a signal at a fixed point, as a scheduler does.
 
-Used by ``tests/experiments/test_sweeps.py`` through the config
-(``+callbacks.preempt._target_=preemption.PreemptOnce``), inside a submitit job process.
+Used through the config (``+callbacks.stop._target_=preemption.SignalOnce``), in-process or
+inside a ``python -m see_dml.train`` / submitit job process (``PYTHONPATH`` holds ``tests``).
+A fixed step, not a timer, so the test kills the run at the same place on any machine.
 """
 
 from __future__ import annotations
@@ -13,15 +14,33 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 
 
-class PreemptOnce(Callback):
-    """At the start of ``epoch`` send the process submitit's preemption signal (SIGUSR2), once:
-    the marker file remembers it across the requeued attempt."""
+class SignalOnce(Callback):
+    """Send this process ``signum`` at the start of training step ``step`` (or of epoch
+    ``epoch``), once: the marker file remembers it across the resumed or requeued attempt."""
 
-    def __init__(self, marker: str, epoch: int = 1) -> None:
+    def __init__(self, marker: str, signum: str = "SIGUSR2", epoch: int | None = None,
+                 step: int | None = None) -> None:
         self.marker = Path(marker)
+        self.signum = getattr(signal, signum)
         self.epoch = epoch
+        self.step = step
+
+    def _fire(self) -> None:
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), self.signum)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch and not self.marker.exists():
-            self.marker.write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGUSR2)
+        if self.epoch is not None and trainer.current_epoch == self.epoch:
+            self._fire()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.step is not None and trainer.global_step == self.step:
+            self._fire()
+
+
+class PreemptOnce(SignalOnce):
+    """submitit's preemption signal (SIGUSR2) at the start of ``epoch``, once."""
+
+    def __init__(self, marker: str, epoch: int = 1) -> None:
+        super().__init__(marker, "SIGUSR2", epoch=epoch)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -33,7 +34,8 @@ _RUN_UID = uuid.uuid4().hex[:6]
 
 def register_resolvers() -> None:
     """Resolvers the configs use: ``${run_uid:}`` (per-process id), ``${mul:a,b}``,
-    ``${ddp_strategy:warmup_epochs,freeze_bn}``, ``${path_id:dir}``."""
+    ``${ddp_strategy:warmup_epochs,freeze_bn}``, ``${path_id:dir}``, ``${either:a,b}``,
+    ``${hydra_subdir:resume}``."""
     if not OmegaConf.has_resolver("run_uid"):
         OmegaConf.register_new_resolver("run_uid", lambda: _RUN_UID)
     if not OmegaConf.has_resolver("mul"):
@@ -42,6 +44,19 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("path_id", path_id)
     if not OmegaConf.has_resolver("ddp_strategy"):
         OmegaConf.register_new_resolver("ddp_strategy", ddp_strategy)
+    if not OmegaConf.has_resolver("either"):
+        # ${either:a,b}: a unless it is null (hydra.run.dir: resume=<run dir> or a new one)
+        OmegaConf.register_new_resolver("either", lambda a, b: b if a is None else a)
+    if not OmegaConf.has_resolver("hydra_subdir"):
+        OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)
+
+
+def hydra_subdir(resume: str | None) -> str:
+    """Where Hydra saves a run's config files: ``.hydra``, or for a resumed run
+    (``resume=<run dir>``) ``.hydra/resume-<time>``, leaving the first run's files alone."""
+    if resume is None:
+        return ".hydra"
+    return f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}_{_RUN_UID}"
 
 
 def path_id(path: str) -> str:

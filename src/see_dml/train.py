@@ -9,23 +9,29 @@ weights (``test_final/...``) on the test classes. The run directory gets the res
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning as L
-import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.config import CONFIG_DIR, validate_config
-from see_dml.data.base import DatasetSource
-from see_dml.data.datamodule import RetrievalDataModule
+from see_dml.config import CONFIG_DIR, ConfigError, validate_config
 from see_dml.evaluation import format_results, write_metrics
-from see_dml.losses import build_metric_loss
-from see_dml.models import Backbone
-from see_dml.module import DMLModule
+
+# torch, Lightning, timm and faiss are imported where they are used: they take seconds to
+# load, and a mistyped key, option or value must fail (or --help answer) before that.
+if TYPE_CHECKING:
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    from see_dml.data.base import DatasetSource
+    from see_dml.data.datamodule import RetrievalDataModule
+    from see_dml.models import Backbone
+    from see_dml.module import DMLModule
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,9 @@ def build_model(cfg: DictConfig, num_classes: int, backbone: Backbone | None = N
     """The LightningModule described by ``cfg`` for ``num_classes`` training classes: the
     ``model.backbone`` and ``model.head`` nodes, the ``loss`` node (see
     :func:`see_dml.losses.build_metric_loss`), the optimiser and scheduler factories."""
+    from see_dml.losses import build_metric_loss
+    from see_dml.module import DMLModule
+
     m = cfg.model
     source = source or instantiate(cfg.dataset)
     backbone = backbone or build_backbone(cfg, source.image_mode)
@@ -88,6 +97,8 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 
 def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
 
 
@@ -95,6 +106,8 @@ def _last_checkpoint_file(callbacks: list[Any]) -> Path | None:
     """Where ``callbacks.last_checkpoint`` writes the final epoch every epoch
     (``<dirpath>/last.ckpt``): ``ckpt_path=auto`` resumes from it, ``test_final`` tests it.
     None without such a callback."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.filename == "last" and cb.dirpath:
             return Path(cb.dirpath) / f"last{cb.FILE_EXTENSION}"
@@ -107,6 +120,8 @@ def _epochs_run(trainer: L.Trainer, ckpt_cb: ModelCheckpoint | None, last: Path 
     count are then read from ``last.ckpt``."""
     if trainer.global_step > 0 or ckpt_cb is None or last is None:
         return trainer.current_epoch
+    import torch
+
     state = torch.load(last, map_location="cpu", weights_only=False)
     if ckpt_cb.best_model_score is None:
         ckpt_cb.best_model_score = state.get("callbacks", {}).get(ckpt_cb.state_key, {}).get(
@@ -120,13 +135,114 @@ def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
     return str(last) if last is not None and last.exists() else None
 
 
+#: Keys a resumed run may change: where things go, how long it trains, how it reports.
+RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "hydra.",
+                     "trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar",
+                     "data.num_workers", "data.eval_batch_size", "tags", "test_final", "nmi",
+                     "knn_backend")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:
+    """Fail, naming the keys, when ``ckpt`` was trained with another config than ``cfg``.
+
+    Runs before anything in the run directory is written. Only the keys in
+    :data:`RESUMABLE_CHANGES` may differ (paths, loggers, training length, reporting);
+    anything else (a model, loss or data key) would resume into another experiment, or
+    fail later with a raw ``size mismatch``.
+    """
+    import torch
+
+    try:
+        stored = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike
+        raise ConfigError(f"ckpt_path='{ckpt}' is not a readable checkpoint: {err}") from err
+    if not isinstance(stored, dict) or "state_dict" not in stored:
+        raise ConfigError(f"ckpt_path='{ckpt}' is not a Lightning checkpoint (no 'state_dict')")
+    before = stored.get("see_dml_config")
+    if before is None:
+        return  # a checkpoint from elsewhere: Lightning itself checks what it can
+    old = _flat(before)
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    differ = sorted(k for k in old.keys() | new.keys()
+                    if old.get(k, "<absent>") != new.get(k, "<absent>")
+                    and not k.startswith(RESUMABLE_CHANGES))
+    if differ:
+        shown = ", ".join(f"{k} (checkpoint {old.get(k, '<absent>')!r}, now "
+                          f"{new.get(k, '<absent>')!r})" for k in differ[:8])
+        more = f" and {len(differ) - 8} more" if len(differ) > 8 else ""
+        raise ConfigError(
+            f"ckpt_path='{ckpt}' was trained with another config: {shown}{more}. Resume with "
+            "the run's own settings (its config.yaml), or start a new run with ckpt_path=null")
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """The command that resumes (or extends, with a larger ``trainer.max_epochs``) this run
+    in its own directory: the run's command-line overrides plus ``resume=<run dir>``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.startswith(("resume=", "ckpt_path=", "hydra.run.dir="))]
+    except ValueError:  # called outside a Hydra app (tests, notebooks)
+        overrides = []
+    run_dir = str(Path(cfg.paths.run_dir).resolve())
+    return shlex.join([sys.executable.rsplit("/", 1)[-1], "-m", "see_dml.train", *overrides,
+                       f"resume={run_dir}"])
+
+
+def _fit(trainer: L.Trainer, model: DMLModule, dm: RetrievalDataModule, ckpt: str | None,
+         cfg: DictConfig) -> None:
+    """``trainer.fit``; a SIGTERM or Ctrl-C ends the process non-zero with the resume command.
+
+    Lightning turns SIGTERM into a ``SystemExit`` with status 0 (and Ctrl-C into status 1),
+    which schedulers and ``train && evaluate`` chains take for success. ``last.ckpt`` holds
+    the last finished epoch (written at every epoch's end); the resumed run redoes the epoch
+    that was cut short, bit for bit as an unbroken run would.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+    except SIGTERMException:
+        status, why = 143, "SIGTERM"
+    except SystemExit as stop:  # Lightning's graceful shutdown after Ctrl-C
+        if stop.code in (0, None):
+            raise
+        status, why = 130, "interrupted"
+    else:
+        return
+    if trainer.is_global_zero:
+        print(f"\n{why}: stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+              "last.ckpt holds the last finished epoch.\n"
+              f"Resume with: {resume_command(cfg)}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the flat metrics written to ``metrics.json``."""
     validate_config(cfg)
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
     run_dir = Path(cfg.paths.run_dir)
+    callbacks = build_callbacks(cfg)
+    last_file = _last_checkpoint_file(callbacks)
+    ckpt = _resolve_ckpt_path(cfg.get("ckpt_path"), last_file)
+    if ckpt is not None:  # before anything in the run directory is touched
+        check_resume_config(cfg, ckpt)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -136,7 +252,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("data: %s", dm.describe())
     model = build_model(cfg, dm.num_classes, backbone, source)
 
-    callbacks = build_callbacks(cfg)
     trainer_kwargs: dict[str, Any] = {}
     if not dm.has_val:
         # No validation classes (val_fraction=0, the papers' protocol): keep the last epoch.
@@ -149,9 +264,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
                                      logger=loggers or False, **trainer_kwargs)
-    last_file = _last_checkpoint_file(callbacks)
-    trainer.fit(model, datamodule=dm,
-                ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), last_file))
+    _fit(trainer, model, dm, ckpt, cfg)
 
     metrics: dict[str, Any] = {}
     ckpt_cb = _checkpoint_callback(trainer)
@@ -178,13 +291,47 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         print(f"\nResults on {source.name} test classes ({dm.describe()}):")
         print(format_results(metrics))
+        print(f"Resume or extend (a larger trainer.max_epochs): {resume_command(cfg)}")
         print(f"Run directory: {run_dir.resolve()}")
     return metrics
 
 
+#: Errors of the user's making; their message names the key or file, and a traceback would
+#: only bury it (HYDRA_FULL_ERROR=1 shows it anyway). DatasetNotFoundError is a
+#: FileNotFoundError; a component's own option check arrives wrapped by Hydra's instantiate.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+
+
+def _user_error(err: BaseException) -> bool:
+    from hydra.errors import InstantiationException
+
+    if isinstance(err, USER_ERRORS):
+        return True
+    return isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError)
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """A run that failed before writing anything but Hydra's files leaves no directory."""
+    if not run_dir.is_dir():
+        return
+    left = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"
+            and p.name != "config.yaml"]
+    if not left and not (run_dir / "checkpoints").exists():
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        if not _user_error(err) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _remove_if_empty(Path(cfg.paths.run_dir))
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     # the sweeper's objective (e.g. for optuna): validation-selected test MAP@R
     return metrics.get("test/map@r")
 
