@@ -305,7 +305,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 def _user_error(err: BaseException) -> bool:
     from hydra.errors import InstantiationException
 
-    if isinstance(err, USER_ERRORS):
+    from see_dml.callbacks.guards import DivergenceError
+
+    if isinstance(err, (*USER_ERRORS, DivergenceError)):
         return True
     return isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError)
 
@@ -324,6 +326,9 @@ def _remove_if_empty(run_dir: Path) -> None:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from see_dml._noise import quiet_third_party
+
+    quiet_third_party()
     try:
         metrics = train(cfg)
     except Exception as err:

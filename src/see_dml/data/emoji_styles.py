@@ -516,6 +516,8 @@ packages/<set>-<version>.tgz      the npm packages it is built from
         super().__init__(root=root, **kwargs)
         self.sets = {str(k): str(v) for k, v in dict(sets).items()}
         self.image_size = int(image_size)
+        # eval / retrieve bring any image to the size the icons are rendered at
+        self.native_size = (self.image_size, self.image_size)
         self.min_styles = int(min_styles)
         self.split_seed = int(split_seed)
         if self.root is None:
