@@ -45,6 +45,16 @@ def test_wandb_runs_offline_without_an_account(make_cfg, monkeypatch, tmp_path):
     assert (run_dir / "csv" / "metrics.csv").read_text().count("train/loss") >= 1
 
 
+def test_wandb_run_still_ends_with_the_run_directory(make_cfg, wandb_offline, capfd):
+    """W&B prints its sync hints when its run finishes: that happens before our last line."""
+    _, run_dir = run(make_cfg, "logger=wandb")
+    lines = capfd.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"Run directory: {run_dir.resolve()}"
+    import wandb
+
+    assert wandb.run is None  # finished by train, not at interpreter exit
+
+
 def test_tensorboard_writes_an_events_file(make_cfg):
     _, run_dir = run(make_cfg, "logger=tensorboard")
     events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -256,6 +256,19 @@ def test_bad_component_option_fails_before_training_naming_the_key(make_cfg):
     assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()
 
 
+def test_training_by_steps(make_cfg):
+    """trainer.max_epochs=-1 with max_steps trains by steps (SEE's schedule follows them)."""
+    cfg = make_cfg("trainer.max_epochs=-1", "+trainer.max_steps=5", "see.enabled=true",
+                   "callbacks.embedding_export=null", "test_final=false")
+    validate_config(cfg)
+    metrics = train(cfg)
+    state = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt",
+                       map_location="cpu", weights_only=False)
+    assert state["global_step"] == 5 and metrics["epochs"] == 2  # 3 batches an epoch
+    with pytest.raises(ConfigError, match=r"trainer\.max_epochs"):
+        validate_config(make_cfg("trainer.max_epochs=-1"))  # no max_steps: endless
+
+
 def test_untrained_network_baseline(make_cfg):
     """max_epochs=0 evaluates the network as initialised (the README's 'untrained' row)."""
     metrics = train(make_cfg("trainer.max_epochs=0"))

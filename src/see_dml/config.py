@@ -113,8 +113,11 @@ def validate_config(cfg: DictConfig) -> None:
             f"data.sampler must be 'class_balanced' or 'random', got '{cfg.data.sampler}'"
         )
     epochs = OmegaConf.select(cfg, "trainer.max_epochs")
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ConfigError(f"trainer.max_epochs must be a non-negative integer, got {epochs!r}")
+    steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    by_steps = epochs == -1 and isinstance(steps, int) and steps > 0
+    if not by_steps and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0):
+        raise ConfigError(f"trainer.max_epochs must be a non-negative integer (or -1 with "
+                          f"trainer.max_steps > 0: training by steps), got {epochs!r}")
     if cfg.get("matmul_precision") not in (None, "highest", "high", "medium"):
         raise ConfigError(f"matmul_precision must be highest, high, medium or null; "
                           f"got '{cfg.matmul_precision}'")

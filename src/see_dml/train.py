@@ -214,8 +214,10 @@ def _fit(trainer: L.Trainer, model: DMLModule, dm: RetrievalDataModule, ckpt: st
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
     except SIGTERMException:
         status, why = 143, "SIGTERM"
-    except SystemExit as stop:  # Lightning's graceful shutdown after Ctrl-C
-        if stop.code in (0, None):
+    except SystemExit as stop:
+        # Lightning's sys.exit(1) after Ctrl-C; any other exit (submitit's requeue on a
+        # preemption signal, say) is not ours to change
+        if not isinstance(stop.__context__, KeyboardInterrupt):
             raise
         status, why = 130, "interrupted"
     else:
@@ -288,6 +290,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                         if k.startswith("test/")})
     write_metrics(run_dir, metrics)
 
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        # W&B prints its sync hints when its run finishes: before our last lines, not after
+        sys.modules["wandb"].finish()
     if trainer.is_global_zero:
         print(f"\nResults on {source.name} test classes ({dm.describe()}):")
         print(format_results(metrics))

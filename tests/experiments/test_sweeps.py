@@ -50,6 +50,10 @@ def test_local_multirun_and_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent for p in sweep.rglob("metrics.json"))
     assert len(runs) == 2 and runs[0] != runs[1]
+    # the sweep ends by listing its run directories (RunDirectories, conf/hydra)
+    tail = proc.stdout.strip().splitlines()[-3:]
+    assert tail[-1] == f"Sweep directory: {sweep.resolve()}"
+    assert [line.split()[0] for line in tail[:2]] == [str(r.resolve()) for r in runs]
     table = subprocess.run([sys.executable, str(REPO / "experiments" / "make_table.py"),
                             str(sweep)], capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
@@ -60,6 +64,7 @@ def test_local_multirun_and_table(tmp_path):
         assert (sweep / name).stat().st_size > 0
 
 
+@pytest.mark.slow  # a submitit job process trained, preempted and requeued: ~60 s
 def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path):
     """The SLURM path without SLURM: hydra-submitit's local launcher runs the job in its own
     process; SIGUSR2 (SLURM's preemption notice) makes submitit requeue it; the requeued
@@ -82,6 +87,27 @@ def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path):
     last = sweep / "0" / "checkpoints" / "last.ckpt"
     assert f"Restoring states from the checkpoint path at {last}" in logs  # resumed, not anew
     assert json.loads((sweep / "0" / "metrics.json").read_text())["epochs"] == 3
+    # the job printed into its own log; the sweep's terminal still gets the run directory
+    tail = proc.stdout.strip().splitlines()[-2:]
+    assert tail[0].startswith(f"{(sweep / '0').resolve()}  R@1 ")
+    assert tail[1] == f"Sweep directory: {sweep.resolve()}"
+
+
+def test_sweep_summary_names_every_job_and_its_numbers(tmp_path):
+    from see_dml.hydra_callbacks import sweep_summary
+
+    for job, metrics in (("0", {"test/recall@1": 0.5, "test/map@r": 0.25}), ("1", None),
+                         ("10", {"test/recall@1": 1.0, "test/map@r": 0.125})):
+        (tmp_path / job).mkdir()
+        if metrics:
+            (tmp_path / job / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / ".submitit").mkdir()  # not a job
+    lines = sweep_summary(tmp_path)
+    assert lines == [f"{tmp_path / '0'}  R@1 50.00, MAP@R 25.00",
+                     f"{tmp_path / '1'}  no metrics.json: failed or still running "
+                     "(its log says which)",
+                     f"{tmp_path / '10'}  R@1 100.00, MAP@R 12.50",
+                     f"Sweep directory: {tmp_path}"]
 
 
 def test_table_script_rejects_an_empty_folder(tmp_path):
