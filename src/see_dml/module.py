@@ -161,8 +161,10 @@ class DMLModule(L.LightningModule):
         frozen = self._backbone_frozen()
         bn_ids = ({id(p) for bn in self._bn_layers() for p in bn.parameters()}
                   if self.freeze_bn else set())
+        # stages left out by model.backbone.trainable_stages stay frozen after the warm-up
+        fixed_ids = {id(p) for p in self.backbone.frozen_parameters()}
         for p in self.backbone.parameters():
-            p.requires_grad_(not frozen and id(p) not in bn_ids)
+            p.requires_grad_(not frozen and id(p) not in bn_ids and id(p) not in fixed_ids)
         # Lightning never calls train() during fit: apply the modes of train() here, so the
         # frozen backbone / BatchNorm stay in eval and the backbone trains after the warm-up
         self.train()

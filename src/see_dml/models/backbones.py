@@ -56,10 +56,13 @@ class Backbone(nn.Module):
         weights_path: a local weights file to load instead (see :func:`load_local_weights`).
         in_chans: input channels (1 for the digit datasets).
         width: channels of the first block of ``small_cnn`` (ignored for timm models).
+        trainable_stages: train only the last N stages (see :meth:`stages`) and freeze the
+            rest for the whole run; ``None`` trains all, 0 none (a fixed feature extractor).
     """
 
     def __init__(self, name: str = "small_cnn", pretrained: bool = False,
-                 weights_path: str | None = None, in_chans: int = 3, width: int = 32) -> None:
+                 weights_path: str | None = None, in_chans: int = 3, width: int = 32,
+                 trainable_stages: int | None = None) -> None:
         super().__init__()
         self.name = name
         if name == "small_cnn":
@@ -85,6 +88,71 @@ class Backbone(nn.Module):
             self.num_prefix_tokens = getattr(self.body, "num_prefix_tokens", 0)
         if weights_path:
             load_local_weights(self.body, weights_path)
+        self.trainable_stages = trainable_stages
+        self._frozen_modules = self._freeze_early_stages(trainable_stages)
+
+    def stages(self) -> list[list[str]]:
+        """Parameter names of the body, stage by stage from input to output.
+
+        timm models: timm's coarse parameter groups (those of its layer-wise learning-rate
+        decay): the stem, then each stage, with what follows the last stage folded into it
+        (``tf_efficientnet_lite0``: ``conv_stem``+``bn1``, ``blocks[0]`` ... ``blocks[5]``,
+        ``blocks[6]``+``conv_head``+``bn2``: 8 stages; ``resnet50``: stem and ``layer1-4``;
+        ViTs: patch embedding and tokens, then one stage per block, the final norm in the last).
+        ``small_cnn``: one stage per convolution with its BatchNorm (4).
+        """
+        if self.is_timm:
+            from timm.models import group_parameters
+
+            groups = group_parameters(self.body, self.body.group_matcher(coarse=True))
+            return [list(names) for names in groups.values()]
+        stages: list[list[str]] = []
+        for index, layer in enumerate(self.body.features):
+            if isinstance(layer, nn.Conv2d):
+                stages.append([])
+            stages[-1] += [f"features.{index}.{n}" for n, _ in layer.named_parameters()]
+        return stages
+
+    def _freeze_early_stages(self, trainable: int | None) -> list[nn.Module]:
+        """Freeze every stage but the last ``trainable``; returns the outermost modules whose
+        parameters are all frozen (kept in eval mode by :meth:`train`)."""
+        self._frozen_names: list[str] = []
+        if trainable is None:
+            return []
+        stages = self.stages()
+        if isinstance(trainable, bool) or not isinstance(trainable, int) or not (
+                0 <= trainable <= len(stages)):
+            raise ValueError(f"model.backbone.trainable_stages must be null (all) or an integer "
+                             f"from 0 to {len(stages)} (the stages of '{self.name}'), got "
+                             f"{trainable!r}")
+        self._frozen_names = [n for stage in stages[:len(stages) - trainable] for n in stage]
+        for p in self.frozen_parameters():
+            p.requires_grad_(False)
+        frozen_ids = {id(p) for p in self.frozen_parameters()}
+        modules: list[nn.Module] = []
+        covered: list[str] = []
+        for name, module in self.body.named_modules():
+            if any(c == "" or name.startswith(f"{c}.") for c in covered):
+                continue
+            ids = [id(p) for p in module.parameters()]
+            if ids and all(i in frozen_ids for i in ids):
+                modules.append(module)
+                covered.append(name)
+        log.info("model.backbone.trainable_stages=%d: the last %d of %d stages of '%s' train "
+                 "(%d parameter tensors frozen)", trainable, trainable, len(stages), self.name,
+                 len(self._frozen_names))
+        return modules
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The parameters frozen for the whole run by ``trainable_stages``."""
+        params = dict(self.body.named_parameters())
+        return [params[n] for n in self._frozen_names]
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        for module in self._frozen_modules:  # frozen stages keep their BatchNorm statistics
+            module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_timm:
