@@ -291,3 +291,20 @@ def test_export_callback_on_query_gallery_dataset(make_cfg, tmp_path, monkeypatc
                                  ks=(1, 10, 20, 30, 40, 50))
     for key in ("recall@1", "recall@10", "map@r", "r_precision"):
         assert metrics[f"test/{key}"] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_a_diverged_checkpoint_gets_no_metrics_and_ignored_keys_are_named(trained, tmp_path,
+                                                                          caplog):
+    """NaN weights embed to NaN: evaluate refuses to compute metrics (they would look like a
+    chance-level result), and a +model.* key evaluate does not use is named in a warning."""
+    ckpt = torch.load(trained["last"], map_location="cpu", weights_only=False)
+    ckpt["state_dict"]["head.proj.weight"].fill_(float("nan"))
+    broken = tmp_path / "diverged.ckpt"
+    torch.save(ckpt, broken)
+    cfg = _evaluate_cfg(f"ckpt_path={broken}", f"paths.run_dir={tmp_path / 'out'}",
+                        "+model.embed_dim=3")
+    with caplog.at_level("WARNING"), pytest.raises(FloatingPointError,
+                                                   match="embeddings are NaN, inf or zero"):
+        evaluate(cfg)
+    assert "model.embed_dim" in caplog.text
+    assert not (tmp_path / "out" / "metrics.json").exists()

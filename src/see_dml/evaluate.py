@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from see_dml.config import CONFIG_DIR, ConfigError, check_knn_backend
+from see_dml.config import CONFIG_DIR, ConfigError, check_knn_backend, warn_ignored_keys
 
 # torch, Lightning, timm and faiss are imported where they are used: they take seconds to
 # load, and a mistyped ckpt_path or split should fail before that, not after.
@@ -188,6 +188,7 @@ def eval_split_names(dm: RetrievalDataModule, split: str) -> list[str]:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` as ``cfg`` says; return what ``metrics.json`` holds."""
+    warn_ignored_keys(cfg, "evaluate")
     split = str(cfg.split)
     if split not in SPLITS:  # before seconds of loading
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got '{split}'")
@@ -239,12 +240,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 #: Errors of the user's making; their message names the key or file. DatasetNotFoundError
-#: is a FileNotFoundError (caught without importing the data package, which loads torch).
-USER_ERRORS = (CheckpointError, ConfigError, FileNotFoundError)
+#: is a FileNotFoundError (caught without importing the data package, which loads torch);
+#: a diverged checkpoint's NaN embeddings raise the guard's DivergenceError, a
+#: FloatingPointError.
+USER_ERRORS = (CheckpointError, ConfigError, FileNotFoundError, FloatingPointError)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from see_dml._noise import quiet_third_party
+
+    quiet_third_party()
     try:
         summary = evaluate(cfg)
     except USER_ERRORS as err:

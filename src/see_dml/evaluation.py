@@ -114,6 +114,15 @@ def evaluate_embeddings(prefix: str,
     parts = [SplitEmbeddings(name, _numpy(emb, np.float32), _numpy(lab, np.int64),
                              _numpy(idx, np.int64))
              for name, (emb, lab, idx) in splits.items()]
+    for part in parts:  # never metrics of a diverged model (chance-level numbers that look valid)
+        norms = np.linalg.norm(np.nan_to_num(part.embeddings), axis=1)
+        bad = ~np.isfinite(part.embeddings).all(axis=1) | (norms < 0.5)
+        if bad.any():
+            from see_dml.callbacks.guards import DivergenceError
+
+            raise DivergenceError(
+                f"{int(bad.sum())} of {len(bad)} '{part.name}' embeddings are NaN, inf or zero: "
+                "the model diverged, so no metrics are computed from it")
     (q_emb, _, _), *gallery = splits.values()
     knn = retrieve(q_emb, parts[0].labels,
                    *((gallery[0][0], parts[1].labels) if gallery else (None, None)),

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from see_dml.config import CONFIG_DIR, ConfigError, check_knn_backend
+from see_dml.config import CONFIG_DIR, ConfigError, check_knn_backend, warn_ignored_keys
 from see_dml.evaluate import (
     USER_ERRORS,
     build_eval_datamodule,
@@ -187,6 +187,7 @@ def _markdown(results: list[dict[str, Any]], limit: int) -> str:
 
 def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     """Run the retrieval ``cfg`` describes; return what ``retrieval.json`` holds."""
+    warn_ignored_keys(cfg, "retrieve")
     ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
     check_ckpt_path(ckpt_path)
     files = {}
@@ -259,6 +260,9 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="retrieve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from see_dml._noise import quiet_third_party
+
+    quiet_third_party()
     try:
         retrieve_images(cfg)
     except USER_ERRORS as err:
