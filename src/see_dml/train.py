@@ -317,6 +317,13 @@ def _user_error(err: BaseException) -> bool:
     return isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError)
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _remove_if_empty(run_dir: Path) -> None:
     """A run that failed before writing anything but Hydra's files leaves no directory."""
     if not run_dir.is_dir():
@@ -339,8 +346,10 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:
         if not _user_error(err) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        _remove_if_empty(Path(cfg.paths.run_dir))
         print(f"error: {err}", file=sys.stderr)
+        if _in_multirun():  # the sweep goes on with its other jobs and lists this one
+            raise
+        _remove_if_empty(Path(cfg.paths.run_dir))
         sys.exit(2)
     # the sweeper's objective (e.g. for optuna): validation-selected test MAP@R
     return metrics.get("test/map@r")
