@@ -221,3 +221,23 @@ def test_tests_log_under_the_prefix_of_their_block_and_leave_one_result(make_cfg
     assert split.indices.tolist() == list(range(len(dm.eval_dataset("test"))))
     expected = retrieval_metrics(split.embeddings, split.labels, ks=module.recall_ks)
     assert float(trainer.callback_metrics["test/map@r"]) == pytest.approx(expected["map@r"])
+
+
+@pytest.mark.parametrize("model", ["small_cnn", "resnet50"])
+def test_model_compile_compiles_backbone_and_head_in_place(make_cfg, model):
+    """``model.compile=true`` compiles both modules without renaming their weights (a
+    compiled run's checkpoint loads into an eager model); the default leaves them eager and
+    the same seed builds the same weights either way."""
+    over = ["model.backbone.pretrained=false"] if model != "small_cnn" else []
+    eager_cfg = make_cfg(f"model={model}", *over)
+    assert eager_cfg.model.compile is False
+    torch.manual_seed(0)
+    eager = build_model(eager_cfg, num_classes=10)
+    torch.manual_seed(0)
+    compiled = build_model(make_cfg(f"model={model}", *over, "model.compile=true"), 10)
+    for part in ("backbone", "head"):
+        assert getattr(eager, part)._compiled_call_impl is None
+        assert getattr(compiled, part)._compiled_call_impl is not None
+    state = compiled.state_dict()
+    assert state.keys() == eager.state_dict().keys()
+    assert all(torch.equal(v, state[k]) for k, v in eager.state_dict().items())

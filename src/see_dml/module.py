@@ -88,6 +88,8 @@ class DMLModule(L.LightningModule):
         compute_nmi: also report ``test/nmi``, the NMI of a k-means clustering of the test
             embeddings (as many clusters as classes; query and gallery together for
             In-Shop).
+        compile: ``torch.compile`` the backbone and the head (in place, so checkpoints keep
+            their keys); off by default, which runs the eager modules unchanged.
 
     Every evaluation ends in one :class:`~see_dml.evaluation.EvaluationResult` (one kNN
     search); the last test's stays in :attr:`test_result` for the export callback, and its
@@ -102,7 +104,8 @@ class DMLModule(L.LightningModule):
                  scheduler: Callable[..., Any] | None = None, backbone_lr_mult: float = 1.0,
                  head_lr_mult: float = 1.0, warmup_epochs: int = 0, freeze_bn: bool = False,
                  recall_ks: Iterable[int] = (1, 2, 4, 8), knn_backend: str = "auto",
-                 compute_nmi: bool = False, config: dict[str, Any] | None = None) -> None:
+                 compute_nmi: bool = False, compile: bool = False,
+                 config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -123,6 +126,9 @@ class DMLModule(L.LightningModule):
         self._eval_buffers: dict[int, list[tuple[torch.Tensor, ...]]] = {}
         if freeze_bn:
             self._freeze_bn_params()
+        if compile:
+            self.backbone.compile()
+            self.head.compile()
 
     # -- model ----------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,7 @@ def build_model(cfg: DictConfig, num_classes: int, backbone: Backbone | None = N
         backbone_lr_mult=m.backbone_lr_mult, head_lr_mult=m.head_lr_mult,
         warmup_epochs=m.warmup_epochs, freeze_bn=m.freeze_bn,
         recall_ks=source.recall_ks, knn_backend=cfg.get("knn_backend", "auto"),
-        compute_nmi=bool(cfg.get("nmi", False)),
+        compute_nmi=bool(cfg.get("nmi", False)), compile=bool(m.get("compile", False)),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
 
@@ -139,7 +139,7 @@ def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
 RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "hydra.",
                      "trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar",
                      "data.num_workers", "data.eval_batch_size", "tags", "test_final", "nmi",
-                     "knn_backend")
+                     "knn_backend", "model.compile")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
