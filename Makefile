@@ -4,11 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all lint format clean help
+.PHONY: install train test test-slow test-all lint format clean help
 
 help:
 	@echo "make train     train on the embedded Double-MNIST (CPU, a few minutes); ARGS='k=v ...'"
-	@echo "make test      the test suite (fast tests; 'make test-all' adds the slow ones)"
+	@echo "make test      the test suite (fast tests, a few minutes)"
+	@echo "make test-slow the slow end-to-end tests alone (CI runs both); make test-all: both"
 	@echo "make lint      ruff"
 
 $(STAMP): pyproject.toml
@@ -26,6 +27,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m slow $(ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "" $(ARGS)

@@ -65,6 +65,7 @@ def _evaluate_cfg(*overrides: str):
     return compose_config([*overrides, "progress=false"], config_name="evaluate")
 
 
+@pytest.mark.slow  # python -m see_dml.evaluate as a subprocess
 def test_cli_reproduces_the_test_metrics_of_training(trained, cli):
     out_dir = cli["out_dir"]
     saved = json.loads((out_dir / "metrics.json").read_text())
@@ -78,6 +79,7 @@ def test_cli_reproduces_the_test_metrics_of_training(trained, cli):
     assert "R@1" in cli["stdout"]
 
 
+@pytest.mark.slow  # python -m see_dml.evaluate as a subprocess
 def test_export_and_plots(cli):
     out_dir = cli["out_dir"]
     data = np.load(out_dir / "embeddings_test.npz")
@@ -96,6 +98,7 @@ def test_export_and_plots(cli):
             assert img.width > 100 and img.height > 100, name
 
 
+@pytest.mark.slow  # python -m see_dml.evaluate as a subprocess
 def test_end_of_training_callback_exported_the_tested_weights(trained, cli):
     """The default EmbeddingExport callback wrote the selected checkpoint's test embeddings."""
     run_dir = trained["run_dir"]

@@ -65,7 +65,9 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return state["state_dict"]
 
 
-@pytest.mark.parametrize(("see", "workers"), [("false", 0), ("true", 0), ("true", 2)])
+@pytest.mark.parametrize(("see", "workers"), [
+    ("false", 0), ("true", 0),
+    pytest.param("true", 2, marks=pytest.mark.slow)])  # worker processes: slow to start
 def test_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path, see, workers):
     """2 epochs straight == 1 epoch, killed, resumed for the 2nd: same weights, bit for bit
     (proxies, optimiser, sampler epoch, SEE's generator and the augmentation RNG restored)."""
@@ -168,6 +170,7 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # three trainings; the resume itself is covered by the SIGTERM test
 def test_killed_run_resumes_from_last_checkpoint(make_cfg):
     """ckpt_path=auto picks up the run directory's last.ckpt instead of starting again."""
     cfg = make_cfg("trainer.max_epochs=1")
@@ -190,6 +193,7 @@ def test_killed_run_resumes_from_last_checkpoint(make_cfg):
     assert fresh["test/map@r"] != pytest.approx(first["test/map@r"], abs=1e-7)
 
 
+@pytest.mark.slow  # a whole training as a subprocess
 def test_cli_as_a_user_types_it(tmp_path):
     out = tmp_path / "outputs"
     cmd = [sys.executable, "-m", "see_dml.train", "loss=multi_similarity", "model.embed_dim=8",
