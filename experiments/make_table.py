@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from see_dml.config import flatten
+
 METRICS = [("test/recall@1", "R@1"), ("test/map@r", "MAP@R"), ("test/r_precision", "RP"),
            ("test_final/recall@1", "R@1 final"), ("test_final/map@r", "MAP@R final")]
 #: metrics whose paired difference to the baseline is reported
@@ -48,18 +50,6 @@ def synthesis_name(cfg: dict[str, Any]) -> str:
         return "SEE"
     synthesis = cfg.get("synthesis")
     return synthesis.get("name", "?") if synthesis else "none"
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become their JSON text (hashable)."""
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    if isinstance(node, list):
-        return {prefix[:-1]: json.dumps(node, sort_keys=True)}
-    return {prefix[:-1]: node}
 
 
 def config_key(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -7,11 +7,13 @@ touched, and each error names the key that is wrong and what would be right.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -85,6 +87,19 @@ def ddp_strategy(warmup_epochs: int, freeze_bn: bool, base: str = "ddp") -> str:
 
 
 register_resolvers()
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A resolved config as flat dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists
+    become their JSON text (hashable, comparable). Used to compare two runs' configs."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(node, list):
+        return {prefix[:-1]: json.dumps(node, sort_keys=True)}
+    return {prefix[:-1]: node}
 
 
 class ConfigError(ValueError):

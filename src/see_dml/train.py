@@ -19,7 +19,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.config import CONFIG_DIR, ConfigError, validate_config
+from see_dml.config import CONFIG_DIR, ConfigError, flatten, validate_config
 from see_dml.evaluation import format_results, write_metrics
 
 # torch, Lightning, timm and faiss are imported where they are used: they take seconds to
@@ -142,15 +142,6 @@ RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "
                      "knn_backend", "model.compile")
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:
     """Fail, naming the keys, when ``ckpt`` was trained with another config than ``cfg``.
 
@@ -170,8 +161,8 @@ def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:
     before = stored.get("see_dml_config")
     if before is None:
         return  # a checkpoint from elsewhere: Lightning itself checks what it can
-    old = _flat(before)
-    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    old = flatten(before)
+    new = flatten(OmegaConf.to_container(cfg, resolve=True))
     differ = sorted(k for k in old.keys() | new.keys()
                     if old.get(k, "<absent>") != new.get(k, "<absent>")
                     and not k.startswith(RESUMABLE_CHANGES))
