@@ -1,4 +1,10 @@
-"""Embed a split with a trained module and write the embeddings to disk.
+"""Embed a split with a trained module and write the embeddings to disk; export the model.
+
+``python -m see_dml.export ckpt_path=... format=onnx`` writes the checkpoint's backbone,
+head and L2 normalisation as one ONNX graph (input ``images`` ``(B, C, H, W)``, output
+``embeddings`` ``(B, d)`` unit rows, ``B`` dynamic) and a JSON sidecar with what the graph
+expects (:func:`eval_preprocessing`) and which model it is (:func:`config_hash`); with
+onnxruntime installed it checks the graph against PyTorch before it returns.
 
 ``python -m see_dml.evaluate`` and ``python -m see_dml.retrieve`` embed with
 :func:`embed_split` (eval mode, ``torch.no_grad``, dataset order); training embeds in the
@@ -16,15 +22,28 @@ File layout of ``embeddings_<split>.npz`` (and ``.parquet``, one row per image):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import hydra
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from see_dml.config import CONFIG_DIR, ConfigError, warn_ignored_keys
+
+if TYPE_CHECKING:
+    from see_dml.data.datamodule import RetrievalDataModule
+
+log = logging.getLogger(__name__)
 
 ExportFormat = Literal["npz", "parquet"]
 
@@ -144,3 +163,151 @@ def save_embeddings(path: str | Path, embeddings: np.ndarray, labels: np.ndarray
         pq.write_table(table, out)
         return out
     raise ValueError(f"export.format must be 'npz' or 'parquet', got '{fmt}'")
+
+
+# -- the model as a deployable graph --------------------------------------------------------
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short hash of a checkpoint's ``see_dml_config``: which model made an embedding.
+
+    Index and ONNX sidecars store it; two checkpoints of one run (another epoch) share it.
+    """
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def eval_preprocessing(dm: RetrievalDataModule) -> dict[str, Any]:
+    """What an image must go through before the model sees it (the eval transform).
+
+    Returns:
+        ``image_kind``, ``image_mode`` (``L`` / ``RGB``), ``channels``, ``input_size``
+        ``[H, W]`` (None where the eval transform keeps each image's size), ``mean`` and
+        ``std`` per channel (after ``ToTensor``'s scaling to [0, 1]), and ``transform``: the
+        torchvision pipeline as text.
+    """
+    from see_dml.data.transforms import build_transforms, eval_input_size
+
+    cfg = dm.transform_cfg
+    kind = dm.source.image_kind
+    size = ([cfg.image_size or 224] * 2 if kind == "natural"
+            else list(eval_input_size(cfg) or []) or None)
+    _, eval_tf = build_transforms(kind, cfg, dm.mean, dm.std)
+    return {"image_kind": kind, "image_mode": dm.source.image_mode,
+            "channels": 1 if dm.source.image_mode == "L" else 3, "input_size": size,
+            "mean": list(dm.mean), "std": list(dm.std), "transform": repr(eval_tf)}
+
+
+class EmbeddingNet(nn.Module):
+    """``(B, C, H, W)`` images -> ``(B, d)`` unit embeddings: the module's own forward
+    (backbone, head, L2 normalisation), without its loss and proxies."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images)
+
+
+def export_onnx(module: nn.Module, path: str | Path, input_shape: Sequence[int],
+                opset: int = 17, batch_size: int = 2) -> Path:
+    """Write ``module`` (images -> unit embeddings) as one ONNX graph with a dynamic batch.
+
+    The TorchScript exporter (``dynamo=False``) needs no onnxscript and handles timm's
+    CNNs; the batch axis of ``images`` and ``embeddings`` is named ``batch``.
+
+    Args:
+        module: a ``DMLModule`` (or anything mapping images to embeddings), on the CPU.
+        path: the ``.onnx`` file to write.
+        input_shape: ``(C, H, W)`` of one image, as the eval transform produces it.
+        opset: the ONNX opset.
+        batch_size: rows of the random input the graph is traced with.
+    """
+    import warnings
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    net = EmbeddingNet(module).eval().cpu()
+    example = torch.randn(batch_size, *input_shape)
+    with warnings.catch_warnings(), torch.no_grad():
+        # The deprecation notice of the TorchScript exporter: chosen on purpose (see above).
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(net, (example,), str(out), input_names=["images"],
+                          output_names=["embeddings"], opset_version=opset, dynamo=False,
+                          dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
+    return out
+
+
+def onnx_max_abs_diff(module: nn.Module, path: str | Path, images: torch.Tensor) -> float:
+    """Largest ``|onnxruntime - PyTorch|`` over the embeddings of ``images`` ``(B, C, H, W)``,
+    the graph run on the CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["embeddings"], {"images": images.numpy().astype(np.float32)})[0]
+    with torch.no_grad():
+        want = EmbeddingNet(module).eval().cpu()(images).numpy()
+    return float(np.abs(got - want).max())
+
+
+def export_model(cfg: DictConfig) -> dict[str, Any]:
+    """Export ``cfg.ckpt_path`` as ``cfg.format``; return what the sidecar JSON holds."""
+    from see_dml.evaluate import (
+        build_eval_datamodule,
+        check_ckpt_path,
+        load_module_from_checkpoint,
+        read_checkpoint,
+        resolve_dataset_config,
+    )
+
+    warn_ignored_keys(cfg, "export")
+    if cfg.format != "onnx":
+        raise ConfigError(f"format must be onnx, got '{cfg.format}' (embeddings: "
+                          "python -m see_dml.evaluate export.enabled=true)")
+    ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
+    ckpt_file = check_ckpt_path(ckpt_path)
+    module, ckpt_cfg = load_module_from_checkpoint(ckpt_file, "cpu")
+    run_cfg = ckpt_cfg.copy()
+    with open_dict(run_cfg):
+        run_cfg.dataset = resolve_dataset_config(cfg, ckpt_cfg)
+    prep = eval_preprocessing(build_eval_datamodule(run_cfg, module, setup=False))
+    size = cfg.get("input_size") or prep["input_size"]
+    if not size or len(size) != 2:
+        raise ConfigError("input_size=[H,W] is required: this checkpoint's eval transform "
+                          f"keeps each image's size (got input_size={size})")
+    prep["input_size"] = [int(size[0]), int(size[1])]
+    out = Path(cfg.output) if cfg.get("output") else ckpt_file.with_suffix(".onnx")
+    export_onnx(module, out, (prep["channels"], *prep["input_size"]), opset=int(cfg.opset))
+    sidecar = {"format": "onnx", "ckpt_path": str(ckpt_file.resolve()),
+               "config_hash": config_hash(read_checkpoint(ckpt_file)["see_dml_config"]),
+               "embed_dim": int(ckpt_cfg.model.embed_dim), "opset": int(cfg.opset),
+               "inputs": {"images": ["batch", prep["channels"], *prep["input_size"]]},
+               "outputs": {"embeddings": ["batch", int(ckpt_cfg.model.embed_dim)]},
+               "preprocessing": prep}
+    if cfg.check:
+        images = torch.randn(3, prep["channels"], *prep["input_size"])  # 3: not the traced 2
+        sidecar["max_abs_diff"] = onnx_max_abs_diff(module, out, images)
+        if sidecar["max_abs_diff"] > 1e-4:
+            log.warning("the ONNX graph differs from PyTorch by up to %.2g",
+                        sidecar["max_abs_diff"])
+    Path(f"{out}.json").write_text(json.dumps(sidecar, indent=2))
+    diff = (f"; onnxruntime vs PyTorch max |diff| {sidecar['max_abs_diff']:.2g}"
+            if "max_abs_diff" in sidecar else "")
+    print(f"Wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) and {out}.json{diff}")
+    return sidecar
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from see_dml._noise import quiet_third_party
+    from see_dml.evaluate import USER_ERRORS
+
+    quiet_third_party()
+    try:
+        export_model(cfg)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
