@@ -224,14 +224,24 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path, metric: str = "MAP@R") -> None:
-    """MAP@R against embedding size, one line per (loss, synthesis), error bars = std."""
+def plot(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("MAP@R",)
+         ) -> None:
+    """Each metric against embedding size, one panel per metric, one line per (loss,
+    synthesis), error bars = std."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        _plot_metric(ax, rows, metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_metric(ax: Any, rows: list[dict[str, Any]], metric: str) -> None:
     # one line per (loss, synthesis, epochs, other): an untrained baseline or another
     # setting is not a point of the same curve
     lines: dict[tuple[str, ...], list[tuple[int, float, float]]] = defaultdict(list)
@@ -253,9 +263,6 @@ def plot(rows: list[dict[str, Any]], path: Path, metric: str = "MAP@R") -> None:
     ax.set_ylabel(f"test {metric} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -263,6 +270,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--baseline", default="none",
                         help="synthesis label of the rows the Δ columns compare to")
+    parser.add_argument("--plot-metrics", nargs="+", default=["MAP@R"],
+                        choices=[name for _, name in METRICS],
+                        help="metrics plotted against embedding size, one panel each")
     args = parser.parse_args(argv)
     for folder in args.folders:
         if not folder.is_dir():
@@ -274,7 +284,7 @@ def main(argv: list[str] | None = None) -> str:
     markdown = to_markdown(rows)
     (out / "results.md").write_text(markdown + "\n")
     (out / "results.csv").write_text(to_csv(rows) + "\n")
-    plot(rows, out / "results.png")
+    plot(rows, out / "results.png", tuple(args.plot_metrics))
     print(markdown)
     return markdown
 

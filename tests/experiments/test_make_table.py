@@ -77,3 +77,23 @@ def test_baselines_by_name_and_duplicate_seeds(tmp_path):
     _run(tmp_path, "none0_again", 0, 0.1)
     with pytest.raises(SystemExit, match="seed 0"):
         make_table.collect([tmp_path])
+
+
+def test_plot_has_one_panel_per_requested_metric(tmp_path):
+    from matplotlib.image import imread
+
+    for seed in range(2):
+        for dim in (16, 64):
+            _run(tmp_path / f"d{dim}", f"none{seed}", seed, 0.1 + seed / 100)
+            _run(tmp_path / f"d{dim}", f"see{seed}", seed, 0.12, see=True)
+    for path in tmp_path.rglob("config.yaml"):  # the two sizes
+        cfg = yaml.safe_load(path.read_text())
+        cfg["model"]["embed_dim"] = int(path.parent.parent.name[1:])
+        path.write_text(yaml.safe_dump(cfg))
+    make_table.main([str(tmp_path)])
+    one = imread(tmp_path / "results.png").shape
+    make_table.main([str(tmp_path), "--plot-metrics", "R@1", "MAP@R"])
+    two = imread(tmp_path / "results.png").shape
+    assert two[0] == one[0] and two[1] == 2 * one[1]
+    with pytest.raises(SystemExit):
+        make_table.main([str(tmp_path), "--plot-metrics", "nope"])
