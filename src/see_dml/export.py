@@ -166,11 +166,15 @@ def save_embeddings(path: str | Path, embeddings: np.ndarray, labels: np.ndarray
 
 
 # -- the model as a deployable graph --------------------------------------------------------
-def config_hash(config: Mapping[str, Any]) -> str:
+def config_hash(config: Mapping[str, Any] | DictConfig) -> str:
     """A short hash of a checkpoint's ``see_dml_config``: which model made an embedding.
 
     Index and ONNX sidecars store it; two checkpoints of one run (another epoch) share it.
+    ``config``: the stored dict, or the DictConfig :func:`~see_dml.evaluate.
+    load_module_from_checkpoint` made of it (same hash).
     """
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -255,7 +259,6 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
         build_eval_datamodule,
         check_ckpt_path,
         load_module_from_checkpoint,
-        read_checkpoint,
         resolve_dataset_config,
     )
 
@@ -278,7 +281,7 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output) if cfg.get("output") else ckpt_file.with_suffix(".onnx")
     export_onnx(module, out, (prep["channels"], *prep["input_size"]), opset=int(cfg.opset))
     sidecar = {"format": "onnx", "ckpt_path": str(ckpt_file.resolve()),
-               "config_hash": config_hash(read_checkpoint(ckpt_file)["see_dml_config"]),
+               "config_hash": config_hash(ckpt_cfg),
                "embed_dim": int(ckpt_cfg.model.embed_dim), "opset": int(cfg.opset),
                "inputs": {"images": ["batch", prep["channels"], *prep["input_size"]]},
                "outputs": {"embeddings": ["batch", int(ckpt_cfg.model.embed_dim)]},

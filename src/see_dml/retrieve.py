@@ -13,6 +13,10 @@ by its neighbours, with green / red borders for the same / another class and gre
 label is unknown. Nothing is excluded: a query that is also in the gallery finds itself
 first, with a score of 1. The last line printed names the output directory
 (``${paths.output_dir}/retrieve/runs/<time>_<id>``).
+
+``index.path=gallery.faiss`` searches a gallery saved by ``python -m see_dml.index build``
+instead of embedding ``gallery=`` (which is then ignored): only the queries are embedded.
+An index built by another model (config hash) or embedding size is refused, naming both.
 """
 
 from __future__ import annotations
@@ -190,8 +194,9 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     warn_ignored_keys(cfg, "retrieve")
     ckpt_path = None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path
     check_ckpt_path(ckpt_path)
+    index_path = OmegaConf.select(cfg, "index.path")
     files = {}
-    for key in ("query", "gallery"):
+    for key in ("query",) if index_path else ("query", "gallery"):
         if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
             raise ConfigError(f"{key} is required: an image file or folder, or a split name "
                               f"({', '.join(SPLIT_NAMES)})")
@@ -200,29 +205,41 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
     check_knn_backend(cfg)
-    from see_dml.export import embed_split, resolve_device
+    from see_dml.index import IndexedGallery, load_index
+
+    saved = load_index(index_path) if index_path else None  # a bad index fails before torch
+    from see_dml.export import config_hash, embed_split, resolve_device
     from see_dml.metrics import knn_search
+    from see_dml.metrics.knn import l2_normalised
     from see_dml.plots import retrieval_grid
 
     device = resolve_device(cfg.get("device", "auto"))
     module, ckpt_cfg = load_module_from_checkpoint(ckpt_path, device)
+    if saved is not None:
+        saved.check_model(config_hash(ckpt_cfg), int(ckpt_cfg.model.embed_dim), ckpt_path)
     run_cfg = ckpt_cfg.copy()
     with open_dict(run_cfg):
         run_cfg.dataset = resolve_dataset_config(cfg, ckpt_cfg)
     state: dict[str, Any] = {"module": module, "run_cfg": run_cfg}
     query = image_set(cfg.query, "query", cfg, state, files["query"])
-    gallery = image_set(cfg.gallery, "gallery", cfg, state, files["gallery"])
+    gallery: ImageSet | IndexedGallery = (
+        IndexedGallery(saved, lambda: _datamodule(state, cfg).source.splits()) if saved
+        else image_set(cfg.gallery, "gallery", cfg, state, files["gallery"]))
     batch_size = _datamodule(state, cfg).eval_batch_size
 
+    sets = [("query", query)] if saved else [("query", query), ("gallery", gallery)]
     embedded = [embed_split(module, s.dataset, batch_size, device, progress=cfg.progress,
                             desc=f"embedding {name}")[0]
-                for name, s in (("query", query), ("gallery", gallery))]
+                for name, s in sets]
     k_used = min(k, len(gallery.ids))
     if k_used < k:
         log.warning("k=%d but the gallery holds %d images: showing %d", k, k_used, k_used)
-    # Searched where the model ran: knn_backend=auto picks the torch search on a GPU.
-    scores, indices = knn_search(embedded[0], embedded[1], k_used, exclude_self=False,
-                                 backend=cfg.get("knn_backend", "auto"))
+    if saved is not None:
+        scores, indices = saved.search(l2_normalised(embedded[0]), k_used)
+    else:
+        # Searched where the model ran: knn_backend=auto picks the torch search on a GPU.
+        scores, indices = knn_search(embedded[0], embedded[1], k_used, exclude_self=False,
+                                     backend=cfg.get("knn_backend", "auto"))
 
     results = []
     for qi in range(len(query.ids)):
@@ -261,11 +278,12 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="retrieve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from see_dml._noise import quiet_third_party
+    from see_dml.index import IndexFileError
 
     quiet_third_party()
     try:
         retrieve_images(cfg)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, IndexFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
