@@ -3,8 +3,8 @@
 ``python -m see_dml.export ckpt_path=... format=onnx`` writes the checkpoint's backbone,
 head and L2 normalisation as one ONNX graph (input ``images`` ``(B, C, H, W)``, output
 ``embeddings`` ``(B, d)`` unit rows, ``B`` dynamic) and a JSON sidecar with what the graph
-expects (:func:`eval_preprocessing`) and which model it is (:func:`config_hash`); with
-onnxruntime installed it checks the graph against PyTorch before it returns.
+expects (:func:`eval_preprocessing`) and which model it is (:func:`config_hash`); unless
+``check=false`` it runs the graph with onnxruntime and compares it with PyTorch.
 
 ``python -m see_dml.evaluate`` and ``python -m see_dml.retrieve`` embed with
 :func:`embed_split` (eval mode, ``torch.no_grad``, dataset order); training embeds in the
