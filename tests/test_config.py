@@ -25,3 +25,51 @@ def test_ddp_strategy_follows_the_model(overrides, strategy):
 def test_ddp_strategy_rejects_an_unknown_base():
     with pytest.raises(ValueError, match="ddp_spawn"):
         ddp_strategy(0, False, "fsdp")
+
+
+def _options(group: str) -> list[str]:
+    from see_dml.config import CONFIG_DIR
+
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+#: group -> the composed nodes that each of its options must build from a ``_target_``
+COMPONENT_NODES = {
+    "model": ["model.backbone", "model.head"],
+    "loss": ["loss", "loss.loss"],
+    "dataset": ["dataset"],
+    "optimizer": ["optimizer"],
+    "scheduler": ["scheduler"],
+    "trainer": ["trainer"],
+}
+
+
+@pytest.mark.parametrize(("group", "option"), [
+    (group, option) for group in COMPONENT_NODES for option in _options(group)])
+def test_every_component_is_built_from_its_target(group, option):
+    """Adding a component is a YAML file: every option of every component group composes to
+    nodes that name the class they build."""
+    from hydra.utils import get_class, get_method
+    from omegaconf import OmegaConf
+
+    cfg = compose_config([f"{group}={option}"])
+    for node in COMPONENT_NODES[group]:
+        target = OmegaConf.select(cfg, f"{node}._target_")
+        assert target, f"{group}={option}: {node} has no _target_"
+        try:
+            get_class(target)
+        except ValueError:
+            get_method(target)  # a factory function is fine too
+
+
+@pytest.mark.parametrize("option", _options("synthesis"))
+def test_every_synthesiser_option_selects_a_target(option):
+    from hydra.utils import get_class
+
+    from see_dml.callbacks.synthesis import SynthesisCallback, synthesis_node
+
+    node = synthesis_node(compose_config([f"synthesis={option}"]))
+    if option == "none":
+        assert node is None
+    else:
+        assert issubclass(get_class(node._target_), SynthesisCallback)
