@@ -131,7 +131,8 @@ def _householder_columns(cols: torch.Tensor) -> torch.Tensor:
     """``Q`` of a batched Householder QR with ``diag(R) > 0`` (LAPACK; the fastest on CPU)."""
     q, r = torch.linalg.qr(cols)
     # QR is unique only up to column signs; a positive diag(R) makes it the Gram–Schmidt Q.
-    return q * torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0)[:, None, :]
+    # In place: every (K, d, n) temporary is a fresh allocation, page faults included.
+    return q.mul_(torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0)[:, None, :])
 
 
 def _cholesky_qr2_columns(cols: torch.Tensor) -> torch.Tensor:
@@ -180,7 +181,7 @@ def _latitude_frames(
     s = (z * w).sum(dim=1)
     # Columns [r, g_2..g_n] projected onto null(w), then orthonormalised in order.
     cols = torch.cat([(z - s[:, None] * w)[:, :, None], noise[:, :, 1:]], dim=2)
-    cols = cols - w[:, :, None] * (w[:, None, :] @ cols)
+    cols -= w[:, :, None] * (w[:, None, :] @ cols)
     radial = cols[:, :, 0]
     rho = radial.norm(dim=1)
     spare = noise[:, :, 0] - w * (w * noise[:, :, 0]).sum(dim=1, keepdim=True)
@@ -255,8 +256,10 @@ def spherical_expansion(
     points = torch.addcmul(axial, rho[:, None, None], directions).reshape(k * n_points, d)
     if mode == "random":  # the authors' points are off the sphere; losses normalise them
         return points.to(out_dtype), syn_labels
-    # Absorb float32 rounding so downstream cosine losses see exactly unit rows.
-    return F.normalize(points, dim=1).to(out_dtype), syn_labels
+    # Absorb float32 rounding so downstream cosine losses see exactly unit rows (F.normalize,
+    # in place).
+    points /= points.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return points.to(out_dtype), syn_labels
 
 
 def random_expansion(
