@@ -16,7 +16,11 @@ from hydra.core.global_hydra import GlobalHydra
 from see_dml.config import CONFIG_DIR, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
-EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+#: every experiment, paper/ included; recipe/ holds the parts experiments are built from
+EXPERIMENTS = sorted(
+    p.relative_to(CONFIG_DIR / "experiment").with_suffix("").as_posix()
+    for p in (CONFIG_DIR / "experiment").rglob("*.yaml")
+    if p.relative_to(CONFIG_DIR / "experiment").parts[0] != "recipe")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
