@@ -2,7 +2,7 @@
 difference of each synthesiser to the plain loss, seed by seed, with a 95% interval.
 
     python experiments/make_table.py outputs/synthesis_compare/multiruns/<dir> [more dirs]
-        [--baseline none]
+        [--baseline none] [--published experiments/published.yaml | none]
 
 Every run directory below the given folders (a ``metrics.json`` beside a ``config.yaml``)
 is one row of data. Runs are pooled only when their whole resolved config is the same
@@ -15,7 +15,11 @@ named columns, an ``other`` column says what else tells them apart.
 synthesiser) with the same config apart from the synthesiser (``see.*``, ``synthesis.*``);
 for each seed that both ran, the difference of the metric; then the mean difference and
 its 95% Student-t interval over those seeds. An interval that contains 0 does not tell an
-effect from none. Writes ``results.md``, ``results.csv`` and ``results.png`` into the first
+effect from none. ``R@1 paper``: the authors' published Recall@1 for the row's setting
+(``--published``, default ``experiments/published.yaml``: dataset, backbone, embedding size,
+loss and synthesis must match; a published row of another backbone that the file names as the
+closest is shown with that backbone in brackets), and ``ΔR@1 paper``, our mean minus it; the
+sources follow the table. Writes ``results.md``, ``results.csv`` and ``results.png`` into the first
 folder and prints the Markdown table.
 """
 
@@ -37,6 +41,10 @@ METRICS = [("test/recall@1", "R@1"), ("test/map@r", "MAP@R"), ("test/r_precision
            ("test_final/recall@1", "R@1 final"), ("test_final/map@r", "MAP@R final")]
 #: metrics whose paired difference to the baseline is reported
 DELTAS = [("test/map@r", "ΔMAP@R"), ("test/recall@1", "ΔR@1")]
+#: the published R@1 (a string: the number, and another backbone's name when it stands in) and
+#: our mean R@1 minus it, inserted after our R@1
+PUBLISHED = ("R@1 paper", "ΔR@1 paper")
+PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
 KEY_NAMES = ("dataset", "backbone", "dim", "loss", "synthesis", "epochs")
 PATH_KEYS = ("paths", "ckpt_path", "resume")
 SYNTHESIS_KEYS = ("see", "synthesis")
@@ -176,9 +184,59 @@ def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none"
     return rows
 
 
+def load_published(path: Path) -> dict[str, Any]:
+    """``experiments/published.yaml``: ``{"sources": {name: {...}}, "results": [entry]}``."""
+    published = yaml.safe_load(path.read_text())
+    for entry in published["results"]:
+        if entry["source"] not in published["sources"]:
+            raise SystemExit(f"{path}: source '{entry['source']}' is not under sources:")
+    return published
+
+
+def _published_entry(row: dict[str, Any], published: dict[str, Any]
+                     ) -> tuple[dict[str, Any], bool] | None:
+    """The published entry for a row's setting and whether it is that very setting; else one
+    that names the setting in ``closest_for``; else ``None``."""
+    def same(entry: dict[str, Any], exact: bool) -> bool:
+        settings = [entry] if exact else entry.get("closest_for", [])
+        return (row["dataset"] in entry["recall@1"] and entry["loss"] == row["loss"]
+                and entry["synthesis"] == row["synthesis"]
+                and any(s["backbone"] == row["backbone"] and str(s["dim"]) == row["dim"]
+                        for s in settings))
+    for exact in (True, False):
+        for entry in published["results"]:
+            if same(entry, exact):
+                return entry, exact
+    return None
+
+
+def add_published(rows: list[dict[str, Any]], published: dict[str, Any]) -> list[str]:
+    """Fill the ``PUBLISHED`` columns of each row; returns the notes on the sources used."""
+    used: dict[str, None] = {}
+    for row in rows:
+        row[PUBLISHED[0]] = row[PUBLISHED[1]] = None
+        match = _published_entry(row, published)
+        if match is None:
+            continue
+        entry, exact = match
+        value = entry["recall@1"][row["dataset"]]
+        row[PUBLISHED[0]] = f"{value:.1f}" + ("" if exact else f" ({entry['backbone']})")
+        row[PUBLISHED[1]] = row["R@1"][0] - value
+        used[entry["source"]] = None
+    notes = []
+    for name in used:
+        source = published["sources"][name]
+        where = f"DOI {source['doi']}" if "doi" in source else source.get("url", "")
+        notes.append(f"R@1 paper: {source['cite']}, {where} ({source['protocol']}; ours: "
+                     "the checkpoint selected on validation classes).")
+    return notes
+
+
 def _format(value: Any) -> str:
     if value is None:
         return "–"
+    if isinstance(value, float):
+        return f"{value:+.2f}"
     if isinstance(value, tuple) and len(value) == 2:
         return f"{value[0]:.2f} ± {value[1]:.2f}"
     if isinstance(value, tuple):  # (mean, low, high, pairs)
@@ -194,6 +252,9 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
     if any(row["other"] for row in rows):
         cols.append("other")
     cols += ["seeds", *(name for _, name in METRICS)]
+    if any(row.get(PUBLISHED[0]) is not None for row in rows):
+        at = cols.index("R@1") + 1
+        cols[at:at] = PUBLISHED
     if any(row[name] is not None for row in rows for _, name in DELTAS):
         cols += [name for _, name in DELTAS]
     return cols
@@ -212,7 +273,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     deltas = [name for _, name in DELTAS]
     header = [*KEY_NAMES, "other", "seeds",
               *(f"{n} {s}" for n in names for s in ("mean", "std")),
-              *(f"{n} {s}" for n in deltas for s in ("mean", "low95", "high95", "pairs"))]
+              *(f"{n} {s}" for n in deltas for s in ("mean", "low95", "high95", "pairs")),
+              *PUBLISHED]
     lines = [",".join(header)]
     for row in rows:
         vals = [str(row[k]) for k in KEY_NAMES] + [json.dumps(row["other"]), str(row["seeds"])]
@@ -220,6 +282,9 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
         for n in deltas:
             vals += ([f"{v:.4f}" for v in row[n][:3]] + [str(row[n][3])] if row[n]
                      else ["", "", "", ""])
+        paper, difference = (row.get(n) for n in PUBLISHED)
+        vals += [json.dumps(paper) if paper else "",
+                 f"{difference:.4f}" if difference is not None else ""]
         lines.append(",".join(vals))
     return "\n".join(lines)
 
@@ -273,6 +338,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--plot-metrics", nargs="+", default=["MAP@R"],
                         choices=[name for _, name in METRICS],
                         help="metrics plotted against embedding size, one panel each")
+    parser.add_argument("--published", default=str(PUBLISHED_FILE),
+                        help="YAML of published R@1 shown beside ours ('none': no column)")
     args = parser.parse_args(argv)
     for folder in args.folders:
         if not folder.is_dir():
@@ -280,8 +347,10 @@ def main(argv: list[str] | None = None) -> str:
     rows = table_rows(collect(args.folders), args.baseline)
     if not rows:
         parser.error(f"no finished runs (metrics.json + config.yaml) under {args.folders}")
+    notes = ([] if args.published == "none"
+             else add_published(rows, load_published(Path(args.published))))
     out = args.folders[0]
-    markdown = to_markdown(rows)
+    markdown = "\n\n".join([to_markdown(rows), *notes])
     (out / "results.md").write_text(markdown + "\n")
     (out / "results.csv").write_text(to_csv(rows) + "\n")
     plot(rows, out / "results.png", tuple(args.plot_metrics))
