@@ -4,10 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-slow test-all lint format clean help
+.PHONY: install train paper test test-slow test-all lint format clean help
 
 help:
 	@echo "make train     train on the embedded Double-MNIST (CPU, a few minutes); ARGS='k=v ...'"
+	@echo "make paper TABLE=vit128  one paper table on SLURM (resnet50 | vit128 | vit384; experiments/README.md)"
 	@echo "make test      the test suite (fast tests, a few minutes)"
 	@echo "make test-slow the slow end-to-end tests alone (CI runs both); make test-all: both"
 	@echo "make lint      ruff"
@@ -24,6 +25,12 @@ install: $(STAMP)
 
 train: $(STAMP)
 	$(PY) -m see_dml.train loss=proxy_anchor see.enabled=true $(ARGS)
+
+# one table of the paper: every setting x SEE off/on x 3 seeds, as SLURM jobs; ARGS adds
+# overrides (e.g. paths.data_dir=...)
+paper: $(STAMP)
+	@test -n "$(TABLE)" || { echo "make paper TABLE=<name>: one of $$(ls conf/experiment/paper | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
+	$(PY) -m see_dml.train -m experiment=paper/$(TABLE) hydra/launcher=slurm $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)

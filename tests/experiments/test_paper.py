@@ -93,7 +93,8 @@ TINY = {"resnet50": ["model.backbone.name=resnet18", "data.transforms.image_size
                    "data.transforms.resize=160"]}
 
 
-@pytest.mark.slow  # a timm ResNet-18 and a tiny ViT, one batch each: ~25 s on 2 cores
+# a timm ResNet-18 at 32 px and timm's test_vit at 160 px, one batch each: 8-13 s a case on
+# 2 busy cores
 @pytest.mark.parametrize("table", sorted(TINY))
 def test_each_backbone_family_trains_one_batch_on_a_fixture(make_cfg, tmp_path, table):
     data_dir = tmp_path / "data"
