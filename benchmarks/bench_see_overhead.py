@@ -1,6 +1,7 @@
 """Training-step time with SEE on versus off: same model, same batch, one run.
 
     python benchmarks/bench_see_overhead.py [--backbones small_cnn resnet18] [--repeats 15]
+        [--threads 1]
     python benchmarks/bench_see_overhead.py --device cuda --precision bf16 --backbones resnet50
 
 A step is forward + loss (+ SEE's synthetic term) + backward + optimiser step, global batch
@@ -39,18 +40,34 @@ def make_module(backbone: str, dim: int, classes: int) -> DMLModule:
     return DMLModule(body, head, loss, optimizer=lambda params: torch.optim.AdamW(params))
 
 
+def deciles(values: list[float]) -> list[float]:
+    """The 10th..90th percentiles (within the data's range; one value: itself)."""
+    if len(values) < 2:
+        return values * 9
+    return statistics.quantiles(values, n=10, method="inclusive")
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def step(module: DMLModule, opt: torch.optim.Optimizer, images: torch.Tensor,
-         labels: torch.Tensor, see: SEECallback | None, precision: str = "fp32") -> float:
+         labels: torch.Tensor, see: SEECallback | None, precision: str = "fp32"
+         ) -> tuple[float, float]:
     """One optimiser step; under autocast for bf16/fp16 (the loss terms run in float32,
     as Lightning's mixed precision runs them). fp16 would also need a GradScaler, whose
-    cost is the same with SEE on or off, so it is left out of the comparison."""
+    cost is the same with SEE on or off, so it is left out of the comparison.
+
+    Returns ``(wall seconds, CPU seconds of this process)``: on a shared machine the CPU
+    time leaves out the time the process waited for a core."""
     _sync(images.device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     dtype = AUTOCAST[precision]
     with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
         emb = module(images)
@@ -62,27 +79,36 @@ def step(module: DMLModule, opt: torch.optim.Optimizer, images: torch.Tensor,
     loss.backward()
     opt.step()
     _sync(images.device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def bench(backbone: str, dim: int, repeats: int, batch: int = 180, classes: int = 100,
-          device: str = "cpu", precision: str = "fp32") -> dict[str, float]:
+          device: str = "cpu", precision: str = "fp32", image_size: int | None = None
+          ) -> dict[str, float]:
     torch.manual_seed(0)
     dev = torch.device(device)
     module = make_module(backbone, dim, classes).to(dev)
     module.train()
     opt = module.configure_optimizers()
-    images = torch.randn(batch, *INPUTS[backbone], device=dev)
+    shape = INPUTS[backbone] if image_size is None else (
+        INPUTS[backbone][0], image_size, image_size)
+    images = torch.randn(batch, *shape, device=dev)
     labels = (torch.arange(batch // 2).repeat_interleave(2) % classes).to(dev)
     see = SEECallback(n_points=8, p_min=0.4, p_max=0.4, scheduled=False, weight=0.2)
     for _ in range(3):  # warm-up (cuDNN autotuning, allocator)
         step(module, opt, images, labels, None, precision)
         step(module, opt, images, labels, see, precision)
-    off, on = [], []
+    off, on, cpu_off, cpu_on = [], [], [], []
     for _ in range(repeats):
-        off.append(step(module, opt, images, labels, None, precision))
-        on.append(step(module, opt, images, labels, see, precision))
+        for times, cpu, hook in ((off, cpu_off, None), (on, cpu_on, see)):
+            wall, cpu_s = step(module, opt, images, labels, hook, precision)
+            times.append(wall)
+            cpu.append(cpu_s)
     t_off, t_on = statistics.median(off), statistics.median(on)
+    ratios = sorted(b / a for a, b in zip(off, on))  # each SEE-on step over the step before
+    spread = deciles(ratios)
+    cpu_ratios = sorted(b / a for a, b in zip(cpu_off, cpu_on))
+    cpu_deciles = deciles(cpu_ratios)
     # the synthesis call alone, for the record
     emb = module(images).detach()
     syn_times = []
@@ -92,12 +118,19 @@ def bench(backbone: str, dim: int, repeats: int, batch: int = 180, classes: int 
         see(module, emb, labels)
         _sync(dev)
         syn_times.append(time.perf_counter() - start)
-    return {"backbone": backbone, "dim": dim, "batch": batch, "n_points": 8,
+    return {"backbone": backbone, "dim": dim, "batch": batch, "input": list(shape),
+            "n_points": 8,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "precision": precision,
             "fraction": 0.4, "step_off_ms": t_off * 1e3, "step_on_ms": t_on * 1e3,
-            "ratio_on_off": t_on / t_off, "see_term_ms": statistics.median(syn_times) * 1e3,
-            "threads": torch.get_num_threads()}
+            "ratio_on_off": t_on / t_off, "ratio_median_of_pairs": statistics.median(ratios),
+            "ratio_p10": spread[0], "ratio_p90": spread[-1], "repeats": repeats,
+            "cpu_step_off_ms": statistics.median(cpu_off) * 1e3,
+            "cpu_step_on_ms": statistics.median(cpu_on) * 1e3,
+            "cpu_ratio_median_of_pairs": statistics.median(cpu_ratios),
+            "cpu_ratio_p10": cpu_deciles[0], "cpu_ratio_p90": cpu_deciles[-1],
+            "see_term_ms": statistics.median(syn_times) * 1e3,
+            "threads": torch.get_num_threads(), "loadavg_end": loadavg()}
 
 
 def main() -> None:
@@ -110,16 +143,29 @@ def main() -> None:
                         help="autocast dtype of the backbone forward")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "see_overhead.json")
+    parser.add_argument("--batch", type=int, default=180)
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="square input side instead of the backbone's default")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: all)")
     args = parser.parse_args()
-    results = [bench(b, d, args.repeats, device=args.device, precision=args.precision)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_start = loadavg()
+    results = [bench(b, d, args.repeats, args.batch, device=args.device,
+                     precision=args.precision, image_size=args.image_size)
                for b in args.backbones for d in args.dims]
     print("| device | precision | backbone | d | step off (ms) | step on (ms) | on / off "
-          "| SEE term (ms) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| pairs: median [10th, 90th pct] | CPU time on / off, pairs: median [10th, 90th] "
+          "| SEE term (ms) | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        r["loadavg_start"] = load_start
         print(f"| {r['device']} | {r['precision']} | {r['backbone']} | {r['dim']} "
-              f"| {r['step_off_ms']:.1f} | {r['step_on_ms']:.1f}"
-              f" | {r['ratio_on_off']:.3f} | {r['see_term_ms']:.2f} |")
+              f"| {r['step_off_ms']:.1f} | {r['step_on_ms']:.1f} | {r['ratio_on_off']:.3f}"
+              f" | {r['ratio_median_of_pairs']:.3f} [{r['ratio_p10']:.3f}, {r['ratio_p90']:.3f}]"
+              f" | {r['cpu_ratio_median_of_pairs']:.3f} [{r['cpu_ratio_p10']:.3f}, "
+              f"{r['cpu_ratio_p90']:.3f}]"
+              f" | {r['see_term_ms']:.2f} | {load_start} -> {r['loadavg_end']} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 
