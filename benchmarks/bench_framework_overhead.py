@@ -185,6 +185,8 @@ def lightning_vs_bare(cfg: DictConfig, module: Any, loader: Any, steps: int, war
                 light.append((wall - self.prev[0], cpu - self.prev[1]))
             if batch_idx >= warmup:
                 bare.append(timed(bare_step, device))
+            else:  # the bare side warms up too (its optimiser's state, kernels, allocator)
+                bare_step()
             sync(device)
             self.prev = now()
 

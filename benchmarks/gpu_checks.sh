@@ -1,30 +1,41 @@
 #!/usr/bin/env bash
-# The CUDA paths, checked in one go on a single-GPU machine (the CPU test suite cannot):
-#   - `python -m see_dml.train` on the GPU with AMP: bf16-mixed (SEE on and off) and
-#     16-mixed (GradScaler) with SEE on and Multi-Similarity;
-#   - SEE's training-step overhead on the GPU (ResNet-50 at 224 px under bf16 autocast, and
-#     the small CNN in fp32), global batch 180, n = 8, fraction 0.4;
-#   - the DDP strategy over NCCL (one rank per GPU; on a one-GPU machine, world size 1);
-#   - the batched SEE synthesiser vs the per-sample loop, on the GPU;
-#   - a timm backbone (ResNet-50, random init) trained through the real config on the GPU.
-# Most important first: past DEADLINE seconds the remaining steps are skipped.
+# Every GPU row of the speed issue, in one call on a single-GPU machine (< 8 min on an H100):
+#   1. Lightning DMLModule vs a bare PyTorch loop: ResNet-50 bf16 at batch 180 (224 px), and
+#      the embedded small CNN (fp32, batch 64);
+#   2. SEE on / off: ResNet-50 bf16, d = 128 and 512, n = 8, fraction 0.4, batch 180;
+#   3. SEE on / off: the embedded small CNN (fp32), d = 128 and 512;
+#   4. model.compile=true vs eager (bare loop): ResNet-50 bf16 and the small CNN.
+# Each writes benchmarks/results/gpu/<measure>_<card>.json (<card>: the GPU's name, e.g.
+# nvidia_h100_80gb_hbm3), copied to $OUT too (the device tool brings back only $OUT).
 #
-#   OUT=/tmp/gpu_out bash benchmarks/gpu_checks.sh
+#   OUT=/tmp/gpu_out bash benchmarks/gpu_checks.sh             # on the GPU machine
+#   CHECKS=all OUT=/tmp/gpu_out bash benchmarks/gpu_checks.sh  # + the training checks below
+#   DEVICE=cpu OUT=/tmp/gpu_dry bash benchmarks/gpu_checks.sh  # dry run: same commands, tiny
+#                                                              # sizes, on the CPU
 #
+# CHECKS=all adds the earlier functional checks (results/gpu/gpu_checks_h100_*): see_dml.train
+# with bf16-mixed (SEE on and off) and 16-mixed (GradScaler, Multi-Similarity), trainer=ddp
+# over NCCL, the batched SEE synthesiser vs the loop, a timm ResNet-50 through the real
+# config. Most important first: past DEADLINE seconds the remaining steps are skipped.
 # Needs the package importable (PYTHONPATH=src or an install). Each step has its own time
 # limit so one hang does not eat the others; the summary at the end lists every step's status.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_SILENT=true
 export SEE_DML_OUTPUT_DIR=${SEE_DML_OUTPUT_DIR:-/tmp/see_dml_runs}
 PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+CHECKS=${CHECKS:-speed}
+RESULTS=${RESULTS:-benchmarks/results/gpu}
+mkdir -p "$RESULTS"
 declare -a SUMMARY=()
 
-DEADLINE=${DEADLINE:-480}  # seconds: steps that would start later are skipped, and said so
+DEADLINE=${DEADLINE:-450}  # seconds: steps that would start later are skipped, and said so
 
 step() {  # step NAME LIMIT_S CMD...
     local name=$1 limit=$2; shift 2
+    limit=$((limit * SCALE))
     if (( SECONDS + 20 > DEADLINE )); then SUMMARY+=("$name: skipped (deadline)"); return; fi
     (( SECONDS + limit > DEADLINE )) && limit=$((DEADLINE - SECONDS))
     echo; echo "=== $name"; local t0=$SECONDS
@@ -32,43 +43,80 @@ step() {  # step NAME LIMIT_S CMD...
     SUMMARY+=("$name: rc=$rc ($((SECONDS - t0)) s)")
 }
 
-LOGS=${LOGS:-/tmp/see_dml_gpu_logs}
-mkdir -p "$LOGS"
-train() {  # train NAME LIMIT_S OVERRIDES...: the run's log goes to $LOGS/NAME.log
-    local name=$1 limit=$2; shift 2
-    step "$name" "$limit" "$PY" -m see_dml.train trainer.enable_progress_bar=false \
-        data.num_workers=4 "$@" >"$LOGS/$name.log" 2>&1
-    grep -v "^\s*$" "$LOGS/$name.log" | tail -12
-    local run_dir; run_dir=$(sed -n 's/^Run directory: //p' "$LOGS/$name.log" | tail -1)
-    [[ -f "$run_dir/metrics.json" ]] && "$PY" -c "import json, sys
-d = json.load(open(sys.argv[1] + '/metrics.json'))
-print(json.dumps({'run': sys.argv[2], **{k: v for k, v in d.items()
-                  if k.startswith(('test/', 'epochs'))}}))" "$run_dir" "$name" >>"$OUT/metrics.jsonl"
-}
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+if [[ $DEVICE == cuda ]]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z ' 'a-z_' \
+           | tr -cd 'a-z0-9_')
+    # the rows as the issue states them
+    R50=(--image-size 224 --batch 180); CNN=(--batch 64); REP=20; FITS=2; STEPS=30
+    SEE_R50=(--batch 180); BF16=(--precision bf16); SCALE=${SCALE:-1}; BIG=resnet50
+else  # dry run: every command and its JSON, at sizes a CPU finishes in seconds
+    # bf16 autocast on a CPU is slow and inductor compiles a ResNet-50 for minutes there:
+    # the limits are scaled, and the compile row takes a ResNet-18
+    CARD=cpu_dry_run
+    R50=(--image-size 32 --batch 16); CNN=(--batch 16); REP=1; FITS=1; STEPS=6
+    SEE_R50=(--batch 40 --image-size 32); BF16=(--precision bf16); SCALE=${SCALE:-4}
+    BIG=resnet18
+fi
+echo "card: $CARD"
 "$PY" -c "import torch, lightning, timm; print('torch', torch.__version__, 'cuda',
 torch.version.cuda, torch.cuda.is_available(), '| lightning', lightning.__version__,
 '| timm', timm.__version__)"
 
-train bf16_see_on 100 trainer=gpu trainer.precision=bf16-mixed loss=proxy_anchor see.enabled=true
-step overhead_resnet50_bf16 120 "$PY" benchmarks/bench_see_overhead.py --device cuda \
-    --precision bf16 --backbones resnet50 --dims 128 512 --repeats 20 \
-    --out "$OUT/see_overhead_gpu_resnet50.json"
-train ddp_nccl 80 trainer=ddp trainer.devices=1 trainer.precision=bf16-mixed \
-    loss=proxy_anchor see.enabled=true trainer.max_epochs=2
-train fp16_see_on_ms 80 trainer=gpu trainer.precision=16-mixed loss=multi_similarity \
-    see.enabled=true trainer.max_epochs=2
-step synthesis 45 "$PY" benchmarks/bench_synthesis.py --device cuda --repeats 50 \
-    --out "$OUT/synthesis_gpu.json"
-train timm_resnet50 100 trainer=gpu trainer.precision=bf16-mixed model=resnet50 \
-    model.backbone.pretrained=false model.embed_dim=128 data.transforms.image_size=64 \
-    see.enabled=true trainer.max_epochs=1
-train bf16_see_off 100 trainer=gpu trainer.precision=bf16-mixed loss=proxy_anchor see.enabled=false
-step overhead_small_cnn_fp32 45 "$PY" benchmarks/bench_see_overhead.py --device cuda \
-    --backbones small_cnn --dims 128 512 --repeats 20 \
-    --out "$OUT/see_overhead_gpu_small_cnn.json"
+# 1. Lightning vs bare (steps alternate one by one inside one fit; device synced per step)
+step lightning_vs_bare_resnet50_bf16 100 "$PY" benchmarks/bench_framework_overhead.py \
+    --device "$DEVICE" "${BF16[@]}" --models resnet50 "${R50[@]}" --rounds "$FITS" \
+    --steps "$STEPS" --threads 0 --out "$RESULTS/framework_overhead_resnet50_bf16_$CARD.json"
+step lightning_vs_bare_small_cnn 60 "$PY" benchmarks/bench_framework_overhead.py \
+    --device "$DEVICE" --models small_cnn "${CNN[@]}" --rounds "$FITS" --steps "$STEPS" \
+    --threads 0 --out "$RESULTS/framework_overhead_small_cnn_$CARD.json"
+# 2-3. SEE on / off
+step see_overhead_resnet50_bf16 60 "$PY" benchmarks/bench_see_overhead.py --device "$DEVICE" \
+    "${BF16[@]}" --backbones resnet50 --dims 128 512 "${SEE_R50[@]}" --repeats "$REP" \
+    --threads 0 --out "$RESULTS/see_overhead_resnet50_bf16_$CARD.json"
+step see_overhead_small_cnn 40 "$PY" benchmarks/bench_see_overhead.py --device "$DEVICE" \
+    --backbones small_cnn --dims 128 512 --repeats "$REP" --threads 0 \
+    --out "$RESULTS/see_overhead_small_cnn_$CARD.json"
+# 4. torch.compile vs eager (the first steps compile: minutes on a cold cache)
+step compile_small_cnn 90 "$PY" benchmarks/bench_framework_overhead.py --device "$DEVICE" \
+    --models small_cnn "${CNN[@]}" --rounds "$FITS" --steps "$STEPS" --threads 0 \
+    --compile --skip-lightning --out "$RESULTS/compile_small_cnn_$CARD.json"
+step compile_resnet50_bf16 150 "$PY" benchmarks/bench_framework_overhead.py \
+    --device "$DEVICE" "${BF16[@]}" --models "$BIG" "${R50[@]}" --rounds "$FITS" \
+    --steps "$STEPS" --threads 0 --compile --skip-lightning \
+    --out "$RESULTS/compile_resnet50_bf16_$CARD.json"
 
-for f in "$LOGS"/*.log; do echo "##### $f"; cat "$f"; done >"$OUT/train_logs.txt"
-echo; echo "=== summary"; printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
-cat "$OUT/metrics.jsonl" 2>/dev/null
+if [[ $CHECKS == all ]]; then
+    LOGS=${LOGS:-/tmp/see_dml_gpu_logs}
+    mkdir -p "$LOGS"
+    train() {  # train NAME LIMIT_S OVERRIDES...: the run's log goes to $LOGS/NAME.log
+        local name=$1 limit=$2; shift 2
+        step "$name" "$limit" "$PY" -m see_dml.train trainer.enable_progress_bar=false \
+            data.num_workers=4 "$@" >"$LOGS/$name.log" 2>&1
+        grep -v "^\s*$" "$LOGS/$name.log" | tail -12
+        local run_dir; run_dir=$(sed -n 's/^Run directory: //p' "$LOGS/$name.log" | tail -1)
+        [[ -f "$run_dir/metrics.json" ]] && "$PY" -c "import json, sys
+d = json.load(open(sys.argv[1] + '/metrics.json'))
+print(json.dumps({'run': sys.argv[2], **{k: v for k, v in d.items()
+                  if k.startswith(('test/', 'epochs'))}}))" "$run_dir" "$name" >>"$OUT/metrics.jsonl"
+    }
+    DEADLINE=$((DEADLINE + 500))
+    train bf16_see_on 100 trainer=gpu trainer.precision=bf16-mixed loss=proxy_anchor \
+        see.enabled=true
+    train ddp_nccl 80 trainer=ddp trainer.devices=1 trainer.precision=bf16-mixed \
+        loss=proxy_anchor see.enabled=true trainer.max_epochs=2
+    train fp16_see_on_ms 80 trainer=gpu trainer.precision=16-mixed loss=multi_similarity \
+        see.enabled=true trainer.max_epochs=2
+    step synthesis 45 "$PY" benchmarks/bench_synthesis.py --device cuda --repeats 50 \
+        --out "$RESULTS/synthesis_$CARD.json"
+    train timm_resnet50 100 trainer=gpu trainer.precision=bf16-mixed model=resnet50 \
+        model.backbone.pretrained=false model.embed_dim=128 data.transforms.image_size=64 \
+        see.enabled=true trainer.max_epochs=1
+    train bf16_see_off 100 trainer=gpu trainer.precision=bf16-mixed loss=proxy_anchor \
+        see.enabled=false
+    for f in "$LOGS"/*.log; do echo "##### $f"; cat "$f"; done >"$OUT/train_logs.txt"
+    cat "$OUT/metrics.jsonl" 2>/dev/null
+fi
+
+cp "$RESULTS"/*_"$CARD".json "$OUT"/ 2>/dev/null
+echo; echo "=== summary ($CARD)"; printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary_$CARD.txt"
