@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
+from timing import deciles, loadavg, sync
 
 #: overrides of conf/train.yaml per model name (the brief's CPU rows and the GPU row)
 MODELS = {
@@ -69,23 +70,6 @@ def compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose("train", overrides=overrides)
-
-
-def deciles(values: list[float]) -> list[float]:
-    """The 10th..90th percentiles (within the data's range; one value: itself)."""
-    if len(values) < 2:
-        return values * 9
-    return statistics.quantiles(values, n=10, method="inclusive")
-
-
-def loadavg() -> str:
-    """The 1, 5 and 15 minute load averages (the machine is shared)."""
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_batches(cfg: DictConfig, name: str, steps: int, batch: int, image_size: int,

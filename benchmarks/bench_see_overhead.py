@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import deciles, loadavg, sync
 
 from see_dml.callbacks.synthesis import SEECallback
 from see_dml.losses import MetricLoss
@@ -40,23 +41,6 @@ def make_module(backbone: str, dim: int, classes: int) -> DMLModule:
     return DMLModule(body, head, loss, optimizer=lambda params: torch.optim.AdamW(params))
 
 
-def deciles(values: list[float]) -> list[float]:
-    """The 10th..90th percentiles (within the data's range; one value: itself)."""
-    if len(values) < 2:
-        return values * 9
-    return statistics.quantiles(values, n=10, method="inclusive")
-
-
-def loadavg() -> str:
-    """The 1, 5 and 15 minute load averages (the machine is shared)."""
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def step(module: DMLModule, opt: torch.optim.Optimizer, images: torch.Tensor,
          labels: torch.Tensor, see: SEECallback | None, precision: str = "fp32"
          ) -> tuple[float, float]:
@@ -66,7 +50,7 @@ def step(module: DMLModule, opt: torch.optim.Optimizer, images: torch.Tensor,
 
     Returns ``(wall seconds, CPU seconds of this process)``: on a shared machine the CPU
     time leaves out the time the process waited for a core."""
-    _sync(images.device)
+    sync(images.device)
     start, cpu_start = time.perf_counter(), time.process_time()
     dtype = AUTOCAST[precision]
     with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
@@ -78,7 +62,7 @@ def step(module: DMLModule, opt: torch.optim.Optimizer, images: torch.Tensor,
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    _sync(images.device)
+    sync(images.device)
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
@@ -113,10 +97,10 @@ def bench(backbone: str, dim: int, repeats: int, batch: int = 180, classes: int 
     emb = module(images).detach()
     syn_times = []
     for _ in range(repeats):
-        _sync(dev)
+        sync(dev)
         start = time.perf_counter()
         see(module, emb, labels)
-        _sync(dev)
+        sync(dev)
         syn_times.append(time.perf_counter() - start)
     return {"backbone": backbone, "dim": dim, "batch": batch, "input": list(shape),
             "n_points": 8,
