@@ -7,7 +7,10 @@ narrow (one message) and says why hiding it loses nothing.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 #: ``warnings`` messages (regular expressions matched at the start of the message).
 WARNINGS = (
@@ -24,6 +27,8 @@ LOG_LINES = {
     # "Tip: ... try installing litlogger", an advertisement printed by every Trainer.
     "lightning.pytorch.utilities.rank_zero": ("litlogger",),
 }
+
+T = TypeVar("T")
 
 
 class _DropLines(logging.Filter):
@@ -44,3 +49,17 @@ def quiet_third_party() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLines) for f in logger.filters):
             logger.addFilter(_DropLines(substrings))
+
+
+def run_cli(task: Callable[[Any], T], cfg: Any,
+            errors: tuple[type[BaseException], ...]) -> T:
+    """Run an entry point's ``task(cfg)`` as the tools (evaluate, retrieve, index, export) do:
+    third-party noise filtered, and an error of the user's making (``errors``: their
+    messages name the key or file) printed as one ``error:`` line with exit status 2 — a
+    traceback would only bury it."""
+    quiet_third_party()
+    try:
+        return task(cfg)
+    except errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -30,7 +30,6 @@ Options: ``split=test|val`` (val: the held-out training classes), ``export.enabl
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -248,16 +247,9 @@ USER_ERRORS = (CheckpointError, ConfigError, FileNotFoundError, FloatingPointErr
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from see_dml._noise import quiet_third_party
+    from see_dml._noise import run_cli
 
-    quiet_third_party()
-    try:
-        summary = evaluate(cfg)
-    except USER_ERRORS as err:
-        # A wrong path or key: the message says which; a traceback would only bury it.
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    return summary.get(f"{cfg.split}/map@r")
+    return run_cli(evaluate, cfg, USER_ERRORS).get(f"{cfg.split}/map@r")
 
 
 if __name__ == "__main__":

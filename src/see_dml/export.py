@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -301,15 +300,10 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from see_dml._noise import quiet_third_party
+    from see_dml._noise import run_cli
     from see_dml.evaluate import USER_ERRORS
 
-    quiet_third_party()
-    try:
-        export_model(cfg)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(export_model, cfg, USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -400,15 +400,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="index", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from see_dml._noise import quiet_third_party
+    from see_dml._noise import run_cli
     from see_dml.evaluate import USER_ERRORS
 
-    quiet_third_party()
-    try:
-        run(cfg)
-    except (*USER_ERRORS, IndexFileError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(run, cfg, (*USER_ERRORS, IndexFileError))
 
 
 def cli() -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -277,15 +276,10 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="retrieve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from see_dml._noise import quiet_third_party
+    from see_dml._noise import run_cli
     from see_dml.index import IndexFileError
 
-    quiet_third_party()
-    try:
-        retrieve_images(cfg)
-    except (*USER_ERRORS, IndexFileError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(retrieve_images, cfg, (*USER_ERRORS, IndexFileError))
 
 
 if __name__ == "__main__":
