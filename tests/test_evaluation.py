@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from embedding_fixtures import unit_clusters
 from see_dml.evaluation import (
     ReportOptions,
     evaluate_embeddings,
@@ -20,14 +21,6 @@ from see_dml.evaluation import (
 from see_dml.metrics import nmi_score, retrieval_metrics
 
 
-def _clusters(n_classes: int = 4, per_class: int = 6, dim: int = 8, seed: int = 0
-              ) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(n_classes), per_class)
-    emb = rng.normal(size=(n_classes, dim))[labels] * 2 + rng.normal(size=(len(labels), dim))
-    return emb.astype(np.float32), labels
-
-
 def _fake_dm(items: dict[str, np.ndarray]) -> SimpleNamespace:
     """What :func:`report` reads of a RetrievalDataModule: the splits' raw items."""
     return SimpleNamespace(
@@ -36,7 +29,7 @@ def _fake_dm(items: dict[str, np.ndarray]) -> SimpleNamespace:
 
 
 def test_result_of_query_and_gallery_tensors():
-    emb, labels = _clusters()
+    emb, labels = unit_clusters(per_class=6)
     q, g = slice(0, None, 2), slice(1, None, 2)
     result = evaluate_embeddings(
         "test", {"query": (torch.from_numpy(emb[q]), torch.from_numpy(labels[q]),
@@ -58,7 +51,7 @@ def test_result_of_query_and_gallery_tensors():
 def test_report_of_a_shortened_evaluation_maps_rows_to_their_images(tmp_path):
     """Rows 0..N-1 of a result are split items ``indices`` (``limit_test_batches``): the
     export names those items and the grid shows their images, not items 0..N-1."""
-    emb, labels = _clusters(n_classes=3, per_class=4)
+    emb, labels = unit_clusters(n_classes=3, per_class=4)
     kept = np.arange(1, 24, 2)  # every other item of a 24-item split was evaluated
     items = np.zeros((24, 8, 8), dtype=np.uint8)  # black: never evaluated...
     items[kept] = 128  # ...grey: evaluated
@@ -78,7 +71,7 @@ def test_report_of_a_shortened_evaluation_maps_rows_to_their_images(tmp_path):
 
 
 def test_report_without_exports_or_plots_writes_nothing(tmp_path):
-    emb, labels = _clusters()
+    emb, labels = unit_clusters(per_class=6)
     result = evaluate_embeddings("val", {"val": (emb, labels, np.arange(len(emb)))}, (1,))
     done = report(result, _fake_dm({}), tmp_path / "out",
                   ReportOptions(export=False, plots=False), row_name="last.ckpt")

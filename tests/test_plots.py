@@ -9,6 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
+from embedding_fixtures import unit_clusters
 from see_dml.metrics import retrieve
 from see_dml.plots import (
     QUERY,
@@ -25,15 +26,6 @@ from see_dml.plots import (
 )
 
 
-def _clusters(n_classes: int = 4, per_class: int = 15, dim: int = 8, seed: int = 0
-              ) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim)) * 3
-    labels = np.repeat(np.arange(n_classes), per_class)
-    emb = centres[labels] + rng.normal(size=(len(labels), dim)) * 0.3
-    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32), labels
-
-
 def _pixels(path, colour: str) -> int:
     with Image.open(path) as img:
         rgb = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(int)
@@ -42,7 +34,7 @@ def _pixels(path, colour: str) -> int:
 
 
 def test_projection_pca_separates_clusters(tmp_path):
-    emb, labels = _clusters()
+    emb, labels = unit_clusters()
     path = tmp_path / "proj.png"
     fig = plot_projection(emb, labels, path)
     assert isinstance(fig, Figure) and path.stat().st_size > 1000
@@ -56,13 +48,13 @@ def test_projection_pca_separates_clusters(tmp_path):
 
 
 def test_projection_subsamples(tmp_path):
-    emb, labels = _clusters(per_class=10)
+    emb, labels = unit_clusters(per_class=10)
     fig = plot_projection(emb, labels, tmp_path / "sub.png", max_points=30)
     assert len(fig.axes[0].collections[0].get_offsets()) == 30
 
 
 def test_tsne_and_the_umap_fallback(tmp_path):
-    emb, labels = _clusters(per_class=5)
+    emb, labels = unit_clusters(per_class=5)
     if importlib.util.find_spec("umap") is None:
         with pytest.warns(UserWarning, match="umap"):
             plot_projection(emb, labels, tmp_path / "umap.png", "umap")
@@ -119,7 +111,7 @@ def test_retrieval_grid_borders_and_size(tmp_path):
 
 
 def test_retrieval_examples_from_a_knn_result(tmp_path):
-    emb, labels = _clusters(per_class=6)
+    emb, labels = unit_clusters(per_class=6)
     items = np.random.default_rng(1).integers(0, 60, (len(emb), 20, 20), dtype=np.uint8)
     result = retrieve(emb, labels, k=3)
     fig = plot_retrieval_examples(result, items, None, path=tmp_path / "ex.png",
