@@ -3,6 +3,7 @@ difference of each synthesiser to the plain loss, seed by seed, with a 95% inter
 
     python experiments/make_table.py outputs/synthesis_compare/multiruns/<dir> [more dirs]
         [--baseline none] [--published experiments/published.yaml | none]
+        [--checkpoint val | final | best_on_test] [--layout auto | paper | long]
 
 Every run directory below the given folders (a ``metrics.json`` beside a ``config.yaml``)
 is one row of data. Runs are pooled only when their whole resolved config is the same
@@ -10,6 +11,13 @@ except the seed (``seed`` and any ``*.seed`` equal to it) and paths (``paths.*``
 ``ckpt_path``, ``resume``, values inside the run directory): runs that differ in
 ``see.n_points`` or a learning rate are never averaged together. Where two rows agree in the
 named columns, an ``other`` column says what else tells them apart.
+
+``--checkpoint``: which test metrics of each run: ``val`` (default; ``test/*``: the
+checkpoint with the best ``val/map@r`` on held-out training classes), ``final``
+(``test_final/*``: the last epoch) or ``best_on_test`` (``best_on_test/*``: the best epoch on
+the test classes, the papers' protocol, for comparison with published numbers only). A run
+without the chosen metrics is an error that names it. Both layouts read that checkpoint; the
+long one names it above the table unless it is ``val``.
 
 ``Δ`` columns: for each row, the baseline row (``--baseline``, default ``none``: no
 synthesiser) with the same config apart from the synthesiser (``see.*``, ``synthesis.*``);
@@ -19,8 +27,17 @@ effect from none. ``R@1 paper``: the authors' published Recall@1 for the row's s
 (``--published``, default ``experiments/published.yaml``: dataset, backbone, embedding size,
 loss and synthesis must match; a published row of another backbone that the file names as the
 closest is shown with that backbone in brackets), and ``ΔR@1 paper``, our mean minus it; the
-sources follow the table. Writes ``results.md``, ``results.csv`` and ``results.png`` into the first
-folder and prints the Markdown table.
+sources follow the table.
+
+``--layout long``: one row per dataset and setting; writes ``results.md``, ``results.csv`` and
+``results.png`` into the first folder. ``--layout paper``: the SEE paper's layout, built from
+the same rows: one line per method (synthesiser; the loss too where runs differ in it) x
+backbone / embedding size, one group of columns per dataset (CUB200, Cars196,
+StanfordOnlineProducts, InShop, then others alphabetically) with R@K for the first four Ks the
+runs report, MAP@R, ``n`` (seeds, where they differ between cells), ``R@1 paper``, ``ΔR@1
+paper`` and the paired ``ΔR@1``; a line above it names the checkpoint; writes
+``results_paper.md`` and ``results_paper.csv``. ``--layout auto`` (default): paper when the
+runs cover more than one dataset, long otherwise. Prints the Markdown table either way.
 """
 
 from __future__ import annotations
@@ -28,8 +45,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +55,22 @@ import yaml
 
 from see_dml.config import flatten
 
-METRICS = [("test/recall@1", "R@1"), ("test/map@r", "MAP@R"), ("test/r_precision", "RP"),
+#: ``--checkpoint``: the prefix of its metrics in metrics.json, and what it is
+CHECKPOINTS = {
+    "val": ("test/", "validation-selected: best val/map@r on held-out training classes"),
+    "final": ("test_final/", "final epoch"),
+    "best_on_test": ("best_on_test/", "best epoch on the test classes: the papers' protocol, "
+                     "for comparison with published numbers only"),
+}
+#: the long table's metric columns: a key without ``/`` is read under the ``--checkpoint``
+#: prefix, one with a prefix as it is
+METRICS = [("recall@1", "R@1"), ("map@r", "MAP@R"), ("r_precision", "RP"),
            ("test_final/recall@1", "R@1 final"), ("test_final/map@r", "MAP@R final")]
-#: metrics whose paired difference to the baseline is reported
-DELTAS = [("test/map@r", "ΔMAP@R"), ("test/recall@1", "ΔR@1")]
+#: metrics (under the ``--checkpoint`` prefix) whose paired difference to the baseline is
+#: reported
+DELTAS = [("map@r", "ΔMAP@R"), ("recall@1", "ΔR@1")]
+#: metrics of a checkpoint that are fractions, shown in percent (``row["at"]``)
+PERCENT = re.compile(r"^(recall@\d+|map@r|r_precision|precision@1)$")
 #: the published R@1 (a string: the number, and another backbone's name when it stands in) and
 #: our mean R@1 minus it, inserted after our R@1
 PUBLISHED = ("R@1 paper", "ΔR@1 paper")
@@ -89,7 +119,8 @@ def named_columns(cfg: dict[str, Any]) -> tuple[str, ...]:
 
 
 def collect(folders: list[Path]) -> dict[tuple, dict[str, Any]]:
-    """``{cell key: {"cfg": a config, "key": flattened key, "runs": {seed: metrics}}}``."""
+    """``{cell key: {"cfg": a config, "key": flattened key, "runs": {seed: metrics},
+    "dirs": {seed: run directory}}}``."""
     cells: dict[tuple, dict[str, Any]] = {}
     for folder in folders:
         for metrics_file in sorted(folder.rglob("metrics.json")):
@@ -99,13 +130,32 @@ def collect(folders: list[Path]) -> dict[tuple, dict[str, Any]]:
             cfg = yaml.safe_load(config_file.read_text())
             key = config_key(cfg)
             frozen = tuple(sorted((k, repr(v)) for k, v in key.items()))
-            cell = cells.setdefault(frozen, {"cfg": cfg, "key": key, "runs": {}})
+            cell = cells.setdefault(frozen, {"cfg": cfg, "key": key, "runs": {}, "dirs": {}})
             seed = cfg.get("seed")
             if seed in cell["runs"]:
                 raise SystemExit(f"two runs of one config with seed {seed}: {metrics_file.parent}"
                                  " and another; give each sweep its own folder")
             cell["runs"][seed] = json.loads(metrics_file.read_text())
+            cell["dirs"][seed] = metrics_file.parent
     return cells
+
+
+def check_checkpoint(cells: dict[tuple, dict[str, Any]], checkpoint: str) -> None:
+    """Every run must have metrics of the ``--checkpoint`` chosen: a run without them would
+    leave its seed out of every mean (or the table empty) without a word."""
+    prefix = CHECKPOINTS[checkpoint][0]
+    runs = [(cell["dirs"][seed], metrics) for cell in cells.values()
+            for seed, metrics in cell["runs"].items()]
+    missing = sorted(str(run_dir) for run_dir, metrics in runs
+                     if not any(k.startswith(prefix) for k in metrics))
+    if missing:
+        shown = "\n  ".join(missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        others = " or ".join(c for c in CHECKPOINTS if c != checkpoint)
+        raise SystemExit(f"error: --checkpoint {checkpoint}: {len(missing)} of {len(runs)} runs "
+                         f"have no '{prefix}*' metrics in metrics.json:\n  {shown}{more}\n"
+                         f"(runs from before these were recorded, or that did not record "
+                         f"them: rerun them, or choose --checkpoint {others})")
 
 
 def summarise(values: list[float]) -> tuple[float, float]:
@@ -153,8 +203,13 @@ def _other_columns(cells: list[dict[str, Any]]) -> list[str]:
     return other
 
 
-def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none"
-               ) -> list[dict[str, Any]]:
+def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none",
+               checkpoint: str = "val") -> list[dict[str, Any]]:
+    """One row per cell: the named columns, mean ± std of each metric of ``METRICS`` and the
+    paired ``DELTAS`` (relative keys read under the ``checkpoint``'s prefix), and ``at``:
+    ``{metric: (mean, std)}`` of every percent metric of that checkpoint (all Recall@K),
+    which the paper layout shows."""
+    prefix = CHECKPOINTS[checkpoint][0]
     ordered = sorted(cells.values(), key=lambda c: (
         *named_columns(c["cfg"])[:2], int(named_columns(c["cfg"])[2]),
         *named_columns(c["cfg"])[3:5], int(named_columns(c["cfg"])[5]),
@@ -168,10 +223,18 @@ def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none"
         row["other"] = extra
         row["seeds"] = len(runs)
         for metric, name in METRICS:
+            metric = metric if "/" in metric else prefix + metric
             values = [r[metric] * 100 for r in runs.values() if metric in r]
             row[name] = summarise(values) if values else (math.nan, math.nan)
+        at: dict[str, list[float]] = defaultdict(list)
+        for r in runs.values():
+            for metric, value in r.items():
+                if metric.startswith(prefix) and PERCENT.match(metric[len(prefix):]):
+                    at[metric[len(prefix):]].append(value * 100)
+        row["at"] = {metric: summarise(values) for metric, values in at.items()}
         base = baselines.get(_context(cell["key"]))
         for metric, name in DELTAS:
+            metric = prefix + metric
             row[name] = None
             if base is None or base is cell:
                 continue
@@ -210,8 +273,10 @@ def _published_entry(row: dict[str, Any], published: dict[str, Any]
     return None
 
 
-def add_published(rows: list[dict[str, Any]], published: dict[str, Any]) -> list[str]:
-    """Fill the ``PUBLISHED`` columns of each row; returns the notes on the sources used."""
+def add_published(rows: list[dict[str, Any]], published: dict[str, Any],
+                  checkpoint: str = "val") -> list[str]:
+    """Fill the ``PUBLISHED`` columns of each row; returns the notes on the sources used
+    (which say what ``checkpoint`` our numbers come from)."""
     used: dict[str, None] = {}
     for row in rows:
         row[PUBLISHED[0]] = row[PUBLISHED[1]] = None
@@ -227,8 +292,10 @@ def add_published(rows: list[dict[str, Any]], published: dict[str, Any]) -> list
     for name in used:
         source = published["sources"][name]
         where = f"DOI {source['doi']}" if "doi" in source else source.get("url", "")
+        ours = ("the checkpoint selected on validation classes" if checkpoint == "val"
+                else CHECKPOINTS[checkpoint][1].split(":")[0])
         notes.append(f"R@1 paper: {source['cite']}, {where} ({source['protocol']}; ours: "
-                     "the checkpoint selected on validation classes).")
+                     f"{ours}).")
     return notes
 
 
@@ -247,11 +314,13 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def columns(rows: list[dict[str, Any]]) -> list[str]:
+def columns(rows: list[dict[str, Any]], checkpoint: str = "val") -> list[str]:
     cols = list(KEY_NAMES)
     if any(row["other"] for row in rows):
         cols.append("other")
-    cols += ["seeds", *(name for _, name in METRICS)]
+    prefix = CHECKPOINTS[checkpoint][0]
+    # the final epoch's columns repeat R@1 and MAP@R when those are the final epoch's too
+    cols += ["seeds", *(name for metric, name in METRICS if not metric.startswith(prefix))]
     if any(row.get(PUBLISHED[0]) is not None for row in rows):
         at = cols.index("R@1") + 1
         cols[at:at] = PUBLISHED
@@ -260,8 +329,8 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
     return cols
 
 
-def to_markdown(rows: list[dict[str, Any]]) -> str:
-    cols = columns(rows)
+def to_markdown(rows: list[dict[str, Any]], checkpoint: str = "val") -> str:
+    cols = columns(rows, checkpoint)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         lines.append("| " + " | ".join(_format(row[c]) for c in cols) + " |")
@@ -286,6 +355,157 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
         vals += [json.dumps(paper) if paper else "",
                  f"{difference:.4f}" if difference is not None else ""]
         lines.append(",".join(vals))
+    return "\n".join(lines)
+
+
+# --- the paper layout: the long table's rows pivoted, datasets side by side ---
+
+#: the SEE paper's order of datasets (any other follows, alphabetically) and their names
+DATASETS = {"CUB200": "CUB", "Cars196": "Cars", "StanfordOnlineProducts": "SOP",
+            "InShop": "In-Shop"}
+#: Recall@K columns a dataset gets: the first Ks its runs report
+PAPER_KS = 4
+LAYOUTS = ("paper", "long", "auto")
+
+
+def _dataset_order(dataset: str) -> tuple[int, str]:
+    return (list(DATASETS).index(dataset), "") if dataset in DATASETS else (len(DATASETS),
+                                                                            dataset)
+
+
+def paper_table(rows: list[dict[str, Any]], baseline: str = "none") -> dict[str, Any]:
+    """``table_rows``' rows as the SEE paper lays them out: one line per setting (method =
+    synthesiser, the loss where runs differ in it, backbone / embedding size, and ``other``
+    where set), one group of columns per dataset.
+
+    ``{"datasets": [dataset], "ks": {dataset: [K]}, "labels": [label column],
+    "lines": [({label column: value}, {dataset: row})], "uniform_seeds": bool}``. Training
+    length is a label only where it must be (a setting run for two lengths on one dataset):
+    the recipes train each dataset for its own number of epochs, which is no reason for a
+    line of its own.
+    """
+    datasets = sorted({row["dataset"] for row in rows}, key=_dataset_order)
+    ks = {dataset: sorted({int(metric.split("@")[1]) for row in rows
+                           if row["dataset"] == dataset for metric in row["at"]
+                           if metric.startswith("recall@")})[:PAPER_KS]
+          for dataset in datasets}
+
+    def setting(row: dict[str, Any]) -> tuple:
+        return (row["backbone"], int(row["dim"]), row["loss"], row["synthesis"] != baseline,
+                row["synthesis"], row["other"])
+
+    per_dataset = Counter((setting(row), row["dataset"]) for row in rows)
+    # a setting run for two lengths on one dataset: a line per length, for that setting only
+    by_epochs = {key for (key, _), count in per_dataset.items() if count > 1}
+    lines: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        key = setting(row)
+        cells = lines[(*key, int(row["epochs"]) if key in by_epochs else 0)]
+        if row["dataset"] in cells:
+            raise SystemExit("two rows of one setting and dataset that the paper layout cannot "
+                             "tell apart: use --layout long")
+        cells[row["dataset"]] = row
+    labels = ["method", *(["loss"] if len({row["loss"] for row in rows}) > 1 else []),
+              "backbone / dim", *(["other"] if any(row["other"] for row in rows) else []),
+              *(["epochs"] if by_epochs else [])]
+    out = []
+    for key in sorted(lines):
+        row = next(iter(lines[key].values()))
+        values = {"method": row["synthesis"], "loss": row["loss"], "other": row["other"],
+                  "backbone / dim": f"{row['backbone']} / {row['dim']}",
+                  "epochs": row["epochs"] if key[:-1] in by_epochs else ""}
+        out.append(({label: values[label] for label in labels}, lines[key]))
+    return {"datasets": datasets, "ks": ks, "labels": labels, "lines": out,
+            "uniform_seeds": len({row["seeds"] for row in rows}) == 1}
+
+
+def _paper_columns(table: dict[str, Any], dataset: str) -> list[tuple[str, str]]:
+    """A dataset's columns: ``(header, what)``, ``what`` a metric of ``row["at"]``, ``seeds``,
+    a ``PUBLISHED`` column or ``ΔR@1``."""
+    rows = [row for _, cells in table["lines"] for row in cells.values()]
+    name = DATASETS.get(dataset, dataset)
+    cols = [(f"{name} R@{k}", f"recall@{k}") for k in table["ks"][dataset]]
+    cols.append((f"{name} MAP@R", "map@r"))
+    if not table["uniform_seeds"]:
+        cols.append((f"{name} n", "seeds"))
+    if any(row.get(PUBLISHED[0]) is not None for row in rows):
+        cols += [(f"{name} {column}", column) for column in PUBLISHED]
+    if any(row["ΔR@1"] is not None for row in rows):
+        cols.append((f"{name} ΔR@1", "ΔR@1"))
+    return cols
+
+
+def _paper_value(row: dict[str, Any] | None, what: str) -> Any:
+    if row is None:
+        return None
+    if what.startswith(("recall@", "map@r")):
+        return row["at"].get(what)
+    return row.get(what)
+
+
+def paper_heading(table: dict[str, Any], checkpoint: str) -> str:
+    """The line above the paper table: which checkpoint, over how many seeds."""
+    prefix, what = CHECKPOINTS[checkpoint]
+    rows = [row for _, cells in table["lines"] for row in cells.values()]
+    seeds = (f"over {rows[0]['seeds']} seeds" if table["uniform_seeds"]
+             else "over the n seeds of each dataset's n column")
+    return (f"Checkpoint: {what} (`--checkpoint {checkpoint}`, `{prefix}*` in metrics.json). "
+            f"Recall@K and MAP@R in %, mean ± std {seeds}.")
+
+
+def paper_legend(table: dict[str, Any], baseline: str) -> list[str]:
+    """What the Δ columns of the paper table are, for those it has."""
+    heads = {what for dataset in table["datasets"]
+             for _, what in _paper_columns(table, dataset)}
+    legend = []
+    if "ΔR@1" in heads:
+        legend.append(f"ΔR@1: R@1 minus that of the {baseline} line of the same setting and "
+                      "dataset, seed by seed: the mean difference [its 95% Student-t "
+                      "interval]; an interval that contains 0 does not tell an effect from "
+                      "none.")
+    if PUBLISHED[1] in heads:
+        legend.append(f"{PUBLISHED[1]}: our mean R@1 minus {PUBLISHED[0]}.")
+    return legend
+
+
+def to_paper_markdown(table: dict[str, Any]) -> str:
+    groups = [_paper_columns(table, dataset) for dataset in table["datasets"]]
+    header = [*table["labels"], *(head for group in groups for head, _ in group)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for labels, cells in table["lines"]:
+        values = [str(labels[label]) for label in table["labels"]]
+        values += [_format(_paper_value(cells.get(dataset), what))
+                   for dataset, group in zip(table["datasets"], groups) for _, what in group]
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def to_paper_csv(table: dict[str, Any]) -> str:
+    """The paper table's numbers, one column each: ``<dataset> R@K mean``, ``... std``,
+    ``<dataset> ΔR@1 mean``, ``low95``, ``high95``, ``pairs``."""
+    groups = [_paper_columns(table, dataset) for dataset in table["datasets"]]
+    parts = {"ΔR@1": ("mean", "low95", "high95", "pairs"), "seeds": ("",),
+             **{column: ("",) for column in PUBLISHED}}
+    header = list(table["labels"])
+    for group in groups:
+        header += [f"{head} {part}".strip() for head, what in group
+                   for part in parts.get(what, ("mean", "std"))]
+    lines = [",".join(json.dumps(h) if "," in h else h for h in header)]
+    for labels, cells in table["lines"]:
+        values = [json.dumps(str(labels[label])) for label in table["labels"]]
+        for dataset, group in zip(table["datasets"], groups):
+            for _, what in group:
+                value = _paper_value(cells.get(dataset), what)
+                width = len(parts.get(what, ("mean", "std")))
+                if value is None:
+                    values += [""] * width
+                elif isinstance(value, tuple):
+                    values += [f"{v:.4f}" for v in value[:3]] + [str(v) for v in value[3:]]
+                elif isinstance(value, float):
+                    values.append(f"{value:.4f}")
+                else:
+                    values.append(json.dumps(value) if isinstance(value, str) else str(value))
+        lines.append(",".join(values))
     return "\n".join(lines)
 
 
@@ -335,25 +555,50 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--baseline", default="none",
                         help="synthesis label of the rows the Δ columns compare to")
+    parser.add_argument("--checkpoint", choices=list(CHECKPOINTS), default="val",
+                        help="which checkpoint's test metrics: " + "; ".join(
+                            f"{name}: {what} ({prefix}*)"
+                            for name, (prefix, what) in CHECKPOINTS.items()))
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto",
+                        help="paper: datasets side by side (results_paper.md/.csv); long: one "
+                             "row per dataset and setting (results.md/.csv/.png); auto: paper "
+                             "when the runs cover more than one dataset")
     parser.add_argument("--plot-metrics", nargs="+", default=["MAP@R"],
                         choices=[name for _, name in METRICS],
-                        help="metrics plotted against embedding size, one panel each")
+                        help="metrics plotted against embedding size, one panel each (long "
+                             "layout)")
     parser.add_argument("--published", default=str(PUBLISHED_FILE),
                         help="YAML of published R@1 shown beside ours ('none': no column)")
     args = parser.parse_args(argv)
     for folder in args.folders:
         if not folder.is_dir():
             parser.error(f"no such folder: {folder}")
-    rows = table_rows(collect(args.folders), args.baseline)
-    if not rows:
+    cells = collect(args.folders)
+    if not cells:
         parser.error(f"no finished runs (metrics.json + config.yaml) under {args.folders}")
+    check_checkpoint(cells, args.checkpoint)
+    rows = table_rows(cells, args.baseline, args.checkpoint)
     notes = ([] if args.published == "none"
-             else add_published(rows, load_published(Path(args.published))))
+             else add_published(rows, load_published(Path(args.published)), args.checkpoint))
+    layout = args.layout
+    if layout == "auto":
+        layout = "paper" if len({row["dataset"] for row in rows}) > 1 else "long"
     out = args.folders[0]
-    markdown = "\n\n".join([to_markdown(rows), *notes])
-    (out / "results.md").write_text(markdown + "\n")
-    (out / "results.csv").write_text(to_csv(rows) + "\n")
-    plot(rows, out / "results.png", tuple(args.plot_metrics))
+    if layout == "paper":
+        table = paper_table(rows, args.baseline)
+        markdown = "\n\n".join([paper_heading(table, args.checkpoint), to_paper_markdown(table),
+                                 *paper_legend(table, args.baseline), *notes])
+        (out / "results_paper.md").write_text(markdown + "\n")
+        (out / "results_paper.csv").write_text(to_paper_csv(table) + "\n")
+    else:
+        prefix, what = CHECKPOINTS[args.checkpoint]
+        heading = ([] if args.checkpoint == "val" else
+                   [f"Checkpoint: {what} (`--checkpoint {args.checkpoint}`, `{prefix}*` in "
+                    "metrics.json)."])
+        markdown = "\n\n".join([*heading, to_markdown(rows, args.checkpoint), *notes])
+        (out / "results.md").write_text(markdown + "\n")
+        (out / "results.csv").write_text(to_csv(rows) + "\n")
+        plot(rows, out / "results.png", tuple(args.plot_metrics))
     print(markdown)
     return markdown
 

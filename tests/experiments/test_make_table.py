@@ -1,4 +1,5 @@
-"""experiments/make_table.py on hand-made run folders: what is pooled, the paired Δ."""
+"""experiments/make_table.py on hand-made run folders: what is pooled, the paired Δ, the
+paper layout (datasets side by side) and --checkpoint."""
 
 from __future__ import annotations
 
@@ -97,3 +98,196 @@ def test_plot_has_one_panel_per_requested_metric(tmp_path):
     assert two[0] == one[0] and two[1] == 2 * one[1]
     with pytest.raises(SystemExit):
         make_table.main([str(tmp_path), "--plot-metrics", "nope"])
+
+
+# --- the paper layout: a fake reproduction sweep, DeiT-S / 128 with and without SEE on two
+# datasets, two seeds each ---
+
+KS = {"CUB200": (1, 2, 4, 8, 16, 32), "StanfordOnlineProducts": (1, 10, 100, 1000)}
+# R@1 (fraction) of (no SEE, SEE) by seed; the folders list SOP first, the table CUB first
+SWEEP = {"StanfordOnlineProducts": [(0.80, 0.82), (0.81, 0.85)],
+         "CUB200": [(0.70, 0.74), (0.72, 0.77)]}
+T_975_1 = 12.706205  # scipy.stats.t.ppf(0.975, 1)
+
+
+def _paper_run(root: Path, dataset: str, seed: int, r1: float, *, see: bool,
+               best_on_test: bool = True) -> Path:
+    """A run of the sweep. Under each checkpoint's prefix R@K is R@1 + 2 points for each K
+    further down the dataset's list of Ks and MAP@R is R@1 / 2; the final epoch's R@1 is 1
+    point below the validation-selected one, the best on test 2 (no SEE) or 3 (SEE) above."""
+    run_dir = root / f"{list(SWEEP).index(dataset)}_{dataset}" / f"{'see' if see else 'none'}{seed}"
+    run_dir.mkdir(parents=True)
+    cfg = {"seed": seed, "paths": {"run_dir": str(run_dir)},
+           "dataset": {"_target_": f"see_dml.data.x.{dataset}", "seed": seed},
+           "model": {"backbone": {"name": "deit_small_patch16_224"}, "embed_dim": 128},
+           "loss": {"name": "proxy_anchor"}, "see": {"enabled": see, "n_points": 8},
+           "synthesis": None,
+           # each dataset its own recipe: not a reason for a line of its own
+           "optimizer": {"lr": 1e-5, "weight_decay": 1e-2 if dataset == "CUB200" else 1e-4},
+           "trainer": {"max_epochs": 100 if dataset == "CUB200" else 150}}
+    shifts = {"test/": 0.0, "test_final/": -0.01}
+    if best_on_test:
+        shifts["best_on_test/"] = 0.03 if see else 0.02
+    metrics: dict[str, float] = {"best_on_test/epoch": 41} if best_on_test else {}
+    for prefix, shift in shifts.items():
+        for i, k in enumerate(KS[dataset]):
+            metrics[f"{prefix}recall@{k}"] = r1 + shift + 0.02 * i
+        metrics[f"{prefix}map@r"] = (r1 + shift) / 2
+        metrics[f"{prefix}r_precision"] = (r1 + shift) / 2 + 0.01
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir
+
+
+def _sweep(root: Path) -> None:
+    for dataset, seeds in SWEEP.items():
+        for seed, (plain, see) in enumerate(seeds):
+            _paper_run(root, dataset, seed, plain, see=False)
+            _paper_run(root, dataset, seed, see, see=True)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _paper_lines(markdown: str) -> tuple[str, list[str], dict[str, dict[str, str]], str]:
+    """(heading, header, {method: {column: cell}}, what follows the table)."""
+    heading, table, *after = markdown.split("\n\n")
+    header, _, *rows = table.splitlines()
+    header = _cells(header)
+    return heading, header, {cells[0]: dict(zip(header, cells)) for cells in map(_cells, rows)
+                             }, "\n\n".join(after)
+
+
+def _interval(diffs: list[float]) -> str:
+    """mean [95% t interval] of two paired differences, by hand."""
+    mean = sum(diffs) / 2
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs))  # n - 1 = 1
+    half = T_975_1 * sd / math.sqrt(2)
+    return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+
+
+def test_paper_layout_puts_datasets_side_by_side(tmp_path, capsys):
+    _sweep(tmp_path)
+    markdown = make_table.main([str(tmp_path)])  # two datasets: auto is the paper layout
+    assert capsys.readouterr().out.strip() == markdown
+    heading, header, rows, after = _paper_lines(markdown)
+    assert heading == ("Checkpoint: validation-selected: best val/map@r on held-out training "
+                       "classes (`--checkpoint val`, `test/*` in metrics.json). Recall@K and "
+                       "MAP@R in %, mean ± std over 2 seeds.")
+    # CUB before SOP; each dataset's first four Ks, MAP@R, published R@1, ours - it, SEE - none
+    group = ["MAP@R", "R@1 paper", "ΔR@1 paper", "ΔR@1"]
+    assert header == ["method", "backbone / dim",
+                      *(f"CUB {c}" for c in ["R@1", "R@2", "R@4", "R@8", *group]),
+                      *(f"SOP {c}" for c in ["R@1", "R@10", "R@100", "R@1000", *group])]
+    assert list(rows) == ["none", "SEE"]  # one line each, though CUB and SOP recipes differ
+    see, plain = rows["SEE"], rows["none"]
+    assert see["backbone / dim"] == "deit_small_patch16_224 / 128"
+    # SEE on CUB: R@1 74, 77 -> 75.50 ± 2.12; R@2 76, 79; MAP@R 37, 38.5 -> 37.75 ± 1.06
+    sd = math.sqrt(2 * 1.5**2)
+    assert see["CUB R@1"] == f"75.50 ± {sd:.2f}" == "75.50 ± 2.12"
+    assert see["CUB R@2"] == "77.50 ± 2.12" and see["CUB R@8"] == "81.50 ± 2.12"
+    assert see["CUB MAP@R"] == "37.75 ± 1.06"
+    # SOP: no SEE 80, 81 -> 80.50 ± 0.71; SEE R@1000 = R@1 + 6: 88, 91
+    assert plain["SOP R@1"] == "80.50 ± 0.71" and see["SOP R@1000"] == "89.50 ± 2.12"
+    # published (experiments/published.yaml, DeiT-S / 128 + SEE): CUB 75.1, SOP 83.0
+    assert (see["CUB R@1 paper"], see["CUB ΔR@1 paper"]) == ("75.1", "+0.40")
+    assert (see["SOP R@1 paper"], see["SOP ΔR@1 paper"]) == ("83.0", "+0.50")
+    assert [plain[f"{d} {c}"] for d in ("CUB", "SOP") for c in group[1:]] == ["–"] * 6
+    # SEE - none by seed: CUB 4, 5 -> +4.50 [-1.85, +10.85]; SOP 2, 4 -> +3.00 [-9.71, +15.71]
+    assert see["CUB ΔR@1"] == _interval([4, 5]) == "+4.50 [-1.85, +10.85]"
+    assert see["SOP ΔR@1"] == _interval([2, 4]) == "+3.00 [-9.71, +15.71]"
+    assert "ΔR@1: R@1 minus that of the none line" in after
+    assert "10.1007/978-981-97-2253-2_11" in after
+    assert "ours: the checkpoint selected on validation classes" in after
+    assert (tmp_path / "results_paper.md").read_text() == markdown + "\n"
+    assert not (tmp_path / "results.md").exists()
+    csv = (tmp_path / "results_paper.csv").read_text().splitlines()
+    by_method = {line.split(",")[0].strip('"'): dict(zip(csv[0].split(","), line.split(",")))
+                 for line in csv[1:]}
+    assert by_method["SEE"]["CUB R@1 mean"] == "75.5000"
+    assert by_method["SEE"]["SOP ΔR@1 pairs"] == "2"
+    assert float(by_method["SEE"]["SOP ΔR@1 low95"]) == pytest.approx(3 - T_975_1, abs=1e-3)
+
+
+def test_checkpoint_option_chooses_the_metrics_and_says_so(tmp_path, capsys):
+    _sweep(tmp_path)
+    markdown = make_table.main([str(tmp_path), "--checkpoint", "best_on_test"])
+    heading, _, rows, after = _paper_lines(markdown)
+    assert heading.startswith("Checkpoint: best epoch on the test classes: the papers' "
+                              "protocol, for comparison with published numbers only "
+                              "(`--checkpoint best_on_test`, `best_on_test/*` in metrics.json)")
+    see = rows["SEE"]
+    # best on test, SEE = 3 points above: CUB 77, 80; no SEE 2 above: SEE - none 5, 6
+    assert see["CUB R@1"] == "78.50 ± 2.12" and see["CUB R@4"] == "82.50 ± 2.12"
+    assert see["CUB ΔR@1 paper"] == "+3.40"
+    assert see["CUB ΔR@1"] == _interval([5, 6]) == "+5.50 [-0.85, +11.85]"
+    assert "ours: best epoch on the test classes)" in after
+    # the long layout honours it too, and names it above the table
+    markdown = make_table.main([str(tmp_path), "--layout", "long", "--checkpoint", "final"])
+    heading, table = markdown.split("\n\n")[:2]
+    assert heading == "Checkpoint: final epoch (`--checkpoint final`, `test_final/*` in " \
+                      "metrics.json)."
+    header, _, *lines = table.splitlines()
+    header = _cells(header)
+    assert "R@1 final" not in header  # the same numbers as R@1 here
+    cub_see = next(dict(zip(header, c)) for c in map(_cells, lines)
+                   if c[0] == "CUB200" and c[4] == "SEE")
+    assert cub_see["R@1"] == "74.50 ± 2.12" and cub_see["ΔR@1"] == _interval([4, 5])
+    capsys.readouterr()
+
+
+def test_runs_without_the_checkpoint_are_an_error_naming_them(tmp_path, capsys):
+    _sweep(tmp_path)
+    old = _paper_run(tmp_path / "older", "CUB200", 2, 0.75, see=True, best_on_test=False)
+    make_table.main([str(tmp_path)])  # validation-selected: every run has it
+    assert "over the n seeds of each dataset's n column" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as error:
+        make_table.main([str(tmp_path), "--checkpoint", "best_on_test"])
+    message = str(error.value)
+    assert message.startswith("error: --checkpoint best_on_test: 1 of 9 runs have no "
+                              "'best_on_test/*' metrics in metrics.json:")
+    assert f"\n  {old}\n" in message and "choose --checkpoint val or final" in message
+
+
+def test_seed_counts_that_differ_get_an_n_column(tmp_path):
+    _sweep(tmp_path)
+    _paper_run(tmp_path / "more", "CUB200", 2, 0.78, see=True)
+    _, header, rows, _ = _paper_lines(make_table.main([str(tmp_path)]))
+    assert "CUB n" in header and header.index("CUB n") == header.index("CUB MAP@R") + 1
+    assert (rows["SEE"]["CUB n"], rows["none"]["CUB n"], rows["SEE"]["SOP n"]) == ("3", "2", "2")
+    assert rows["SEE"]["CUB R@1"] == "76.33 ± 2.08"  # 74, 77, 78
+    assert rows["SEE"]["CUB ΔR@1"] == "+4.50 [-1.85, +10.85]"  # seed 2 has no pair
+
+
+def test_long_layout_keeps_the_old_table(tmp_path):
+    _sweep(tmp_path)
+    markdown = make_table.main([str(tmp_path), "--layout", "long"])
+    table, *notes = markdown.split("\n\n")  # no checkpoint line: the default one
+    header, _, *lines = table.splitlines()
+    assert _cells(header) == ["dataset", "backbone", "dim", "loss", "synthesis", "epochs",
+                              "seeds", "R@1", "R@1 paper", "ΔR@1 paper", "MAP@R", "RP",
+                              "R@1 final", "MAP@R final", "ΔMAP@R", "ΔR@1"]
+    rows = [_cells(line) for line in lines]
+    assert [(r[0], r[4], r[5]) for r in rows] == [
+        ("CUB200", "SEE", "100"), ("CUB200", "none", "100"),
+        ("StanfordOnlineProducts", "SEE", "150"), ("StanfordOnlineProducts", "none", "150")]
+    assert rows[0][7:10] == ["75.50 ± 2.12", "75.1", "+0.40"]
+    assert rows[0][12] == "74.50 ± 2.12" and rows[0][-1] == "+4.50 [-1.85, +10.85]"
+    assert (tmp_path / "results.md").exists() and (tmp_path / "results.png").exists()
+    assert not (tmp_path / "results_paper.md").exists()
+
+
+def test_a_setting_at_two_lengths_on_one_dataset_gets_lines_by_epochs(tmp_path):
+    _sweep(tmp_path)
+    short = _paper_run(tmp_path / "short", "CUB200", 0, 0.5, see=False)
+    cfg = yaml.safe_load((short / "config.yaml").read_text())
+    cfg["trainer"]["max_epochs"] = 50
+    (short / "config.yaml").write_text(yaml.safe_dump(cfg))
+    table = make_table.main([str(tmp_path), "--published", "none"]).split("\n\n")[1]
+    header, _, *lines = table.splitlines()
+    rows = [dict(zip(_cells(header), c)) for c in map(_cells, lines)]
+    # none: CUB at 50 and 100 epochs, SOP at 150 (each its own line); SEE: one line as before
+    assert [(r["method"], r["epochs"], r["CUB R@1"], r["SOP R@1"]) for r in rows] == [
+        ("none", "50", "50.00 ± 0.00", "–"), ("none", "100", "71.00 ± 1.41", "–"),
+        ("none", "150", "–", "80.50 ± 0.71"), ("SEE", "", "75.50 ± 2.12", "83.50 ± 2.12")]
