@@ -29,8 +29,8 @@ train: $(STAMP)
 # one table of the paper: every setting x SEE off/on x 3 seeds, as SLURM jobs; ARGS adds
 # overrides (e.g. paths.data_dir=...)
 paper: $(STAMP)
-	@test -n "$(TABLE)" || { echo "make paper TABLE=<name>: one of $$(ls conf/experiment/paper | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
-	$(PY) -m see_dml.train -m experiment=paper/$(TABLE) hydra/launcher=slurm $(ARGS)
+	@test -f "conf/experiment/paper/table_$(TABLE).yaml" || { echo "make paper TABLE=<name>: one of $$(cd conf/experiment/paper && ls table_*.yaml | sed 's/table_//; s/.yaml//' | tr '\n' ' ')"; exit 2; }
+	$(PY) -m see_dml.train -m experiment=paper/table_$(TABLE) hydra/launcher=slurm $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)

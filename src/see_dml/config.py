@@ -139,6 +139,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_knn_backend(cfg)
     check_learning_rate(cfg)
     check_see_effect(cfg)
+    check_recipe_dataset(cfg)
     # The one check that a run asks for one synthesiser: SEE (see.enabled) or a baseline
     # (synthesis=...); build_synthesis_callback then only picks.
     see = cfg.get("see")
@@ -161,6 +162,30 @@ def validate_config(cfg: DictConfig) -> None:
                 "0 <= p_min <= p_max <= 1"
             )
         # single options (see.mode, see.directions, ...) are checked by SEECallback itself
+
+
+def check_recipe_dataset(cfg: DictConfig) -> None:
+    """An experiment's per-dataset values train the dataset they are for.
+
+    A paper setting (``conf/experiment/paper/<model>_<dim>_<dataset>.yaml``) takes its epochs,
+    learning rates and warm-up from ``recipe/*_dataset/<dataset>.yaml``, which records that
+    dataset as ``recipe_dataset``; ``dataset=`` given on top would train another dataset with
+    those values. A table file (``sweep_only: true``) lists a sweep and trains nothing alone.
+    """
+    if cfg.get("sweep_only", False):
+        raise ConfigError(
+            "this experiment only lists a sweep (sweep_only=true): run it with -m, e.g. "
+            "python -m see_dml.train -m experiment=paper/table_vit128, or train one of its "
+            "settings: experiment=paper/<model>_<dim>_<dataset> (ls conf/experiment/paper)")
+    want = cfg.get("recipe_dataset")
+    target = OmegaConf.select(cfg, "dataset._target_", default=None)
+    have = str(target).rsplit(".", 1)[-1] if target else None
+    if want is not None and have is not None and want != have:
+        raise ConfigError(
+            f"the experiment's recipe values (epochs, learning rates, warm-up) are for {want} "
+            f"(recipe_dataset={want}), but dataset= chose {have}. Pick the setting of that "
+            "dataset (ls conf/experiment/paper: <model>_<dim>_<dataset>), or add "
+            "recipe_dataset=null to train it with these values on purpose")
 
 
 def check_knn_backend(cfg: DictConfig) -> None:

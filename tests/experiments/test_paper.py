@@ -1,7 +1,7 @@
-"""The paper kit: every published setting of conf/experiment/paper composes with its recipe's
-per-dataset values, SEE off and on differ in nothing else, experiments/published.yaml has a
-number for each, each backbone family trains on a fixture, and make_table prints the
-published column."""
+"""The paper kit: every published setting has its file in conf/experiment/paper and is swept
+by one table; it composes with its recipe's per-dataset values, SEE off and on differ in
+nothing else, experiments/published.yaml has a number for it, it trains one batch on a
+fixture of its dataset, and make_table prints the published column."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from dataset_fixtures import make_fixture
-from see_dml.config import CONFIG_DIR, flatten, validate_config
+from see_dml.config import CONFIG_DIR, ConfigError, flatten, validate_config
 from see_dml.train import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,14 @@ _spec = importlib.util.spec_from_file_location("make_table", REPO / "experiments
 make_table = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_table)
 
-TABLES = {"resnet50": 24, "vit128": 72, "vit384": 72}  # runs: settings x SEE off/on x 3 seeds
+PAPER = CONFIG_DIR / "experiment" / "paper"
+#: the published settings, one file each: <model>_<dim>_<dataset>
+SETTINGS = sorted(p.stem for p in PAPER.glob("*.yaml") if not p.stem.startswith("table_"))
+TABLES = {"resnet50": 4, "vit128": 12, "vit384": 12}  # settings a table sweeps
+MODELS = {"resnet50": "resnet50", "deit_small": "deit_small_patch16_224",
+          "vit_small_dino": "vit_small_patch16_224.dino", "vit_small": "vit_small_patch16_224"}
+DATASETS = {"cub": "CUB200", "cars": "Cars196", "sop": "StanfordOnlineProducts",
+            "inshop": "InShop"}
 # docs/method.md, "Training recipe": (epochs, warm-up epochs, head lr x, weight decay, lr)
 VIT = {"CUB200": (100, 1, 1, 1e-2, 1e-5), "Cars196": (100, 1, 1, 1e-2, 1e-5),
        "StanfordOnlineProducts": (150, 5, 100, 1e-4, 1e-5), "InShop": (300, 5, 100, 1e-4, 1e-5)}
@@ -35,6 +42,12 @@ RESNET = {"CUB200": (60, 5, True, 1e-4, 5, 0.5), "Cars196": (60, 5, True, 1e-4, 
           "InShop": (60, 5, False, 6e-4, 20, 0.25)}
 
 
+def _split(setting: str) -> tuple[str, int, str]:
+    """``vit_small_dino_384_sop`` -> (``vit_small_dino``, 384, ``sop``)."""
+    model, dim, dataset = setting.rsplit("_", 2)
+    return model, int(dim), dataset
+
+
 def _jobs(table: str) -> list[list[str]]:
     """The job overrides Hydra's basic sweeper makes of the table's hydra.sweeper.params."""
     from hydra import compose, initialize_config_dir
@@ -42,71 +55,114 @@ def _jobs(table: str) -> list[list[str]]:
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", [f"experiment=paper/{table}"], return_hydra_config=True)
+        cfg = compose("train", [f"experiment=paper/table_{table}"], return_hydra_config=True)
     params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
     parsed = OverridesParser.create().parse_overrides(params)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-@pytest.mark.parametrize("table", sorted(TABLES))
-def test_every_setting_composes_with_its_dataset_values_and_see_is_the_only_difference(
-        make_cfg, table):
-    jobs = _jobs(table)
-    assert len(jobs) == TABLES[table]
+def _flat(cfg) -> dict:
+    return flatten(OmegaConf.to_container(cfg))
+
+
+def test_every_published_setting_has_one_file_and_one_table():
+    published = yaml.safe_load((REPO / "experiments" / "published.yaml").read_text())
+    model_of = {timm: name for name, timm in MODELS.items()}
+    expected = {f"{model_of[entry['backbone']]}_{entry['dim']}_{short}"
+                for entry in published["results"] if entry["source"] == "see"
+                for short in DATASETS}
+    assert len(expected) == 28 and set(SETTINGS) == expected
+    swept = []
+    for table, n in TABLES.items():
+        jobs = _jobs(table)
+        assert len(jobs) == n * 2 * 3  # settings x SEE off/on x 3 seeds
+        names = {o.split("=", 1)[1] for job in jobs for o in job
+                 if o.startswith("+experiment/paper@_global_=")}
+        assert len(names) == n
+        swept += names
+    assert sorted(swept) == SETTINGS  # each setting in exactly one table
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_setting_has_its_dataset_values_and_see_is_the_only_difference(make_cfg, setting):
+    model, dim, short = _split(setting)
+    on = make_cfg(f"experiment=paper/{setting}", fast=False)
+    off = make_cfg(f"experiment=paper/{setting}", "see.enabled=false", fast=False)
+    validate_config(on)
+    validate_config(off)
+    assert on.see.enabled and not off.see.enabled
+    flat_on, flat_off = _flat(on), _flat(off)
+    assert {k for k in flat_on if flat_on[k] != flat_off.get(k)} == {"see.enabled"}
+    dataset = on.dataset._target_.rsplit(".", 1)[-1]
+    assert dataset == DATASETS[short] == on.recipe_dataset
+    assert (on.model.backbone.name, on.model.embed_dim) == (MODELS[model], dim)
+    if model == "resnet50":
+        assert (on.trainer.max_epochs, on.model.warmup_epochs, on.model.freeze_bn,
+                on.optimizer.lr, on.scheduler.step_size, on.scheduler.gamma) == RESNET[dataset]
+    else:
+        assert on.model.head.pooling == "cls" and on.model.head.layer_norm
+        assert (on.trainer.max_epochs, on.model.warmup_epochs, on.model.head_lr_mult,
+                on.optimizer.weight_decay, on.optimizer.lr) == VIT[dataset]
+    # the table's job is this file, nothing else: the same config
+    table = "resnet50" if model == "resnet50" else f"vit{dim}"
+    job = make_cfg(f"experiment=paper/table_{table}", f"+experiment/paper@_global_={setting}",
+                   fast=False)
+    assert _flat(job) == flat_on
+    # its published number, found as make_table finds it
     published = make_table.load_published(REPO / "experiments" / "published.yaml")
-    settings = set()
-    for job in jobs:
-        if "seed=0" not in job or "see.enabled=True" not in job:  # how the sweeper writes it
-            continue
-        on = make_cfg(f"experiment=paper/{table}", *job, fast=False)
-        off = make_cfg(f"experiment=paper/{table}", *[o.replace("=True", "=False")
-                                                      for o in job], fast=False)
-        validate_config(on)
-        assert on.see.enabled and not off.see.enabled
-        flat_on, flat_off = (flatten(OmegaConf.to_container(c)) for c in (on, off))
-        assert {k for k in flat_on if flat_on[k] != flat_off.get(k)} == {"see.enabled"}
-        dataset = on.dataset._target_.rsplit(".", 1)[-1]
-        if table == "resnet50":
-            assert (on.model.backbone.name, on.model.embed_dim) == ("resnet50", 512)
-            assert (on.trainer.max_epochs, on.model.warmup_epochs, on.model.freeze_bn,
-                    on.optimizer.lr, on.scheduler.step_size, on.scheduler.gamma
-                    ) == RESNET[dataset]
-        else:
-            assert on.model.embed_dim == int(table[3:])
-            assert on.model.head.pooling == "cls" and on.model.head.layer_norm
-            assert (on.trainer.max_epochs, on.model.warmup_epochs, on.model.head_lr_mult,
-                    on.optimizer.weight_decay, on.optimizer.lr) == VIT[dataset]
-        # every SEE setting has its published number, found as make_table finds it
-        row = dict(zip(make_table.KEY_NAMES,
-                       make_table.named_columns(OmegaConf.to_container(on))))
-        match = make_table._published_entry(row, published)
-        assert match is not None and match[1], row
-        settings.add((row["backbone"], row["dataset"]))
-    assert len(settings) == TABLES[table] // 6  # each (backbone, dataset) of the table, once
+    row = dict(zip(make_table.KEY_NAMES,
+                   make_table.named_columns(OmegaConf.to_container(on))))
+    match = make_table._published_entry(row, published)
+    assert match is not None and match[1], row
 
 
-# --- one fast-dev-run per backbone family, on a fixture CUB with a tiny timm backbone ---
+def test_a_table_alone_and_another_dataset_fail_before_training(make_cfg):
+    with pytest.raises(ConfigError, match="only lists a sweep.*-m"):
+        validate_config(make_cfg("experiment=paper/table_vit128", fast=False))
+    cfg = make_cfg("experiment=paper/deit_small_128_cub", "dataset=sop", fast=False)
+    with pytest.raises(ConfigError, match="for CUB200 .*chose StanfordOnlineProducts"):
+        validate_config(cfg)
+    cfg = make_cfg("experiment=paper/deit_small_128_cub", "dataset=sop", "recipe_dataset=null",
+                   fast=False)
+    validate_config(cfg)  # on purpose: CUB's values on SOP
+    assert cfg.trainer.max_epochs == 100
+
+
+# --- every setting fast-dev-runs on a fixture of its dataset with a tiny timm backbone ---
 
 TINY = {"resnet50": ["model.backbone.name=resnet18", "data.transforms.image_size=32",
                      "data.transforms.resize=36"],
-        "vit128": ["model.backbone.name=test_vit", "data.transforms.image_size=160",
-                   "data.transforms.resize=160"]}
+        "vit": ["model.backbone.name=test_vit", "data.transforms.image_size=160",
+                "data.transforms.resize=160"]}
 
 
-# a timm ResNet-18 at 32 px and timm's test_vit at 160 px, one batch each: 8-13 s a case on
-# 2 busy cores
-@pytest.mark.parametrize("table", sorted(TINY))
-def test_each_backbone_family_trains_one_batch_on_a_fixture(make_cfg, tmp_path, table):
-    data_dir = tmp_path / "data"
-    make_fixture("cub", data_dir, n_classes=6, per_class=4)
-    cfg = make_cfg(f"experiment=paper/{table}", *TINY[table], "model.backbone.pretrained=false",
-                   f"paths.data_dir={data_dir}", "dataset.strict_counts=false",
-                   "dataset.val_fraction=0.2", "see.p_min=0.4", "see.n_points=4",
-                   "+trainer.fast_dev_run=true", "trainer.devices=1", "trainer.strategy=auto",
-                   "trainer.precision=32-true", "data.num_workers=0", "data.pin_memory=false",
-                   "data.batch_size=8", "data.m_per_class=2", "data.eval_batch_size=16")
+@pytest.fixture(scope="module")
+def fixture_data(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("paper_data")
+    for short in ("cub", "cars", "sop"):
+        make_fixture(short, data_dir, n_classes=6, per_class=4)
+    make_fixture("inshop", data_dir, n_train=6, n_test=4, per_item=4)
+    return data_dir
+
+
+def _fast_dev_run(make_cfg, setting: str, data_dir: Path) -> dict:
+    model, _, _ = _split(setting)
+    cfg = make_cfg(f"experiment=paper/{setting}", *TINY["resnet50" if model == "resnet50"
+                                                        else "vit"],
+                   "model.backbone.pretrained=false", f"paths.data_dir={data_dir}",
+                   "dataset.strict_counts=false", "dataset.val_fraction=0.2",
+                   "see.p_min=0.4", "see.n_points=4", "+trainer.fast_dev_run=true",
+                   "trainer.devices=1", "trainer.strategy=auto", "trainer.precision=32-true",
+                   "data.num_workers=0", "data.pin_memory=false", "data.batch_size=8",
+                   "data.m_per_class=2", "data.eval_batch_size=16")
     assert cfg.see.enabled and cfg.loss.name == "proxy_anchor"
-    metrics = train(cfg)
+    return train(cfg)
+
+
+# one batch each, a timm ResNet-18 at 32 px or timm's test_vit at 160 px: ~0.6 s a setting
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_every_setting_trains_one_batch_on_a_fixture(make_cfg, fixture_data, setting):
+    metrics = _fast_dev_run(make_cfg, setting, fixture_data)
     assert 0.0 <= metrics["test/recall@1"] <= 1.0
     assert math.isfinite(metrics["test/map@r"])
 
