@@ -41,6 +41,13 @@ from see_dml.train import build_datamodule, train
     (["see.enabled=true", "see.n_points=100"], "see.n_points"),
     (["see.enabled=true", "see.p_min=0.5", "see.p_max=0.2"], "see.p_min"),
     (["see.enabled=true", "synthesis=embedding_expansion"], "synthesis"),
+    (["+optimizer.betaz=[0.9,0.99]"], "~optimizer.betaz"),
+    (["scheduler=step", "+scheduler.T_max=5"], "~scheduler.T_max"),
+    # the Emoji-Styles recipe's cosine scheduler, with scheduler=step merged into it
+    (["dataset=emoji_styles", "model=efficientnet_lite0", "scheduler=step"],
+     "CosineAnnealingLR takes no gamma, step_size"),
+    (["scheduler=step", "scheduler._target_=torch.optim.lr_scheduler.NoSuchLR"],
+     "scheduler._target_"),
 ])
 def test_bad_config_is_rejected_naming_the_key(make_cfg, overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -140,6 +140,8 @@ def validate_config(cfg: DictConfig) -> None:
     check_learning_rate(cfg)
     check_see_effect(cfg)
     check_recipe_dataset(cfg)
+    for key in ("optimizer", "scheduler"):
+        check_factory_keys(cfg, key)
     # The one check that a run asks for one synthesiser: SEE (see.enabled) or a baseline
     # (synthesis=...); build_synthesis_callback then only picks.
     see = cfg.get("see")
@@ -186,6 +188,35 @@ def check_recipe_dataset(cfg: DictConfig) -> None:
             f"(recipe_dataset={want}), but dataset= chose {have}. Pick the setting of that "
             "dataset (ls conf/experiment/paper: <model>_<dim>_<dataset>), or add "
             "recipe_dataset=null to train it with these values on purpose")
+
+
+def check_factory_keys(cfg: DictConfig, key: str) -> None:
+    """Every key of the ``optimizer`` / ``scheduler`` node is an argument of its ``_target_``.
+
+    Hydra merges a node from every config that sets it, so a recipe's cosine scheduler with
+    ``scheduler=step`` on top is a ``StepLR`` target carrying ``T_max`` as well; without this
+    check that fails only when training starts, inside Lightning.
+    """
+    node = cfg.get(key)
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    import inspect
+
+    from hydra.utils import get_method
+
+    try:
+        target = get_method(node._target_)
+        params = inspect.signature(target).parameters
+    except Exception as err:  # noqa: BLE001 - any import failure is the same user error
+        raise ConfigError(f"{key}._target_={node._target_} cannot be imported: {err}") from err
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(str(k) for k in node if not str(k).startswith("_") and k not in params)
+    if unknown:
+        raise ConfigError(
+            f"{key}: {node._target_} takes no {', '.join(unknown)}: a misspelt key, or a "
+            f"node merged from two configs (say, a recipe's {key} with {key}=<option> on "
+            f"top). Drop the extra keys with ~{key}.{unknown[0]}, or set the whole node")
 
 
 def check_knn_backend(cfg: DictConfig) -> None:
