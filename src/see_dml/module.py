@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: What the test split(s) scored in the validation loop are logged under
+#: (``test_every_epoch``): ``test_epoch/recall@1``, ... every epoch.
+TEST_EPOCH_PREFIX = "test_epoch"
+
 
 class EmbeddingHook(Protocol):
     """Called in every training step with the global batch; returns named tensors.
@@ -97,6 +101,12 @@ class DMLModule(L.LightningModule):
     :meth:`test_metrics_prefix`.
         config: the resolved run config, stored in checkpoints so any tool can rebuild
             the model from a checkpoint alone.
+
+    When the datamodule hands the test split(s) to the validation loop too (its
+    ``val_split_names``; ``test_every_epoch``), every validation epoch also scores them, logs
+    ``test_epoch/...`` and keeps the metrics in :attr:`test_history` (``{epoch: {metric:
+    value}}``, saved in and restored from checkpoints), from which ``train`` reports the
+    papers' best-on-test number. Nothing selects on them: checkpoints monitor ``val/...``.
     """
 
     def __init__(self, backbone: Backbone, head: EmbeddingHead, criterion: MetricLoss,
@@ -124,6 +134,7 @@ class DMLModule(L.LightningModule):
         self.test_result: EvaluationResult | None = None
         self._test_prefix = "test"
         self._eval_buffers: dict[int, list[tuple[torch.Tensor, ...]]] = {}
+        self.test_history: dict[int, dict[str, float]] = {}
         if freeze_bn:
             self._freeze_bn_params()
         if compile:
@@ -234,12 +245,17 @@ class DMLModule(L.LightningModule):
             checkpoint["see_dml_config"] = self.config
         checkpoint["see_dml_num_classes"] = self.criterion.num_classes
         checkpoint["see_dml_rng"] = rng_states()
+        if self.test_history:  # test_every_epoch: a resumed run reports the best of all epochs
+            checkpoint["see_dml_test_history"] = {
+                int(epoch): dict(metrics) for epoch, metrics in self.test_history.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A resumed fit continues the random streams of the run it resumes (augmentations,
         # DataLoader worker seeds): the next epoch draws what it would have drawn unbroken.
         if "see_dml_rng" in checkpoint:
             set_rng_states(checkpoint["see_dml_rng"])
+        self.test_history = {int(epoch): dict(metrics) for epoch, metrics in
+                             checkpoint.get("see_dml_test_history", {}).items()}
 
     # -- evaluation -----------------------------------------------------------------------
     def _eval_step(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> None:
@@ -293,13 +309,14 @@ class DMLModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         return len(dm.eval_dataset(name)) if dm is not None else None
 
-    def _evaluate(self, prefix: str, names: list[str], compute_nmi: bool = False
-                  ) -> EvaluationResult | None:
+    def _evaluate(self, prefix: str, names: list[str], compute_nmi: bool = False,
+                  first_index: int = 0) -> EvaluationResult | None:
         """The result of the splits ``names`` (one, or query and gallery) embedded in this
-        epoch; None when nothing was (``limit_val_batches=0``)."""
+        epoch by the dataloaders ``first_index, first_index + 1, ...``; None when nothing
+        was (``limit_val_batches=0``)."""
         from see_dml.evaluation import evaluate_embeddings
 
-        splits = {name: self.collect_embeddings(i, name, self._split_size(name))
+        splits = {name: self.collect_embeddings(first_index + i, name, self._split_size(name))
                   for i, name in enumerate(names)}
         if any(len(emb) == 0 for emb, _, _ in splits.values()):
             return None
@@ -308,17 +325,34 @@ class DMLModule(L.LightningModule):
         return evaluate_embeddings(prefix, splits, self.recall_ks, knn_backend=self.knn_backend,
                                    compute_nmi=compute_nmi)
 
+    def _validation_splits(self) -> tuple[list[str], list[str]]:
+        """``(validation splits, test splits)`` of the validation loop's dataloaders, in
+        dataloader order: ``["val"]`` (or none: ``val_fraction=0``), then the test split(s)
+        when the datamodule hands them over too (``test_every_epoch``)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        names = list(getattr(dm, "val_split_names", ["val"]))
+        val = names[:1] if names[:1] == ["val"] else []
+        return val, names[len(val):]
+
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self._eval_buffers.clear()
             return
-        result = self._evaluate("val", ["val"])
-        if result is None:
-            return
-        shown = {"val/map@r", "val/recall@1"}
-        metrics = result.prefixed_metrics()
-        self.log_dict({k: v for k, v in metrics.items() if k in shown}, prog_bar=True)
-        self.log_dict({k: v for k, v in metrics.items() if k not in shown})
+        val, tests = self._validation_splits()
+        result = self._evaluate("val", val) if val else None
+        if result is not None:
+            shown = {"val/map@r", "val/recall@1"}
+            metrics = result.prefixed_metrics()
+            self.log_dict({k: v for k, v in metrics.items() if k in shown}, prog_bar=True)
+            self.log_dict({k: v for k, v in metrics.items() if k not in shown})
+        if tests:
+            # The papers' best-on-test protocol (for comparison only): logged and kept per
+            # epoch, never monitored (checkpoints select on val/...)
+            tested = self._evaluate(TEST_EPOCH_PREFIX, tests, self.compute_nmi,
+                                    first_index=len(val))
+            if tested is not None:
+                self.log_dict(tested.prefixed_metrics())
+                self.test_history[self.current_epoch] = dict(tested.metrics)
 
     @contextlib.contextmanager
     def test_metrics_prefix(self, prefix: str) -> Iterator[None]:

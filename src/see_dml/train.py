@@ -2,7 +2,9 @@
 
 Builds everything from the composed Hydra config, fits with checkpoint selection on the
 validation classes, then evaluates the selected checkpoint (``test/...``) and the final
-weights (``test_final/...``) on the test classes. The run directory gets the resolved
+weights (``test_final/...``) on the test classes; with ``test_every_epoch=true`` also the
+papers' best epoch on the test classes (``best_on_test/...``, for comparison with published
+numbers only: it selects nothing). The run directory gets the resolved
 ``config.yaml``, ``metrics.json``, checkpoints and logs; the last line printed names it.
 """
 
@@ -20,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.config import CONFIG_DIR, ConfigError, flatten, validate_config
-from see_dml.evaluation import format_results, write_metrics
+from see_dml.evaluation import best_on_test, format_results, write_metrics
 
 # torch, Lightning, timm and faiss are imported where they are used: they take seconds to
 # load, and a mistyped key, option or value must fail (or --help answer) before that.
@@ -72,7 +74,10 @@ def build_datamodule(cfg: DictConfig, backbone: Backbone | None = None,
                      source: DatasetSource | None = None) -> RetrievalDataModule:
     """Dataset source + DataModule, set up (so a broken dataset fails before training)."""
     source = source or instantiate(cfg.dataset)
-    dm: RetrievalDataModule = instantiate(cfg.data, source=source, _convert_="all")
+    # test_every_epoch: the validation loop scores the test split(s) too (only passed when
+    # asked, so a DataModule of one's own needs the argument only to use the option)
+    extra = {"test_every_epoch": True} if cfg.get("test_every_epoch", False) else {}
+    dm: RetrievalDataModule = instantiate(cfg.data, source=source, _convert_="all", **extra)
     if backbone is not None:
         dm.set_normalization(backbone.mean, backbone.std)
     dm.setup("fit")
@@ -129,6 +134,35 @@ def _epochs_run(trainer: L.Trainer, ckpt_cb: ModelCheckpoint | None, last: Path 
     return int(state["epoch"]) + 1
 
 
+def _test_history(trainer: L.Trainer, model: DMLModule, last: Path | None
+                  ) -> dict[int, dict[str, float]]:
+    """The per-epoch test metrics of ``test_every_epoch`` (the module's ``test_history``,
+    restored on resume). Read before any ``trainer.test`` loads another checkpoint into the
+    module; under ``ddp_spawn`` the fit ran in worker processes: read from ``last.ckpt``."""
+    if trainer.global_step > 0 or last is None:
+        return dict(model.test_history)
+    import torch
+
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    return {int(e): dict(m) for e, m in state.get("see_dml_test_history", {}).items()}
+
+
+#: Metrics prefixes of the test classes: never a checkpoint's or early stopping's monitor.
+TEST_PREFIXES = ("test/", "test_final/", "test_epoch/", "best_on_test/")
+
+
+def check_monitors(cfg: DictConfig) -> None:
+    """Fail when a callback would select or stop on test-class metrics (``test_epoch/...``
+    exist during training with ``test_every_epoch=true``): test classes select nothing."""
+    for name, node in (cfg.get("callbacks") or {}).items():
+        monitor = node.get("monitor") if isinstance(node, DictConfig) else None
+        if isinstance(monitor, str) and monitor.startswith(TEST_PREFIXES):
+            raise ConfigError(
+                f"callbacks.{name}.monitor={monitor} would select on the test classes; "
+                "monitor a val/ metric (held-out training classes). test_every_epoch's "
+                "best_on_test/... is reported for comparison with the papers only")
+
+
 def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
     if ckpt_path != "auto":
         return ckpt_path
@@ -139,7 +173,7 @@ def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
 RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "hydra.",
                      "trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar",
                      "data.num_workers", "data.eval_batch_size", "tags", "test_final", "nmi",
-                     "knn_backend", "model.compile")
+                     "knn_backend", "model.compile", "test_every_epoch")
 
 
 def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:
@@ -223,6 +257,7 @@ def _fit(trainer: L.Trainer, model: DMLModule, dm: RetrievalDataModule, ckpt: st
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the flat metrics written to ``metrics.json``."""
     validate_config(cfg)
+    check_monitors(cfg)
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -246,9 +281,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg, dm.num_classes, backbone, source)
 
     trainer_kwargs: dict[str, Any] = {}
+    test_every_epoch = bool(cfg.get("test_every_epoch", False))
     if not dm.has_val:
         # No validation classes (val_fraction=0, the papers' protocol): keep the last epoch.
-        trainer_kwargs["limit_val_batches"] = 0
+        if not test_every_epoch:  # else the validation loop scores the test split(s) alone
+            trainer_kwargs["limit_val_batches"] = 0
         for cb in callbacks:
             if isinstance(cb, ModelCheckpoint):
                 cb.monitor, cb.save_top_k = None, 1
@@ -264,6 +301,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     last = last_file if last_file is not None and last_file.exists() else None
     epochs = _epochs_run(trainer, ckpt_cb, last)
     best = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
+    # before the tests: each loads a checkpoint, and with it that checkpoint's history
+    history = _test_history(trainer, model, last) if test_every_epoch else {}
     runs = [("test", best)]
     if cfg.get("test_final", True) and best and last and Path(best) != Path(last):
         runs.append(("test_final", last))
@@ -279,6 +318,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if "test_final/recall@1" not in metrics:  # selected == final weights
         metrics.update({k.replace("test/", "test_final/"): v for k, v in metrics.items()
                         if k.startswith("test/")})
+    # the papers' protocol, for comparison only: the epoch with the best test recall@1
+    # (best_on_test/epoch, 0-based as the checkpoint names); it selected nothing
+    metrics.update(best_on_test(history))
+    if test_every_epoch and not history:
+        log.warning("test_every_epoch=true but no epoch was tested: no best_on_test/...")
     write_metrics(run_dir, metrics)
 
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:

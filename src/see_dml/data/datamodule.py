@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from see_dml.data.base import DatasetSource, RetrievalDataset
@@ -36,6 +37,9 @@ class RetrievalDataModule(L.LightningDataModule):
             one; persistent workers carry their own random state across epochs instead.
         transforms: :class:`TransformConfig` fields.
         mean, std: normalisation; set from the backbone by :meth:`set_normalization`.
+        test_every_epoch: also hand the test split(s) to the validation loop, after ``val``
+            (:attr:`val_split_names`), so the test classes are scored after every epoch (the
+            top-level ``test_every_epoch`` key; for the papers' best-on-test number only).
     """
 
     def __init__(self, source: DatasetSource, batch_size: int = 60, m_per_class: int = 2,
@@ -44,7 +48,8 @@ class RetrievalDataModule(L.LightningDataModule):
                  persistent_workers: bool = False,
                  transforms: dict[str, Any] | None = None, seed: int = 0,
                  batches_per_epoch: int | None = None,
-                 mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> None:
+                 mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,),
+                 test_every_epoch: bool = False) -> None:
         super().__init__()
         self.source = source
         self.batch_size = batch_size
@@ -62,6 +67,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.seed = seed
         self.batches_per_epoch = batches_per_epoch
         self.mean, self.std = tuple(mean), tuple(std)
+        self.test_every_epoch = test_every_epoch
         self.datasets: dict[str, RetrievalDataset] = {}
         self._train_sampler: ClassBalancedBatchSampler | None = None
 
@@ -127,6 +133,13 @@ class RetrievalDataModule(L.LightningDataModule):
             return ["query", "gallery"]
         return ["test"]
 
+    @property
+    def val_split_names(self) -> list[str]:
+        """The splits of the validation loop's dataloaders, in order: ``val`` when there is
+        one, then with ``test_every_epoch`` the :attr:`test_split_names`."""
+        return (["val"] if self.has_val else []) + (
+            self.test_split_names if self.test_every_epoch else [])
+
     def eval_dataset(self, name: str) -> RetrievalDataset:
         if name not in self.datasets:
             raise KeyError(f"{self.source.name} has no '{name}' split "
@@ -167,17 +180,30 @@ class RetrievalDataModule(L.LightningDataModule):
     def _persistent(self) -> bool:
         return self.persistent_workers and self.num_workers > 0
 
-    def eval_dataloader(self, dataset: Dataset) -> DataLoader:
+    def eval_dataloader(self, dataset: Dataset, own_generator: bool = False) -> DataLoader:
+        """An in-order loader of ``dataset``. ``own_generator``: its iterators draw their
+        seed from a generator of their own instead of torch's global one, so iterating it
+        leaves the random state of training (augmentations, SEE) as it was."""
         world, rank = self._world()
         # Padded with repeats under DDP; evaluation de-duplicates by sample index.
         sampler = (DistributedSampler(dataset, world, rank, shuffle=False) if world > 1
                    else None)
+        generator = torch.Generator().manual_seed(self.seed) if own_generator else None
         return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False,
                           sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory)
+                          pin_memory=self.pin_memory, generator=generator)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self.eval_dataloader(self.datasets["val"]) if self.has_val else []
+        """``val``'s loader; with ``test_every_epoch`` a list, the test split(s)' loaders
+        after it (:attr:`val_split_names`). Every DataLoader iterator draws a seed from the
+        global random state: the test loaders draw theirs from their own generators, so a run
+        trains the same with the option on as off."""
+        val = self.eval_dataloader(self.datasets["val"]) if self.has_val else None
+        if not self.test_every_epoch:
+            return val if val is not None else []
+        tests = [self.eval_dataloader(self.eval_dataset(n), own_generator=True)
+                 for n in self.test_split_names]
+        return ([val] if val is not None else []) + tests
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self.eval_dataloader(self.eval_dataset(n)) for n in self.test_split_names]
