@@ -159,8 +159,9 @@ def check_checkpoint(cells: dict[tuple, dict[str, Any]], checkpoint: str) -> Non
 
 
 def summarise(values: list[float]) -> tuple[float, float]:
+    """``(mean, std)``; one value has no spread: std ``nan``, printed as the mean alone."""
     mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def paired_interval(differences: list[float], level: float = 0.95
@@ -305,6 +306,8 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:+.2f}"
     if isinstance(value, tuple) and len(value) == 2:
+        if math.isnan(value[1]):
+            return "–" if math.isnan(value[0]) else f"{value[0]:.2f}"
         return f"{value[0]:.2f} ± {value[1]:.2f}"
     if isinstance(value, tuple):  # (mean, low, high, pairs)
         mean, low, high, _ = value
@@ -447,7 +450,8 @@ def paper_heading(table: dict[str, Any], checkpoint: str) -> str:
     """The line above the paper table: which checkpoint, over how many seeds."""
     prefix, what = CHECKPOINTS[checkpoint]
     rows = [row for _, cells in table["lines"] for row in cells.values()]
-    seeds = (f"over {rows[0]['seeds']} seeds" if table["uniform_seeds"]
+    n = rows[0]["seeds"]
+    seeds = (f"over {n} seed{'s' if n != 1 else ''}" if table["uniform_seeds"]
              else "over the n seeds of each dataset's n column")
     return (f"Checkpoint: {what} (`--checkpoint {checkpoint}`, `{prefix}*` in metrics.json). "
             f"Recall@K and MAP@R in %, mean ± std {seeds}.")

@@ -212,3 +212,53 @@ def test_make_table_prints_published_r1_and_paired_see_difference(tmp_path, caps
     assert "10.1007/978-981-97-2253-2_11" in notes and "arxiv.org/abs/2003.13911" in notes
     make_table.main([str(tmp_path), "--published", "none"])
     assert "R@1 paper" not in capsys.readouterr().out
+
+
+@pytest.mark.slow  # a subprocess sweep of 8 one-epoch ResNet-50 trainings at 32 px: ~2 min
+def test_a_table_sweeps_on_fixtures_and_renders_beside_the_published_numbers(tmp_path):
+    """``-m experiment=paper/table_resnet50`` (one seed) on fixtures of the four datasets,
+    then make_table.py on the sweep: the paper layout, our R@1 beside the published one."""
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "data"
+    for short in ("cub", "cars", "sop"):
+        make_fixture(short, data_dir, n_classes=6, per_class=4)
+    make_fixture("inshop", data_dir, n_train=6, n_test=4, per_item=4)
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "see_dml.train", "-m", "experiment=paper/table_resnet50",
+           "hydra.sweeper.params.seed=0", f"hydra.sweep.dir={sweep}",
+           "model.backbone.pretrained=false", "data.transforms.image_size=32",
+           "data.transforms.resize=36", f"paths.data_dir={data_dir}",
+           f"paths.cache_dir={tmp_path / 'cache'}", "dataset.strict_counts=false",
+           "dataset.val_fraction=0.2", "see.p_min=0.4", "see.n_points=4",
+           "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "trainer.devices=1",
+           "trainer.accelerator=cpu",
+           "trainer.strategy=auto", "trainer.enable_progress_bar=false",
+           "data.num_workers=0", "data.pin_memory=false", "data.batch_size=8",
+           "data.m_per_class=2", "data.eval_batch_size=16", "callbacks.embedding_export=null"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(sweep.rglob("metrics.json"))
+    assert len(runs) == 8  # 4 settings x SEE off/on
+    assert all("best_on_test/recall@1" in json.loads(r.read_text()) for r in runs)
+    table = subprocess.run([sys.executable, str(REPO / "experiments" / "make_table.py"),
+                            str(sweep)], capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    lines = [line for line in table.stdout.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:2] == ["method", "backbone / dim"]
+    groups = [h.split()[0] for h in header if h.endswith(" R@1 paper") and "Δ" not in h]
+    assert groups == ["CUB", "Cars", "SOP", "In-Shop"]
+    rows = {cells[0]: cells for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    assert set(rows) == {"none", "SEE"} and rows["SEE"][1] == "resnet50 / 512"
+    # the published R@1 with SEE (69.3, 88.5, 80.3, 92.8), ours minus it, per dataset
+    for dataset, published in zip(groups, (69.3, 88.5, 80.3, 92.8)):
+        ours = rows["SEE"][header.index(f"{dataset} R@1")]
+        paper = rows["SEE"][header.index(f"{dataset} R@1 paper")]
+        delta = rows["SEE"][header.index(f"{dataset} ΔR@1 paper")]
+        assert paper == str(published)
+        assert float(delta) == pytest.approx(float(ours.split()[0]) - published, abs=0.011)
+    for name in ("results_paper.md", "results_paper.csv"):
+        assert (sweep / name).stat().st_size > 0
