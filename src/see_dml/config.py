@@ -140,6 +140,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_learning_rate(cfg)
     check_see_effect(cfg)
     check_recipe_dataset(cfg)
+    check_monitors(cfg)
     for key in ("optimizer", "scheduler"):
         check_factory_keys(cfg, key)
     # The one check that a run asks for one synthesiser: SEE (see.enabled) or a baseline
@@ -164,6 +165,22 @@ def validate_config(cfg: DictConfig) -> None:
                 "0 <= p_min <= p_max <= 1"
             )
         # single options (see.mode, see.directions, ...) are checked by SEECallback itself
+
+
+#: Metrics prefixes of the test classes: never a checkpoint's or early stopping's monitor.
+TEST_PREFIXES = ("test/", "test_final/", "test_epoch/", "best_on_test/")
+
+
+def check_monitors(cfg: DictConfig) -> None:
+    """Fail when a callback would select or stop on test-class metrics (``test_epoch/...``
+    exist during training with ``test_every_epoch=true``): test classes select nothing."""
+    for name, node in (cfg.get("callbacks") or {}).items():
+        monitor = node.get("monitor") if isinstance(node, DictConfig) else None
+        if isinstance(monitor, str) and monitor.startswith(TEST_PREFIXES):
+            raise ConfigError(
+                f"callbacks.{name}.monitor={monitor} would select on the test classes; "
+                "monitor a val/ metric (held-out training classes). test_every_epoch's "
+                "best_on_test/... is reported for comparison with the papers only")
 
 
 def check_recipe_dataset(cfg: DictConfig) -> None:

@@ -147,22 +147,6 @@ def _test_history(trainer: L.Trainer, model: DMLModule, last: Path | None
     return {int(e): dict(m) for e, m in state.get("see_dml_test_history", {}).items()}
 
 
-#: Metrics prefixes of the test classes: never a checkpoint's or early stopping's monitor.
-TEST_PREFIXES = ("test/", "test_final/", "test_epoch/", "best_on_test/")
-
-
-def check_monitors(cfg: DictConfig) -> None:
-    """Fail when a callback would select or stop on test-class metrics (``test_epoch/...``
-    exist during training with ``test_every_epoch=true``): test classes select nothing."""
-    for name, node in (cfg.get("callbacks") or {}).items():
-        monitor = node.get("monitor") if isinstance(node, DictConfig) else None
-        if isinstance(monitor, str) and monitor.startswith(TEST_PREFIXES):
-            raise ConfigError(
-                f"callbacks.{name}.monitor={monitor} would select on the test classes; "
-                "monitor a val/ metric (held-out training classes). test_every_epoch's "
-                "best_on_test/... is reported for comparison with the papers only")
-
-
 def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
     if ckpt_path != "auto":
         return ckpt_path
@@ -257,7 +241,6 @@ def _fit(trainer: L.Trainer, model: DMLModule, dm: RetrievalDataModule, ckpt: st
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the flat metrics written to ``metrics.json``."""
     validate_config(cfg)
-    check_monitors(cfg)
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint

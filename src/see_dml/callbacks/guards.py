@@ -132,7 +132,9 @@ class NonFiniteGuard(Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule
                                 ) -> None:
-        self._check_embeddings(trainer, pl_module, "val")
+        # with test_every_epoch the validation loop embeds the test split(s) too
+        names = getattr(getattr(trainer, "datamodule", None), "val_split_names", ["val"])
+        self._check_embeddings(trainer, pl_module, " or ".join(names) or "val")
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check_embeddings(trainer, pl_module, "test")
