@@ -37,7 +37,7 @@ _RUN_UID = uuid.uuid4().hex[:6]
 def register_resolvers() -> None:
     """Resolvers the configs use: ``${run_uid:}`` (per-process id), ``${mul:a,b}``,
     ``${ddp_strategy:warmup_epochs,freeze_bn}``, ``${path_id:dir}``, ``${either:a,b}``,
-    ``${hydra_subdir:resume}``."""
+    ``${hydra_subdir:resume}``, ``${gpus_per_node:devices}``."""
     if not OmegaConf.has_resolver("run_uid"):
         OmegaConf.register_new_resolver("run_uid", lambda: _RUN_UID)
     if not OmegaConf.has_resolver("mul"):
@@ -51,6 +51,21 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("either", lambda a, b: b if a is None else a)
     if not OmegaConf.has_resolver("hydra_subdir"):
         OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)
+    if not OmegaConf.has_resolver("gpus_per_node"):
+        OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node)
+
+
+def gpus_per_node(devices: Any) -> int:
+    """GPUs (and DDP tasks) a SLURM job asks for on each node, from ``trainer.devices``: a
+    count as it is (the ViT recipes' 2), a list of GPU ids its length; ``-1`` or ``auto``
+    (all of a node's GPUs) the ``SEE_DML_GPUS_PER_NODE`` environment variable, else 1."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        return devices
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    if isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
+        return int(devices)
+    return int(os.environ.get("SEE_DML_GPUS_PER_NODE", "1"))
 
 
 def hydra_subdir(resume: str | None) -> str:

@@ -83,6 +83,24 @@ def test_every_published_setting_has_one_file_and_one_table():
     assert sorted(swept) == SETTINGS  # each setting in exactly one table
 
 
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_slurm_asks_for_the_gpus_each_job_trains_on(make_cfg, table):
+    """The launcher is configured once for the whole sweep, from the table's config: it must
+    request the GPUs (one DDP task each) that every job's recipe sets in trainer.devices."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        sweep = compose("train", [f"experiment=paper/table_{table}", "hydra/launcher=slurm"],
+                        return_hydra_config=True)
+    launcher = sweep.hydra.launcher
+    job = _jobs(table)[0]
+    devices = make_cfg(f"experiment=paper/table_{table}", *job, fast=False).trainer.devices
+    assert devices == (1 if table == "resnet50" else 2)
+    assert launcher.gpus_per_node == launcher.tasks_per_node == devices
+
+
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_setting_has_its_dataset_values_and_see_is_the_only_difference(make_cfg, setting):
     model, dim, short = _split(setting)

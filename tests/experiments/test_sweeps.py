@@ -46,6 +46,16 @@ def test_slurm_launcher_config_resolves():
     assert launcher.max_num_timeout > 0
 
 
+def test_gpus_per_node_follows_trainer_devices(monkeypatch):
+    from see_dml.config import gpus_per_node
+
+    assert (gpus_per_node(2), gpus_per_node([0, 1, 2]), gpus_per_node("4")) == (2, 3, 4)
+    monkeypatch.delenv("SEE_DML_GPUS_PER_NODE", raising=False)
+    assert gpus_per_node(-1) == gpus_per_node("auto") == 1  # "all": one unless told
+    monkeypatch.setenv("SEE_DML_GPUS_PER_NODE", "8")
+    assert gpus_per_node(-1) == 8
+
+
 @pytest.mark.slow  # a subprocess multirun of two trainings: ~140 s on 2 cores
 def test_local_multirun_and_table(tmp_path):
     sweep = tmp_path / "sweep"
