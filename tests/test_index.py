@@ -21,12 +21,15 @@ from see_dml.train import build_model
 CLASSES, PER_CLASS = 3, 3
 
 
-def _checkpoint(root: Path, name: str, *overrides: str) -> Path:
-    """A checkpoint as training writes it (the module's own ``on_save_checkpoint``); the
-    weights need no training for an index to find an image it holds."""
-    cfg = compose_config([*FAST, f"paths.run_dir={root / name}", "dataset.images_per_class=20",
+def _checkpoint(root: Path, name: str, *overrides: str, run: str | None = None,
+                weights_seed: int = 0) -> Path:
+    """A checkpoint as training writes it (the module's own ``on_save_checkpoint``) in run
+    ``run`` (default: ``name``); the weights need no training for an index to find an image
+    it holds, and another ``weights_seed`` stands for another epoch of the same run."""
+    cfg = compose_config([*FAST, f"paths.run_dir={root / (run or name)}",
+                          "dataset.images_per_class=20",
                           f"paths.cache_dir={root.parent / 'see_dml_cache'}", *overrides])
-    torch.manual_seed(0)
+    torch.manual_seed(weights_seed)
     module = build_model(cfg, num_classes=4, source=instantiate(cfg.dataset))
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)
@@ -36,10 +39,12 @@ def _checkpoint(root: Path, name: str, *overrides: str) -> Path:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Checkpoints (``model``; ``other``: another config; ``narrow``: 8-d), and two folders
+    """Checkpoints (``model``; ``epoch``: the same run, other weights; ``other``: another
+    config; ``narrow``: 8-d), and two folders
     ``<class>/<test index>.png`` of test images: ``first`` (3 classes) and ``more`` (2 more)."""
     root = tmp_path_factory.mktemp("index")
     out = {"model": _checkpoint(root, "model"), "other": _checkpoint(root, "other", "seed=1"),
+           "epoch": _checkpoint(root, "epoch", run="model", weights_seed=1),
            "narrow": _checkpoint(root, "narrow", "model.embed_dim=8")}
     cfg = compose_config([*FAST, "dataset.images_per_class=20",
                           f"paths.cache_dir={root.parent / 'see_dml_cache'}"])
@@ -139,6 +144,19 @@ def test_an_index_of_another_model_is_refused_naming_which(setup, tmp_path):
     with pytest.raises(IndexFileError, match="another model"):
         _index("add", f"ckpt_path={setup['other']}", f"index.path={path}",
                f"gallery={setup['more']}")
+    # another epoch of the same run: the config hash agrees, the weights do not
+    with pytest.raises(IndexFileError, match="other weights of the same config .*another "
+                                             "epoch"):
+        _retrieve(f"ckpt_path={setup['epoch']}", *common)
+    with pytest.raises(IndexFileError, match="other weights"):
+        _index("add", f"ckpt_path={setup['epoch']}", f"index.path={path}",
+               f"gallery={setup['more']}")
+    # a sidecar from before weights_hash existed is checked on the config alone
+    side = path.with_name(path.name + ".json")
+    meta = json.loads(side.read_text())
+    del meta["weights_hash"]
+    side.write_text(json.dumps(meta))
+    _retrieve(f"ckpt_path={setup['epoch']}", *common)
 
 
 def test_corrupt_truncated_or_missing_files_are_one_clear_error(setup, tmp_path):

@@ -178,6 +178,17 @@ def config_hash(config: Mapping[str, Any] | DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def weights_hash(module: Any) -> str:
+    """A short hash of the weights that make an embedding (backbone and head; not the loss's
+    proxies): two epochs of one run share :func:`config_hash` but not this."""
+    digest = hashlib.sha256()
+    for part in ("backbone", "head"):
+        for name, tensor in sorted(getattr(module, part).state_dict().items()):
+            digest.update(f"{part}.{name}".encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def eval_preprocessing(dm: RetrievalDataModule) -> dict[str, Any]:
     """What an image must go through before the model sees it (the eval transform).
 
@@ -280,7 +291,7 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output) if cfg.get("output") else ckpt_file.with_suffix(".onnx")
     export_onnx(module, out, (prep["channels"], *prep["input_size"]), opset=int(cfg.opset))
     sidecar = {"format": "onnx", "ckpt_path": str(ckpt_file.resolve()),
-               "config_hash": config_hash(ckpt_cfg),
+               "config_hash": config_hash(ckpt_cfg), "weights_hash": weights_hash(module),
                "embed_dim": int(ckpt_cfg.model.embed_dim), "opset": int(cfg.opset),
                "inputs": {"images": ["batch", prep["channels"], *prep["input_size"]]},
                "outputs": {"embeddings": ["batch", int(ckpt_cfg.model.embed_dim)]},

@@ -9,8 +9,10 @@ as for ``see_dml.retrieve``) once and writes two files:
   galleries of millions. Its recall against the exact index is measured at build time
   (:func:`approximate_recall`) and printed.
 - ``<index.path>.json``, the sidecar: one entry per row (``item``: image path or
-  ``test[12]``, ``label``, where to find the image), the embedding size, the hash of the
-  checkpoint's config (:func:`see_dml.export.config_hash`), the preprocessing the model
+  ``test[12]``, ``label``, where to find the image), the embedding size, the hashes of the
+  checkpoint's config and of its weights (:func:`see_dml.export.config_hash`,
+  :func:`~see_dml.export.weights_hash`: another epoch of the same run differs in the
+  second), the preprocessing the model
   expects, and the SHA-256 of the index file, so a truncated or corrupt index is refused
   with a one-line :class:`IndexFileError` before faiss reads a byte of it.
 
@@ -71,9 +73,11 @@ class SavedIndex:
     def items(self) -> list[dict[str, Any]]:
         return self.meta["items"]
 
-    def check_model(self, model_hash: str, embed_dim: int, ckpt_path: str | Path) -> None:
+    def check_model(self, model_hash: str, embed_dim: int, ckpt_path: str | Path,
+                    weights: str | None = None) -> None:
         """:class:`IndexFileError` unless the index was built by the model of ``ckpt_path``
-        (its config hash) and holds ``embed_dim``-d embeddings."""
+        (its config hash and, where the sidecar has it, its weights hash) and holds
+        ``embed_dim``-d embeddings."""
         built_by = f"built from '{self.meta.get('ckpt_path')}'"
         if int(self.meta["embed_dim"]) != int(embed_dim):
             raise IndexFileError(
@@ -87,6 +91,14 @@ class SavedIndex:
                 f"{self.meta['config_hash']}, {built_by}) than ckpt_path='{ckpt_path}' (config "
                 f"hash {model_hash}): its embeddings are not comparable; rebuild the index "
                 "with this checkpoint")
+        # sidecars written before weights_hash existed are checked on the config alone
+        built = self.meta.get("weights_hash")
+        if weights is not None and built is not None and built != weights:
+            raise IndexFileError(
+                f"index.path='{self.path}' was built with other weights of the same config "
+                f"(weights hash {built}, {built_by}; another epoch's checkpoint?) than "
+                f"ckpt_path='{ckpt_path}' (weights hash {weights}): its embeddings are not "
+                "comparable; use that checkpoint, or rebuild the index with this one")
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(Q, d)`` unit queries -> ``(scores (Q, k), row ids (Q, k))``, most similar first."""
@@ -292,16 +304,23 @@ def _embed_gallery(cfg: DictConfig, saved: SavedIndex | None = None
     files = image_files(str(cfg.gallery), "gallery")  # a typo fails before the model loads
 
     from see_dml.evaluate import load_module_from_checkpoint, resolve_dataset_config
-    from see_dml.export import config_hash, embed_split, eval_preprocessing, resolve_device
+    from see_dml.export import (
+        config_hash,
+        embed_split,
+        eval_preprocessing,
+        resolve_device,
+        weights_hash,
+    )
     from see_dml.metrics.knn import l2_normalised
     from see_dml.retrieve import _datamodule, image_set
 
     device = resolve_device(cfg.get("device", "auto"))
     module, ckpt_cfg = load_module_from_checkpoint(ckpt_file, device)
-    model = {"config_hash": config_hash(ckpt_cfg), "embed_dim": int(ckpt_cfg.model.embed_dim),
-             "ckpt_path": str(ckpt_file.resolve())}
+    model = {"config_hash": config_hash(ckpt_cfg), "weights_hash": weights_hash(module),
+             "embed_dim": int(ckpt_cfg.model.embed_dim), "ckpt_path": str(ckpt_file.resolve())}
     if saved is not None:
-        saved.check_model(model["config_hash"], model["embed_dim"], ckpt_file)
+        saved.check_model(model["config_hash"], model["embed_dim"], ckpt_file,
+                          model["weights_hash"])
     run_cfg = ckpt_cfg.copy()
     with open_dict(run_cfg):
         run_cfg.dataset = resolve_dataset_config(cfg, ckpt_cfg)
