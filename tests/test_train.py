@@ -123,6 +123,24 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow  # a subprocess sweep: ~20 s
+def test_sigterm_ends_a_local_sweep_and_says_so(tmp_path):
+    """SIGTERM in the first job of a local multirun (basic launcher, one process): status
+    143, the resume command of that job, and a line that the later jobs did not start."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "see_dml.train", "-m", "seed=0,1", "trainer.max_epochs=2",
+           "+trainer.limit_train_batches=4", "data.batch_size=32", "model.embed_dim=16",
+           "dataset.images_per_class=20", "callbacks.embedding_export=null",
+           "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}",
+           f"paths.cache_dir={tmp_path / 'cache'}", *_stop_at(2, "SIGTERM", tmp_path / "m")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "This was job 0 of a local sweep: the sweep stops here" in proc.stderr
+    assert f"resume={(sweep / '0').resolve()}" in proc.stderr
+    assert not (sweep / "1").exists()
+
+
 def test_sigterm_exits_non_zero_with_the_resume_command(make_cfg, tmp_path, capsys):
     """SIGTERM mid-epoch: status 143 (not Lightning's 0), last.ckpt holds the last finished
     epoch, no metrics are written, and the printed command resumes the run to the weights

@@ -232,8 +232,18 @@ def _fit(trainer: L.Trainer, model: DMLModule, dm: RetrievalDataModule, ckpt: st
     else:
         return
     if trainer.is_global_zero:
+        sweep = ""
+        if _in_multirun():
+            from hydra.core.hydra_config import HydraConfig
+
+            hc = HydraConfig.get()
+            # the basic launcher runs the jobs one after another in this process: the exit
+            # ends the sweep (submitit's jobs are processes of their own, and go on)
+            if hc.runtime.choices.get("hydra/launcher") == "basic":
+                sweep = (f"\nThis was job {hc.job.num} of a local sweep: the sweep stops here, "
+                         "and its later jobs did not start.")
         print(f"\n{why}: stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-              "last.ckpt holds the last finished epoch.\n"
+              f"last.ckpt holds the last finished epoch.{sweep}\n"
               f"Resume with: {resume_command(cfg)}", file=sys.stderr, flush=True)
     sys.exit(status)
 
