@@ -47,6 +47,7 @@ import json
 import math
 import re
 import statistics
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,13 @@ def named_columns(cfg: dict[str, Any]) -> tuple[str, ...]:
         backbone = backbone.get("name", "?")
     return (dataset, str(backbone), str(model["embed_dim"]), cfg["loss"]["name"],
             synthesis_name(cfg), str(cfg["trainer"]["max_epochs"]))
+
+
+def unfinished(folders: list[Path]) -> list[Path]:
+    """Run directories (a ``config.yaml`` written at the start of training) that have no
+    ``metrics.json``: still running, failed or stopped; the table leaves them out."""
+    return [c.parent for folder in folders for c in sorted(folder.rglob("config.yaml"))
+            if not (c.parent / "metrics.json").exists() and ".hydra" not in c.parts]
 
 
 def collect(folders: list[Path]) -> dict[tuple, dict[str, Any]]:
@@ -604,6 +612,13 @@ def main(argv: list[str] | None = None) -> str:
         (out / "results.csv").write_text(to_csv(rows) + "\n")
         plot(rows, out / "results.png", tuple(args.plot_metrics))
     print(markdown)
+    missing = unfinished(args.folders)
+    if missing:  # said where it is seen, not written into the results files
+        shown = "\n  ".join(str(d) for d in missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        print(f"\nNot in the table: {len(missing)} run(s) without metrics.json (still "
+              f"running, failed or stopped; see each train.log):\n  {shown}{more}",
+              file=sys.stderr)
     return markdown
 
 

@@ -291,3 +291,17 @@ def test_a_setting_at_two_lengths_on_one_dataset_gets_lines_by_epochs(tmp_path):
     assert [(r["method"], r["epochs"], r["CUB R@1"], r["SOP R@1"]) for r in rows] == [
         ("none", "50", "50.00", "–"), ("none", "100", "71.00 ± 1.41", "–"),
         ("none", "150", "–", "80.50 ± 0.71"), ("SEE", "", "75.50 ± 2.12", "83.50 ± 2.12")]
+
+
+def test_runs_without_metrics_are_left_out_and_listed(tmp_path, capsys):
+    """A sweep with a run still going (or failed): the table is that of the finished runs,
+    and stderr lists the others' directories."""
+    _sweep(tmp_path)
+    before = make_table.main([str(tmp_path)])
+    capsys.readouterr()
+    failed = _paper_run(tmp_path / "later", "CUB200", 2, 0.9, see=True)
+    (failed / "metrics.json").unlink()
+    assert make_table.main([str(tmp_path)]) == before
+    err = capsys.readouterr().err
+    assert err.startswith("\nNot in the table: 1 run(s) without metrics.json")
+    assert f"\n  {failed}" in err
