@@ -523,8 +523,8 @@ def to_paper_csv(table: dict[str, Any]) -> str:
 
 def plot(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("MAP@R",)
          ) -> None:
-    """Each metric against embedding size, one panel per metric, one line per (loss,
-    synthesis), error bars = std."""
+    """Each metric against embedding size, one panel per metric, one line per (dataset,
+    backbone, loss, synthesis), error bars = std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -539,19 +539,22 @@ def plot(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("MA
 
 
 def _plot_metric(ax: Any, rows: list[dict[str, Any]], metric: str) -> None:
-    # one line per (loss, synthesis, epochs, other): an untrained baseline or another
-    # setting is not a point of the same curve
+    # one line per (dataset, backbone, loss, synthesis, epochs, other): another dataset, an
+    # untrained baseline or another setting is not a point of the same curve
     lines: dict[tuple[str, ...], list[tuple[int, float, float]]] = defaultdict(list)
     for row in rows:
-        lines[(row["loss"], row["synthesis"], row["epochs"], row["other"])].append(
-            (int(row["dim"]), *row[metric]))
-    several_epochs = len({key[2] for key in lines}) > 1
-    for (loss, synthesis, epochs, other), points in sorted(lines.items()):
+        lines[(row["dataset"], row["backbone"], row["loss"], row["synthesis"], row["epochs"],
+               row["other"])].append((int(row["dim"]), *row[metric]))
+    several = [len({key[i] for key in lines}) > 1 for i in range(6)]
+    for (dataset, backbone, loss, synthesis, epochs, other), points in sorted(lines.items()):
         points.sort()
         dims, means, stds = zip(*points)
         label = f"{loss} + {synthesis}" if synthesis != "none" else loss
-        if several_epochs:
-            label += f" ({epochs} epochs)"
+        if several[0] or several[1]:
+            label = " ".join(v for v, many in ((dataset, several[0]), (backbone, several[1]))
+                             if many) + f": {label}"
+        if len({k[4] for k in lines if k[:2] == (dataset, backbone)}) > 1:
+            label += f" ({epochs} epochs)"  # (each dataset's recipe has its own length)
         if other:
             label += f" [{other}]"
         ax.errorbar(dims, means, yerr=stds, marker="o", capsize=3, label=label)

@@ -305,3 +305,22 @@ def test_runs_without_metrics_are_left_out_and_listed(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("\nNot in the table: 1 run(s) without metrics.json")
     assert f"\n  {failed}" in err
+
+
+def test_long_layout_plot_draws_one_line_per_dataset(tmp_path, monkeypatch):
+    """Forced onto a two-dataset sweep, the long layout's plot keeps the datasets apart."""
+    import matplotlib.axes
+
+    _sweep(tmp_path)
+    labels: list[str] = []
+    original = matplotlib.axes.Axes.errorbar
+
+    def spy(self, *args, label=None, **kwargs):
+        labels.append(label)
+        return original(self, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    make_table.main([str(tmp_path), "--layout", "long"])
+    assert sorted(labels) == ["CUB200: proxy_anchor", "CUB200: proxy_anchor + SEE",
+                              "StanfordOnlineProducts: proxy_anchor",
+                              "StanfordOnlineProducts: proxy_anchor + SEE"]
