@@ -566,7 +566,7 @@ def _plot_metric(ax: Any, rows: list[dict[str, Any]], metric: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--baseline", default="none",
                         help="synthesis label of the rows the Δ columns compare to")
