@@ -190,6 +190,22 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(root / "run" / "checkpoints" / "last.ckpt")
 
 
+def test_checkpoint_of_the_old_flat_config_is_named(ckpt, tmp_path):
+    """A checkpoint from before the backbone / head / loss ``_target_`` nodes: one clear
+    error, not an OmegaConf traceback from deep inside the rebuild."""
+    from see_dml.evaluate import load_module_from_checkpoint
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model = state["see_dml_config"]["model"]
+    state["see_dml_config"]["model"] = {"backbone": model["backbone"]["name"],
+                                        "embed_dim": model["embed_dim"], "pooling": "avg+max"}
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    with pytest.raises(CheckpointError, match=r"old\.ckpt' was written by an older see_dml.*"
+                                              r"model\.backbone: small_cnn"):
+        load_module_from_checkpoint(old)
+
+
 @pytest.mark.parametrize(("overrides", "key"), [
     (["split=train"], "split"),
     (["export.format=csv"], "export.format"),

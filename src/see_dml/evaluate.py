@@ -105,6 +105,7 @@ def load_module_from_checkpoint(path: str | Path, device: str | torch.device = "
     from see_dml.train import build_model
 
     cfg = OmegaConf.create(ckpt["see_dml_config"])
+    check_config_layout(cfg, path)
     num_classes = ckpt.get("see_dml_num_classes")
     if num_classes is None:  # written before the class count was stored: read the proxies
         num_classes = _num_classes_from_loss(ckpt["state_dict"])
@@ -122,6 +123,25 @@ def load_module_from_checkpoint(path: str | Path, device: str | torch.device = "
         raise CheckpointError(f"ckpt_path='{path}': weights do not fit the model its config "
                               f"describes: {err}") from err
     return module.eval().to(resolve_device(device)), cfg
+
+
+def check_config_layout(cfg: DictConfig, path: str | Path) -> None:
+    """:class:`CheckpointError` for a checkpoint whose stored config predates the
+    ``_target_`` nodes (``model.backbone: resnet50`` where a ``Backbone`` node now stands, a
+    loss without ``_target_``): this version cannot rebuild its model from it."""
+    backbone = OmegaConf.select(cfg, "model.backbone")
+    old = [key for key, ok in (("model.backbone", isinstance(backbone, DictConfig)
+                                and "_target_" in backbone),
+                               ("model.head", OmegaConf.select(cfg, "model.head") is not None),
+                               ("loss._target_", OmegaConf.select(cfg, "loss._target_")
+                                is not None)) if not ok]
+    if old:
+        what = f"model.backbone: {backbone}" if isinstance(backbone, str) else ", ".join(old)
+        raise CheckpointError(
+            f"ckpt_path='{path}' was written by an older see_dml, whose config stored the model "
+            f"and loss as flat keys ({what}; missing: {', '.join(old)}), before they became "
+            "_target_ nodes: this version cannot rebuild that model. Evaluate it with the "
+            "see_dml version that trained it, or train it again")
 
 
 def _num_classes_from_loss(state_dict: dict[str, Any]) -> int | None:
