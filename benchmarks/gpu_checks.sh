@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU row of the speed issue, in one call on a single-GPU machine (< 8 min on an H100):
+#   0. training throughput (images/s of one GPU) of the four paper backbones as their recipes
+#      train them (ResNet-50 / 512, DeiT-S, DINO ViT-S/16, ViT-S/16 / 128; bench_throughput.py):
+#      the rates experiments/budget.py turns into GPU hours ($OUT/budget_<card>.md at the end);
 #   1. Lightning DMLModule vs a bare PyTorch loop: ResNet-50 bf16 at batch 180 (224 px), and
 #      the embedded small CNN (fp32, batch 64);
 #   2. SEE on / off: ResNet-50 bf16, d = 128 and 512, n = 8, fraction 0.4, batch 180;
@@ -50,6 +53,9 @@ if [[ $DEVICE == cuda ]]; then
     # the rows as the issue states them
     R50=(--image-size 224 --batch 180); CNN=(--batch 64); REP=20; FITS=2; STEPS=30
     SEE_R50=(--batch 180); BF16=(--precision bf16); SCALE=${SCALE:-1}; BIG=resnet50
+    # the recipes' own batch (120 / 90), image size (224) and precision (32-true / 16-mixed)
+    TPUT=(--steps 30 --warmup 5 --threads 0)
+    TPUT_NETS=(resnet50 deit_small vit_small_dino vit_small)
 else  # dry run: every command and its JSON, at sizes a CPU finishes in seconds
     # bf16 autocast on a CPU is slow and inductor compiles a ResNet-50 for minutes there:
     # the limits are scaled, and the compile row takes a ResNet-18
@@ -57,11 +63,19 @@ else  # dry run: every command and its JSON, at sizes a CPU finishes in seconds
     R50=(--image-size 32 --batch 16); CNN=(--batch 16); REP=1; FITS=1; STEPS=6
     SEE_R50=(--batch 40 --image-size 32); BF16=(--precision bf16); SCALE=${SCALE:-4}
     BIG=resnet18
+    # one torch thread: on a shared 2-core box two threads ran a step many times slower
+    TPUT=(--image-size 32 --batch 8 --steps 3 --warmup 1 --threads 1)
+    TPUT_NETS=(resnet50 vit_small_dino)
 fi
 echo "card: $CARD"
 "$PY" -c "import torch, lightning, timm; print('torch', torch.__version__, 'cuda',
 torch.version.cuda, torch.cuda.is_available(), '| lightning', lightning.__version__,
 '| timm', timm.__version__)"
+
+# 0. training throughput of the paper backbones (first: the GPU hours of every table need it)
+step throughput 150 "$PY" benchmarks/bench_throughput.py --device "$DEVICE" \
+    --backbones "${TPUT_NETS[@]}" "${TPUT[@]}" \
+    --out "$RESULTS/throughput_$CARD.json"
 
 # 1. Lightning vs bare (steps alternate one by one inside one fit; device synced per step)
 step lightning_vs_bare_resnet50_bf16 100 "$PY" benchmarks/bench_framework_overhead.py \
@@ -116,6 +130,15 @@ print(json.dumps({'run': sys.argv[2], **{k: v for k, v in d.items()
         see.enabled=false
     for f in "$LOGS"/*.log; do echo "##### $f"; cat "$f"; done >"$OUT/train_logs.txt"
     cat "$OUT/metrics.jsonl" 2>/dev/null
+fi
+
+# what the paper tables cost in GPU hours at the rates of step 0 (GPU only: a CPU's rates are
+# not a GPU's)
+if [[ $DEVICE == cuda && -f $RESULTS/throughput_$CARD.json ]]; then
+    echo; echo "=== budget"
+    timeout 120 "$PY" experiments/budget.py --rates-file "$RESULTS/throughput_$CARD.json" \
+        | tee "$OUT/budget_$CARD.md"
+    SUMMARY+=("budget: rc=${PIPESTATUS[0]} ($OUT/budget_$CARD.md)")
 fi
 
 cp "$RESULTS"/*_"$CARD".json "$OUT"/ 2>/dev/null

@@ -3,6 +3,7 @@ throughput has been measured.
 
     python experiments/budget.py vit128 [resnet50 vit384]
         [--images-per-s deit_small_patch16_224=850 [more BACKBONE=N]]
+        [--rates-file benchmarks/results/throughput.json]
 
 Every job of ``conf/experiment/paper/table_<name>.yaml`` is composed as the sweep composes it,
 and counted from its dataset's official split sizes (the ``expected_counts`` its loader
@@ -15,15 +16,20 @@ checks with ``strict_counts``):
   (the selected and the final checkpoint).
 
 GPU hours need the images per second of one GPU for the backbone, at the recipe's batch and
-precision: ``--images-per-s`` (``benchmarks/gpu_checks.sh`` measures the ResNet-50 step on a
-GPU). Evaluation images are counted at the training rate, an upper bound: evaluation runs no
-backward pass. Without a rate the column says "not measured"; nothing here guesses one.
+precision: ``--images-per-s``, or ``--rates-file``, the JSON that
+``benchmarks/bench_throughput.py`` writes (``{"device": ..., "rates": {BACKBONE: N}}``;
+``benchmarks/gpu_checks.sh`` runs it on a GPU), whose device is named in a line above the
+tables; a backbone given both ways takes its ``--images-per-s`` value. Evaluation images are
+counted at the training rate, an upper bound: evaluation runs no backward pass. Without a
+rate the column says "not measured"; nothing here guesses one.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,18 +156,58 @@ def parse_rates(items: list[str]) -> dict[str, float]:
     return rates
 
 
+def read_rates_file(path: Path) -> tuple[dict[str, float], str]:
+    """The ``rates`` and ``device`` of a ``bench_throughput.py`` JSON."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: --rates-file {path}: {err}") from err
+    rates = data.get("rates") if isinstance(data, dict) else None
+    if not isinstance(rates, dict):
+        raise SystemExit(f"error: --rates-file {path} has no \"rates\" object (the JSON of "
+                         "benchmarks/bench_throughput.py)")
+    for name, value in rates.items():
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value <= 0):
+            raise SystemExit(f"error: --rates-file {path}: the rate of '{name}' must be a "
+                             f"number > 0 (images per second), got {value!r}")
+    return ({str(k): float(v) for k, v in rates.items()},
+            str(data.get("device") or "an unnamed device"))
+
+
+def rates_line(path: Path, device: str, from_file: dict[str, float],
+               overridden: list[str]) -> str:
+    """The line above the tables naming where the rates came from."""
+    line = (f"Rates (training images per second of one device) from {path}, measured on "
+            f"{device}: {', '.join(f'{k} {v:,.1f}' for k, v in from_file.items())}.")
+    if overridden:
+        line += f" Given by --images-per-s instead: {', '.join(overridden)}."
+    if device.lower().startswith("cpu"):
+        line += " A CPU's rates are not a GPU's: the hours below are not GPU hours."
+    return line
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     tables = sorted(p.stem.removeprefix("table_") for p in PAPER.glob("table_*.yaml"))
     parser.add_argument("tables", nargs="*", default=tables, help=f"of {', '.join(tables)}")
     parser.add_argument("--images-per-s", nargs="*", default=[], metavar="BACKBONE=N",
                         help="measured training images per second of one GPU, per timm name")
+    parser.add_argument("--rates-file", type=Path, default=None, metavar="PATH",
+                        help="the JSON of benchmarks/bench_throughput.py; its \"rates\", "
+                             "unless --images-per-s gives the backbone")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.tables) - set(tables))
     if unknown:
         parser.error(f"no table {', '.join(unknown)}; the tables are {', '.join(tables)}")
-    rates = parse_rates(args.images_per_s)
-    print("\n\n".join(render(t, table_costs(t), rates) for t in args.tables))
+    given = parse_rates(args.images_per_s)
+    rates, header = dict(given), ""
+    if args.rates_file is not None:
+        from_file, device = read_rates_file(args.rates_file)
+        rates = {**from_file, **given}
+        header = rates_line(args.rates_file, device, from_file,
+                            sorted(k for k in given if k in from_file)) + "\n\n"
+    print(header + "\n\n".join(render(t, table_costs(t), rates) for t in args.tables))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ split sizes, and GPU hours only from a given rate."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -49,3 +50,45 @@ def test_bad_arguments_name_what_is_wrong():
         budget.parse_rates(["resnet50=-3"])
     with pytest.raises(SystemExit):
         budget.main(["table_that_does_not_exist"])
+
+
+def test_rates_file_gives_the_hours_and_images_per_s_wins(tmp_path, capsys):
+    rates = tmp_path / "throughput.json"
+    rates.write_text(json.dumps({"device": "NVIDIA Test GPU", "details": [],
+                                 "rates": {"resnet50": 500, "deit_small_patch16_224": 1000.0}}))
+    budget.main(["resnet50"])  # without the file: no line above the tables, as before
+    assert capsys.readouterr().out.startswith("### table_resnet50\n")
+    budget.main(["resnet50", "--rates-file", str(rates)])
+    out = capsys.readouterr().out
+    first = out.splitlines()[0]
+    assert str(rates) in first and "measured on NVIDIA Test GPU" in first
+    assert "--images-per-s" not in first and "not GPU hours" not in first
+    # CUB, 6 runs x (316,680 trained + 402,448 evaluated) images at 500 images/s: 2.40 h
+    assert round(6 * (316_680 + 402_448) / 500 / 3600, 3) == 2.397
+    assert "| resnet50_512_cub | 6 | 1 | 60 | 0.32 | 0.40 | 2.4 |" in out
+    # --images-per-s wins over the file for its backbone (1,000 images/s: 1.20 h)
+    budget.main(["resnet50", "--rates-file", str(rates), "--images-per-s", "resnet50=1000"])
+    out = capsys.readouterr().out
+    assert "| resnet50_512_cub | 6 | 1 | 60 | 0.32 | 0.40 | 1.2 |" in out
+    assert "Given by --images-per-s instead: resnet50." in out.splitlines()[0]
+    # the ViT table: DeiT-S from the file, the two backbones it lacks stay "not measured"
+    budget.main(["vit128", "--rates-file", str(rates)])
+    out = capsys.readouterr().out
+    # CUB, 100 epochs: (5,864 - 586) x 100 trained, (586 + 5,924) x 100 + 2 x 5,924
+    # evaluated = 1,190,648 images a run, 6 runs at 1,000 images/s: 1.98 h
+    run = (5864 - 586) * 100 + (586 + 5924) * 100 + 2 * 5924
+    assert run == 1_190_648 and round(6 * run / 1000 / 3600, 3) == 1.984
+    assert "| deit_small_128_cub | 6 | 2 | 100 | 0.53 | 0.66 | 2.0 |" in out
+    assert out.count("not measured") == 9  # 8 ViT-S settings and the total
+
+
+def test_rates_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"device": "cpu", "rates": {"resnet50": 0}}))
+    with pytest.raises(SystemExit, match="bad.json.*resnet50.*> 0"):
+        budget.main(["resnet50", "--rates-file", str(bad)])
+    bad.write_text(json.dumps([{"resnet50": 10}]))
+    with pytest.raises(SystemExit, match='bad.json has no "rates"'):
+        budget.main(["resnet50", "--rates-file", str(bad)])
+    with pytest.raises(SystemExit, match="missing.json"):
+        budget.main(["resnet50", "--rates-file", str(tmp_path / "missing.json")])
