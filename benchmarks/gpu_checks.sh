@@ -34,7 +34,7 @@ RESULTS=${RESULTS:-benchmarks/results/gpu}
 mkdir -p "$RESULTS"
 declare -a SUMMARY=()
 
-DEADLINE=${DEADLINE:-450}  # seconds: steps that would start later are skipped, and said so
+DEADLINE=${DEADLINE:-540}  # seconds: steps that would start later are skipped, and said so
 
 step() {  # step NAME LIMIT_S CMD...
     local name=$1 limit=$2; shift 2
