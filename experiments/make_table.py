@@ -36,7 +36,8 @@ backbone / embedding size, one group of columns per dataset (CUB200, Cars196,
 StanfordOnlineProducts, InShop, then others alphabetically) with R@K for the first four Ks the
 runs report, MAP@R, ``n`` (seeds, where they differ between cells), ``R@1 paper``, ``ΔR@1
 paper`` and the paired ``ΔR@1``; a line above it names the checkpoint; writes
-``results_paper.md`` and ``results_paper.csv``. ``--layout auto`` (default): paper when the
+``results_paper.md``, ``results_paper.csv`` and ``results_paper.png`` (R@1 bars per dataset,
+the published R@1 marked). ``--layout auto`` (default): paper when the
 runs cover more than one dataset, long otherwise. Prints the Markdown table either way.
 """
 
@@ -521,6 +522,55 @@ def to_paper_csv(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def paper_plot(table: dict[str, Any], path: Path) -> None:
+    """The paper table's R@1 as a picture: a panel per dataset, a group of bars per backbone /
+    size, a bar per method (mean over seeds, std as error bar), and the published R@1 as a
+    red diamond on the bar it is compared with."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def method(labels: dict[str, Any]) -> str:
+        return " ".join(str(v) for k, v in labels.items() if k != "backbone / dim" and v != "")
+
+    groups = list(dict.fromkeys(labels["backbone / dim"] for labels, _ in table["lines"]))
+    methods = list(dict.fromkeys(method(labels) for labels, _ in table["lines"]))
+    width = 0.8 / len(methods)
+    fig, axes = plt.subplots(1, len(table["datasets"]), squeeze=False, sharey=True,
+                             figsize=(1 + max(2.5, 0.9 * len(groups)) * len(table["datasets"]),
+                                      4))
+    for ax, dataset in zip(axes[0], table["datasets"]):
+        ticks = False
+        for j, name in enumerate(methods):
+            bars = [(groups.index(labels["backbone / dim"]) + (j - (len(methods) - 1) / 2)
+                     * width, cells[dataset]) for labels, cells in table["lines"]
+                    if method(labels) == name and dataset in cells]
+            if not bars:
+                continue
+            xs = [x for x, _ in bars]
+            means = [row["R@1"][0] for _, row in bars]
+            stds = [0.0 if math.isnan(row["R@1"][1]) else row["R@1"][1] for _, row in bars]
+            ax.bar(xs, means, width, yerr=stds, capsize=2, label=name)
+            published = [(x, row["R@1"][0] - row[PUBLISHED[1]]) for x, row in bars
+                         if row.get(PUBLISHED[1]) is not None]
+            if published:
+                ax.scatter(*zip(*published), marker="D", s=22, color="crimson", zorder=3,
+                           label=None if ticks else "published R@1")
+                ticks = True
+        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=7)
+        ax.set_title(DATASETS.get(dataset, dataset))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test R@1 (%)")
+    handles = {label: handle for ax in axes[0] for handle, label in
+               zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
+               fontsize=8, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("MAP@R",)
          ) -> None:
     """Each metric against embedding size, one panel per metric, one line per (dataset,
@@ -605,6 +655,7 @@ def main(argv: list[str] | None = None) -> str:
                                  *paper_legend(table, args.baseline), *notes])
         (out / "results_paper.md").write_text(markdown + "\n")
         (out / "results_paper.csv").write_text(to_paper_csv(table) + "\n")
+        paper_plot(table, out / "results_paper.png")
     else:
         prefix, what = CHECKPOINTS[args.checkpoint]
         heading = ([] if args.checkpoint == "val" else
