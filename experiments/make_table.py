@@ -8,9 +8,10 @@ difference of each synthesiser to the plain loss, seed by seed, with a 95% inter
 Every run directory below the given folders (a ``metrics.json`` beside a ``config.yaml``)
 is one row of data. Runs are pooled only when their whole resolved config is the same
 except the seed (``seed`` and any ``*.seed`` equal to it) and paths (``paths.*``,
-``ckpt_path``, ``resume``, values inside the run directory): runs that differ in
-``see.n_points`` or a learning rate are never averaged together. Where two rows agree in the
-named columns, an ``other`` column says what else tells them apart.
+``ckpt_path``, ``resume``, values inside the run directory) and the keys that only change
+what is reported or logged (``REPORT_KEYS``: ``test_every_epoch``, ``logger``, ...): runs
+that differ in ``see.n_points`` or a learning rate are never averaged together. Where two
+rows agree in the named columns, an ``other`` column says what else tells them apart.
 
 ``--checkpoint``: which test metrics of each run: ``val`` (default; ``test/*``: the
 checkpoint with the best ``val/map@r`` on held-out training classes), ``final``
@@ -79,6 +80,12 @@ PUBLISHED = ("R@1 paper", "ΔR@1 paper")
 PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
 KEY_NAMES = ("dataset", "backbone", "dim", "loss", "synthesis", "epochs")
 PATH_KEYS = ("paths", "ckpt_path", "resume")
+#: keys that change what is evaluated, reported or logged after training, never the weights
+#: (``test_every_epoch`` leaves them bit-identical: tests/test_best_on_test.py): runs that
+#: differ only in these, or that predate one of them, are seeds of one cell
+REPORT_KEYS = ("test_every_epoch", "test_final", "nmi", "knn_backend", "logger", "tags",
+               "trainer.enable_progress_bar", "callbacks.embedding_export",
+               "callbacks.lr_monitor", "data.eval_batch_size")
 SYNTHESIS_KEYS = ("see", "synthesis")
 
 Run = tuple[dict[str, Any], dict[str, float]]  # (flattened config, metrics)
@@ -93,13 +100,16 @@ def synthesis_name(cfg: dict[str, Any]) -> str:
 
 
 def config_key(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config less seed and paths: runs with equal keys are seeds of one cell."""
+    """The resolved config less seed, paths and ``REPORT_KEYS``: runs with equal keys are
+    seeds of one cell."""
     seed = cfg.get("seed")
     run_dir = str((cfg.get("paths") or {}).get("run_dir") or "\0")
     flat = flatten(cfg)
     key = {}
     for name, value in flat.items():
         if name.split(".")[0] in PATH_KEYS:
+            continue
+        if any(name == k or name.startswith(k + ".") for k in REPORT_KEYS):
             continue
         if name.split(".")[-1] == "seed" and value == seed:
             continue

@@ -69,6 +69,23 @@ def test_runs_are_pooled_only_across_seeds_and_paired_to_none(tmp_path):
     assert "+2.67 [" in markdown and "| other |" in markdown
 
 
+def test_keys_that_only_change_reporting_do_not_split_a_cell(tmp_path):
+    """A run with test_every_epoch / another logger, or one written before such a key
+    existed, trains the same weights: it pools with the others as a seed, and pairs."""
+    _run(tmp_path, "none0", 0, 0.10)
+    _run(tmp_path, "see0", 0, 0.13, see=True)
+    for name, seed, value, extra in (("none1", 1, 0.12, {"test_every_epoch": False}),
+                                     ("see1", 1, 0.13, {"test_every_epoch": True,
+                                                        "logger": {"wandb": {"x": 1}}})):
+        _run(tmp_path, name, seed, value, see=name.startswith("see"))
+        cfg = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump({**cfg, **extra}))
+    rows = make_table.table_rows(make_table.collect([tmp_path]))
+    assert [(r["synthesis"], r["seeds"]) for r in rows] == [("SEE", 2), ("none", 2)]
+    assert rows[0]["ΔMAP@R"][3] == 2  # paired over both seeds: 3 and 1 points
+    assert rows[0]["ΔMAP@R"][0] == pytest.approx(2.0)
+
+
 def test_baselines_by_name_and_duplicate_seeds(tmp_path):
     _run(tmp_path, "ee0", 0, 0.2, synthesis="embedding_expansion")
     _run(tmp_path, "none0", 0, 0.1)
