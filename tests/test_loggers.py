@@ -35,6 +35,12 @@ def test_wandb_runs_offline_without_an_account(make_cfg, monkeypatch, tmp_path):
     run_id = cfg.logger.wandb.id
     assert run_id == path_id(cfg.paths.run_dir) and len(run_id) == 12
     assert make_cfg("logger=wandb", "paths.run_dir=/elsewhere").logger.wandb.id != run_id
+    # a paper table's runs are told apart by name (dataset, backbone, size) and grouped by
+    # setting
+    paper = make_cfg("experiment=paper/deit_small_128_cub", "logger=wandb", "seed=2",
+                     fast=False).logger.wandb
+    assert paper.name == "CUB200-deit_small_patch16_224-d128-proxy_anchor-seeTrue-s2"
+    assert paper.group == "paper_deit_small_128_cub"
     _, run_dir = run(make_cfg, "logger=wandb")
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, list(run_dir.rglob("*"))[:20]

@@ -37,7 +37,7 @@ _RUN_UID = uuid.uuid4().hex[:6]
 def register_resolvers() -> None:
     """Resolvers the configs use: ``${run_uid:}`` (per-process id), ``${mul:a,b}``,
     ``${ddp_strategy:warmup_epochs,freeze_bn}``, ``${path_id:dir}``, ``${either:a,b}``,
-    ``${hydra_subdir:resume}``, ``${gpus_per_node:devices}``."""
+    ``${hydra_subdir:resume}``, ``${gpus_per_node:devices}``, ``${class_name:path}``."""
     if not OmegaConf.has_resolver("run_uid"):
         OmegaConf.register_new_resolver("run_uid", lambda: _RUN_UID)
     if not OmegaConf.has_resolver("mul"):
@@ -53,6 +53,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)
     if not OmegaConf.has_resolver("gpus_per_node"):
         OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node)
+    if not OmegaConf.has_resolver("class_name"):
+        # ${class_name:${dataset._target_}}: CUB200 (run names, e.g. W&B's)
+        OmegaConf.register_new_resolver("class_name", lambda path: str(path).rsplit(".", 1)[-1])
 
 
 def gpus_per_node(devices: Any) -> int:
