@@ -268,6 +268,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     source: DatasetSource = instantiate(cfg.dataset)
+    source.splits()  # a missing dataset fails here, before a backbone fetches its weights
     backbone = build_backbone(cfg, source.image_mode)
     dm = build_datamodule(cfg, backbone, source)
     log.info("data: %s", dm.describe())

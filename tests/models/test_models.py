@@ -159,3 +159,31 @@ def test_efficientnet_lite0_config_resolves_the_shipped_weights(make_cfg):
     assert Path(path).resolve() == Path(lite0_file()).resolve()
     assert cfg.model.backbone.name == "tf_efficientnet_lite0"
     assert cfg.model.backbone.pretrained is False
+
+
+def test_unreachable_pretrained_weights_are_one_clear_error(monkeypatch, make_cfg):
+    """Offline, timm cannot fetch weights that are not in the local Hugging Face cache: the
+    error names the key and the three ways out, and train reports it as a user error (one
+    ``error:`` line, status 2) rather than a traceback."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from see_dml.train import _user_error
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("An error happened while trying to locate the file on "
+                                      "the Hub and we cannot find the requested files in the "
+                                      "local cache.")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ValueError, match=r"model\.backbone\.pretrained=true: the pretrained "
+                                         r"weights of 'resnet18' could not be fetched "
+                                         r"\(LocalEntryNotFoundError.*weights_path=<file>"):
+        Backbone("resnet18", pretrained=True)
+    with pytest.raises(LocalEntryNotFoundError):  # not asked for weights: not ours to reword
+        Backbone("resnet18", pretrained=False)
+    cfg = make_cfg("model=resnet50", "model.backbone.pretrained=true")
+    with pytest.raises(InstantiationException) as err:
+        instantiate(cfg.model.backbone, in_chans=3)
+    assert _user_error(err.value)

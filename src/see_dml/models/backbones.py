@@ -80,6 +80,19 @@ class Backbone(nn.Module):
                                               in_chans=in_chans)
             except RuntimeError as err:
                 raise ValueError(f"model.backbone.name='{name}': {err}") from err
+            except OSError as err:  # the hub unreachable and the weights not in its cache
+                if not pretrained:
+                    raise
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise ValueError(
+                    f"model.backbone.pretrained=true: the pretrained weights of '{name}' could "
+                    f"not be fetched ({type(err).__name__}: {first}). On a machine without "
+                    "internet: run python -c \"import timm; timm.create_model("
+                    f"'{name}', pretrained=True)\" where there is internet and copy the "
+                    "Hugging Face cache (~/.cache/huggingface, or $HF_HOME) here; or give a "
+                    "weights file, model.backbone.pretrained=false "
+                    "model.backbone.weights_path=<file>; or train from scratch, "
+                    "model.backbone.pretrained=false") from err
             self.num_features = self.body.num_features
             cfg = self.body.pretrained_cfg
             self.mean, self.std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std",
