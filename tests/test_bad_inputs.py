@@ -102,6 +102,21 @@ def test_m_per_class_above_the_images_of_a_class_is_named(make_cfg, caplog):
     assert "data.m_per_class" not in caplog.text
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["trainer=gpu"], r"trainer\.accelerator=gpu .*no CUDA GPU"),
+    (["experiment=paper/deit_small_128_cub"], r"trainer\.accelerator=gpu .*no CUDA GPU"),
+    (["trainer.accelerator=cpu", "trainer.precision=16-mixed"],
+     r"trainer\.precision=16-mixed needs a GPU"),
+])
+def test_a_gpu_trainer_on_a_machine_without_one_fails_first(make_cfg, monkeypatch, tmp_path,
+                                                             overrides, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = make_cfg(*overrides, f"paths.run_dir={tmp_path / 'run'}", fast=False)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # before the run directory and the data
+
+
 def test_too_few_classes_for_a_batch(make_cfg):
     with pytest.raises(ValueError, match=r"data\.batch_size|data\.m_per_class"):
         build_datamodule(make_cfg("dataset=mnist", "data.batch_size=32", "data.m_per_class=4"))

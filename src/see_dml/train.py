@@ -248,6 +248,25 @@ def _fit(trainer: L.Trainer, model: DMLModule, dm: RetrievalDataModule, ckpt: st
     sys.exit(status)
 
 
+def check_accelerator(cfg: DictConfig) -> None:
+    """:class:`ConfigError` when the trainer asks for GPUs (``trainer=gpu``/``ddp``, the paper
+    recipes) on a machine without one: Lightning's own error says only "No supported gpu
+    backend found!", after the data is built."""
+    import torch
+
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (trainer=gpu / ddp, and the paper recipes) but "
+            "this machine has no CUDA GPU: run it on a GPU node, or on the CPU with "
+            "trainer.accelerator=cpu (with trainer.strategy=auto trainer.devices=1 for a "
+            "DDP recipe, and trainer.precision=32-true or bf16-mixed)")
+    precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+    if accelerator == "cpu" and precision in ("16-mixed", "16", "16-true"):
+        raise ConfigError(f"trainer.precision={precision} needs a GPU; on the CPU use "
+                          "trainer.precision=32-true or bf16-mixed")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the flat metrics written to ``metrics.json``."""
     validate_config(cfg)
@@ -255,6 +274,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    check_accelerator(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)

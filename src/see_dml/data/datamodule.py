@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from see_dml.config import ConfigError
 from see_dml.data.base import DatasetSource, RetrievalDataset
 from see_dml.data.samplers import ClassBalancedBatchSampler
 from see_dml.data.transforms import TransformConfig, build_transforms
@@ -94,14 +95,18 @@ class RetrievalDataModule(L.LightningDataModule):
                 self.datasets[name] = self.source.make_dataset(split, eval_tf)
 
     def validate(self) -> None:
-        """Fail before training when the training split cannot fill one batch."""
+        """Fail before training when the training split cannot fill one batch
+        (:class:`~see_dml.config.ConfigError`: the data keys do not fit this dataset)."""
         if self.sampler == "class_balanced":
-            ClassBalancedBatchSampler(self.datasets["train"].labels, self.batch_size,
-                                      self.m_per_class)
+            try:
+                ClassBalancedBatchSampler(self.datasets["train"].labels, self.batch_size,
+                                          self.m_per_class)
+            except ValueError as err:
+                raise ConfigError(f"{err} ({self.source.name})") from err
             self._warn_small_classes()
         elif len(self.datasets["train"]) < self.batch_size:
-            raise ValueError(f"data.batch_size={self.batch_size} exceeds the "
-                             f"{len(self.datasets['train'])} training images")
+            raise ConfigError(f"data.batch_size={self.batch_size} exceeds the "
+                              f"{len(self.datasets['train'])} training images")
 
     def _warn_small_classes(self) -> None:
         """Classes with fewer training images than ``m_per_class`` fill their share of a
