@@ -291,7 +291,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     source.splits()  # a missing dataset fails here, before a backbone fetches its weights
     backbone = build_backbone(cfg, source.image_mode)
     dm = build_datamodule(cfg, backbone, source)
-    log.info("data: %s", dm.describe())
+    log.info("data: %s", dm.describe_line())
     model = build_model(cfg, dm.num_classes, backbone, source)
 
     trainer_kwargs: dict[str, Any] = {}
@@ -343,7 +343,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # W&B prints its sync hints when its run finishes: before our last lines, not after
         sys.modules["wandb"].finish()
     if trainer.is_global_zero:
-        print(f"\nResults on {source.name} test classes ({dm.describe()}):")
+        print(f"\nResults on {source.name} test classes ({dm.describe_line()}):")
         print(format_results(metrics))
         print(f"Resume or extend (a larger trainer.max_epochs): {resume_command(cfg)}")
         print(f"Run directory: {run_dir.resolve()}")

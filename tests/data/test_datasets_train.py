@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dataset_fixtures import make_fixture
@@ -18,7 +20,7 @@ SMALL_PHOTOS = ["data.transforms.image_size=32", "data.transforms.resize=36",
     ("sop", {"n_classes": 6, "per_class": 4}),
     ("inshop", {"n_train": 6, "n_test": 4, "per_item": 4}),
 ])
-def test_train_and_evaluate_on_fixture(make_cfg, tmp_path, name, kwargs):
+def test_train_and_evaluate_on_fixture(make_cfg, tmp_path, capsys, name, kwargs):
     data_dir = tmp_path / "data"
     make_fixture(name, data_dir, **kwargs)
     cfg = make_cfg(f"dataset={name}", f"paths.data_dir={data_dir}", "dataset.val_fraction=0.2",
@@ -32,3 +34,8 @@ def test_train_and_evaluate_on_fixture(make_cfg, tmp_path, name, kwargs):
     assert 0.0 <= metrics["test/map@r"] <= 1.0
     assert 0.0 <= metrics["test/nmi"] <= 1.0  # In-Shop: query and gallery clustered together
     assert "best/val/map@r" in metrics
+    # the splits as a line for people, each split's images and classes
+    splits = ("query", "gallery") if name == "inshop" else ("test",)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("Results on"))
+    for split in ("train", "val", *splits):
+        assert re.search(rf"\b{split} [\d,]+ images / [\d,]+ classes", line), (split, line)

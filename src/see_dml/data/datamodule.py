@@ -217,3 +217,8 @@ class RetrievalDataModule(L.LightningDataModule):
         """``{split: {"images": N, "classes": C}}`` for every split."""
         return {n: d.split.summary() for n, d in self.datasets.items()}
 
+    def describe_line(self) -> str:
+        """:meth:`describe` for people: ``train 5,278 images / 90 classes, val ...``."""
+        return ", ".join(f"{name} {s['images']:,} images / {s['classes']:,} classes"
+                         for name, s in self.describe().items())
+
