@@ -2,7 +2,7 @@
 throughput has been measured.
 
     python experiments/budget.py vit128 [resnet50 vit384]
-        [--images-per-s deit_small_patch16_224=850 [more BACKBONE=N]]
+        [--images-per-s deit_small_distilled_patch16_224=850 [more BACKBONE=N]]
         [--rates-file benchmarks/results/throughput.json]
 
 Every job of ``conf/experiment/paper/table_<name>.yaml`` is composed as the sweep composes it,

@@ -39,7 +39,7 @@ def test_wandb_runs_offline_without_an_account(make_cfg, monkeypatch, tmp_path):
     # setting
     paper = make_cfg("experiment=paper/deit_small_128_cub", "logger=wandb", "seed=2",
                      fast=False).logger.wandb
-    assert paper.name == "CUB200-deit_small_patch16_224-d128-proxy_anchor-seeTrue-s2"
+    assert paper.name == "CUB200-deit_small_distilled_patch16_224-d128-proxy_anchor-seeTrue-s2"
     assert paper.group == "paper_deit_small_128_cub"
     _, run_dir = run(make_cfg, "logger=wandb")
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))

@@ -136,7 +136,7 @@ def _paper_run(root: Path, dataset: str, seed: int, r1: float, *, see: bool,
     run_dir.mkdir(parents=True)
     cfg = {"seed": seed, "paths": {"run_dir": str(run_dir)},
            "dataset": {"_target_": f"see_dml.data.x.{dataset}", "seed": seed},
-           "model": {"backbone": {"name": "deit_small_patch16_224"}, "embed_dim": 128},
+           "model": {"backbone": {"name": "deit_small_distilled_patch16_224"}, "embed_dim": 128},
            "loss": {"name": "proxy_anchor"}, "see": {"enabled": see, "n_points": 8},
            "synthesis": None,
            # each dataset its own recipe: not a reason for a line of its own
@@ -199,7 +199,7 @@ def test_paper_layout_puts_datasets_side_by_side(tmp_path, capsys):
                       *(f"SOP {c}" for c in ["R@1", "R@10", "R@100", "R@1000", *group])]
     assert list(rows) == ["none", "SEE"]  # one line each, though CUB and SOP recipes differ
     see, plain = rows["SEE"], rows["none"]
-    assert see["backbone / dim"] == "deit_small_patch16_224 / 128"
+    assert see["backbone / dim"] == "deit_small_distilled_patch16_224 / 128"
     # SEE on CUB: R@1 74, 77 -> 75.50 ± 2.12; R@2 76, 79; MAP@R 37, 38.5 -> 37.75 ± 1.06
     sd = math.sqrt(2 * 1.5**2)
     assert see["CUB R@1"] == f"75.50 ± {sd:.2f}" == "75.50 ± 2.12"

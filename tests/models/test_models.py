@@ -65,9 +65,10 @@ def test_token_pooling_leaves_out_the_prefix_tokens(pooling):
 def test_vit_backbone_reports_its_prefix_tokens_to_the_head(make_cfg):
     from see_dml.train import build_model
 
-    module = build_model(make_cfg("model=deit_small", "model.backbone.pretrained=false",
-                                  "model.head.pooling=avg"), num_classes=4)
-    assert module.backbone.num_prefix_tokens == module.head.num_prefix_tokens == 1
+    for model, prefix in (("vit_small", 1), ("deit_small", 2)):  # DeiT-S distilled: cls, dist
+        module = build_model(make_cfg(f"model={model}", "model.backbone.pretrained=false",
+                                      "model.head.pooling=avg"), num_classes=4)
+        assert module.backbone.num_prefix_tokens == module.head.num_prefix_tokens == prefix
 
 
 def test_head_init_and_pooling_errors():
@@ -187,3 +188,35 @@ def test_unreachable_pretrained_weights_are_one_clear_error(monkeypatch, make_cf
     with pytest.raises(InstantiationException) as err:
         instantiate(cfg.model.backbone, in_chans=3)
     assert _user_error(err.value)
+
+
+def test_deit_setting_is_the_authors_distilled_model_with_a_frozen_patch_embedding(make_cfg):
+    """The SEE authors' DeiT-S (their scripts' deit_small_distilled_patch16_224): the
+    embedding is LN -> Linear -> L2 of the mean of the class and distillation tokens, and
+    the patch embedding stays frozen after the warm-up (their freeze(body, 0))."""
+    import torch.nn.functional as F
+
+    from see_dml.train import build_model
+
+    cfg = make_cfg("experiment=paper/deit_small_128_cub", "model.backbone.pretrained=false",
+                   fast=False)
+    module = build_model(cfg, num_classes=4).eval()
+    body = module.backbone.body
+    assert module.backbone.num_prefix_tokens == 2
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        tokens = body.forward_features(x)
+        pooled = (tokens[:, 0] + tokens[:, 1]) / 2
+        expected = F.normalize(module.head.proj(module.head.norm(pooled)), dim=1)
+        assert torch.allclose(module(x), expected, atol=1e-5)
+    patch = {n for n, _ in body.named_parameters() if n.startswith("patch_embed.")}
+    assert patch and {n for n, p in body.named_parameters() if not p.requires_grad} == patch
+    # what DMLModule.on_train_epoch_start keeps frozen when the warm-up unfreezes the rest
+    fixed = {id(p) for p in module.backbone.frozen_parameters()}
+    assert fixed == {id(p) for n, p in body.named_parameters() if n in patch}
+
+
+def test_frozen_prefix_that_names_nothing_is_an_error():
+    with pytest.raises(ValueError, match=r"model\.backbone\.frozen: 'patch_embedding' names no "
+                                         r"parameter of 'resnet18'"):
+        Backbone("resnet18", frozen=["patch_embedding"])

@@ -8,6 +8,7 @@ so :func:`load_local_weights` loads a local file into the timm model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import timm
@@ -50,19 +51,24 @@ class Backbone(nn.Module):
     (the class / register tokens before a ViT's patch tokens; 0 for CNNs).
 
     Args:
-        name: ``small_cnn`` or a timm model name (``resnet50``, ``deit_small_patch16_224``,
-            ``vit_small_patch16_224``, ``tf_efficientnet_lite0``...).
+        name: ``small_cnn`` or a timm model name (``resnet50``,
+            ``deit_small_distilled_patch16_224``, ``vit_small_patch16_224``,
+            ``tf_efficientnet_lite0``...).
         pretrained: download timm's pretrained weights (needs a hub; off on offline nodes).
         weights_path: a local weights file to load instead (see :func:`load_local_weights`).
         in_chans: input channels (1 for the digit datasets).
         width: channels of the first block of ``small_cnn`` (ignored for timm models).
         trainable_stages: train only the last N stages (see :meth:`stages`) and freeze the
             rest for the whole run; ``None`` trains all, 0 none (a fixed feature extractor).
+        frozen: parameter-name prefixes of the body frozen for the whole run, beside
+            ``trainable_stages`` (the SEE authors' ViTs: ``[patch_embed]``). A prefix that
+            names no parameter is an error.
     """
 
     def __init__(self, name: str = "small_cnn", pretrained: bool = False,
                  weights_path: str | None = None, in_chans: int = 3, width: int = 32,
-                 trainable_stages: int | None = None) -> None:
+                 trainable_stages: int | None = None,
+                 frozen: Sequence[str] | None = None) -> None:
         super().__init__()
         self.name = name
         if name == "small_cnn":
@@ -103,6 +109,7 @@ class Backbone(nn.Module):
             load_local_weights(self.body, weights_path)
         self.trainable_stages = trainable_stages
         self._frozen_modules = self._freeze_early_stages(trainable_stages)
+        self._freeze_prefixes(list(frozen or []))
 
     def stages(self) -> list[list[str]]:
         """Parameter names of the body, stage by stage from input to output.
@@ -156,8 +163,24 @@ class Backbone(nn.Module):
                  len(self._frozen_names))
         return modules
 
+    def _freeze_prefixes(self, prefixes: list[str]) -> None:
+        """Freeze the parameters whose names start with one of ``prefixes`` (``frozen``)."""
+        names = [n for n, _ in self.body.named_parameters()]
+        for prefix in prefixes:
+            matched = [n for n in names if n == prefix or n.startswith(f"{prefix}.")]
+            if not matched:
+                raise ValueError(f"model.backbone.frozen: '{prefix}' names no parameter of "
+                                 f"'{self.name}' (its parameters start with: "
+                                 f"{', '.join(sorted({n.split('.')[0] for n in names}))})")
+            self._frozen_names += [n for n in matched if n not in self._frozen_names]
+        for p in self.frozen_parameters():
+            p.requires_grad_(False)
+        if prefixes:
+            log.info("model.backbone.frozen=%s: %d parameter tensors of '%s' frozen",
+                     prefixes, len(self._frozen_names), self.name)
+
     def frozen_parameters(self) -> list[nn.Parameter]:
-        """The parameters frozen for the whole run by ``trainable_stages``."""
+        """The parameters frozen for the whole run (``trainable_stages``, ``frozen``)."""
         params = dict(self.body.named_parameters())
         return [params[n] for n in self._frozen_names]
 
