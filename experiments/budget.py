@@ -12,7 +12,8 @@ checks with ``strict_counts``):
 - train: the images of the training classes left after the validation hold-out
   (``dataset.val_fraction`` of the classes, counted as that fraction of the images) x epochs;
 - eval: the validation split every epoch, the test split every epoch where
-  ``test_every_epoch`` is on (the best-on-test number), and the test split twice at the end
+  ``test_every_epoch`` is on (the best-on-test number; only the epochs of ``test_epochs``),
+  and the test split twice at the end
   (the selected and the final checkpoint).
 
 GPU hours need the images per second of one GPU for the backbone, at the recipe's batch and
@@ -100,12 +101,16 @@ def setting_cost(setting: str, runs: int) -> Cost:
     val_fraction = float(OmegaConf.select(cfg, "dataset.val_fraction", default=0.0) or 0.0)
     val = round(train_split * val_fraction)
     epochs = int(cfg.trainer.max_epochs)
-    per_epoch_eval = val + (test if cfg.get("test_every_epoch", False) else 0)
+    tested = 0  # epochs whose test split is scored (test_every_epoch, test_epochs)
+    if cfg.get("test_every_epoch", False):
+        start = int(OmegaConf.select(cfg, "test_epochs.start", default=0))
+        every = int(OmegaConf.select(cfg, "test_epochs.every", default=1))
+        tested = sum(1 for e in range(epochs) if e >= start and (e - start) % every == 0)
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
     return Cost(setting=setting, backbone=cfg.model.backbone.name, runs=runs,
                 gpus=devices * int(cfg.trainer.get("num_nodes", 1) or 1), epochs=epochs,
                 train_images=(train_split - val) * epochs,
-                eval_images=per_epoch_eval * epochs + 2 * test)
+                eval_images=val * epochs + test * tested + 2 * test)
 
 
 def table_costs(table: str) -> list[Cost]:

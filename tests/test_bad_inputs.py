@@ -41,6 +41,8 @@ from see_dml.train import build_datamodule, train
     (["see.enabled=true", "see.n_points=100"], "see.n_points"),
     (["see.enabled=true", "see.p_min=0.5", "see.p_max=0.2"], "see.p_min"),
     (["see.enabled=true", "synthesis=embedding_expansion"], "synthesis"),
+    (["test_epochs.every=0"], "test_epochs.every"),
+    (["test_epochs.start=-1"], "test_epochs.start"),
     (["+optimizer.betaz=[0.9,0.99]"], "~optimizer.betaz"),
     (["scheduler=step", "+scheduler.T_max=5"], "~scheduler.T_max"),
     # the Emoji-Styles recipe's cosine scheduler, with scheduler=step merged into it

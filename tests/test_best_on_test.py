@@ -106,6 +106,38 @@ def test_option_changes_neither_training_nor_selection(runs):
         off_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
+def test_test_epochs_schedule_scores_only_those_epochs(runs, tmp_path, monkeypatch):
+    """test_epochs.start / every (the SEE authors' scripts: from the warm-up's end; on SOP
+    every 5 from epoch 40): the other epochs read no test image, the best is over the
+    scored ones, and training is still that of the run without the option."""
+    from see_dml.data.base import RetrievalDataset
+
+    reads: list[int] = []
+    getitem = RetrievalDataset.__getitem__
+
+    def counting(self, index):
+        if self.split.name == "test":
+            reads.append(index)
+        return getitem(self, index)
+
+    monkeypatch.setattr(RetrievalDataset, "__getitem__", counting)
+    cfg = _cfg(tmp_path, "sched", "trainer.max_epochs=3", "test_every_epoch=true",
+               "test_epochs.start=1", "test_epochs.every=2")
+    metrics = train(cfg)
+    history = _history(Path(cfg.paths.run_dir))
+    assert sorted(history) == [1]  # epochs 1, 3, ... of 0..2
+    assert metrics["best_on_test/epoch"] == 1
+    assert sorted(_per_epoch(Path(cfg.paths.run_dir))) == [1]
+    # the test split read once in epoch 1, then by the two tests at the end (test_final off:
+    # once, for the selected checkpoint)
+    n_test = len(set(reads))
+    assert len(reads) == 2 * n_test
+    off = runs["off"][0]
+    for key in off:
+        if key.startswith(("test/", "best/")) or key == "epochs":
+            assert metrics[key] == off[key], key
+
+
 def test_printed_results_label_the_papers_number(runs):
     table = format_results(runs["on"][0])
     epoch = runs["on"][0]["best_on_test/epoch"]

@@ -159,6 +159,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_see_effect(cfg)
     check_recipe_dataset(cfg)
     check_monitors(cfg)
+    check_test_epochs(cfg)
     for key in ("optimizer", "scheduler"):
         check_factory_keys(cfg, key)
     # The one check that a run asks for one synthesiser: SEE (see.enabled) or a baseline
@@ -199,6 +200,17 @@ def check_monitors(cfg: DictConfig) -> None:
                 f"callbacks.{name}.monitor={monitor} would select on the test classes; "
                 "monitor a val/ metric (held-out training classes). test_every_epoch's "
                 "best_on_test/... is reported for comparison with the papers only")
+
+
+def check_test_epochs(cfg: DictConfig) -> None:
+    """``test_epochs.start`` >= 0 and ``test_epochs.every`` >= 1, integers."""
+    epochs = cfg.get("test_epochs")
+    if epochs is None:
+        return
+    for key, low in (("start", 0), ("every", 1)):
+        value = epochs.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"test_epochs.{key} must be an integer >= {low}, got {value!r}")
 
 
 def check_recipe_dataset(cfg: DictConfig) -> None:

@@ -345,7 +345,11 @@ class DMLModule(L.LightningModule):
             metrics = result.prefixed_metrics()
             self.log_dict({k: v for k, v in metrics.items() if k in shown}, prog_bar=True)
             self.log_dict({k: v for k, v in metrics.items() if k not in shown})
-        if tests:
+        dm = getattr(self.trainer, "datamodule", None)
+        if tests and not getattr(dm, "tests_scheduled", lambda: True)():
+            for i in range(len(val), len(val) + len(tests)):  # test_epochs: not this epoch
+                self._eval_buffers.pop(i, None)
+        elif tests:
             # The papers' best-on-test protocol (for comparison only): logged and kept per
             # epoch, never monitored (checkpoints select on val/...)
             # (no NMI: its k-means every epoch would cost more than the kNN search)

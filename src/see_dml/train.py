@@ -76,7 +76,11 @@ def build_datamodule(cfg: DictConfig, backbone: Backbone | None = None,
     source = source or instantiate(cfg.dataset)
     # test_every_epoch: the validation loop scores the test split(s) too (only passed when
     # asked, so a DataModule of one's own needs the argument only to use the option)
-    extra = {"test_every_epoch": True} if cfg.get("test_every_epoch", False) else {}
+    extra: dict[str, Any] = {}
+    if cfg.get("test_every_epoch", False):
+        epochs = cfg.get("test_epochs") or {}
+        extra = {"test_every_epoch": True,
+                 "test_epochs": (int(epochs.get("start", 0)), int(epochs.get("every", 1)))}
     dm: RetrievalDataModule = instantiate(cfg.data, source=source, _convert_="all", **extra)
     if backbone is not None:
         dm.set_normalization(backbone.mean, backbone.std)
@@ -157,7 +161,7 @@ def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
 RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "hydra.",
                      "trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar",
                      "data.num_workers", "data.eval_batch_size", "tags", "test_final", "nmi",
-                     "knn_backend", "model.compile", "test_every_epoch")
+                     "knn_backend", "model.compile", "test_every_epoch", "test_epochs")
 
 
 def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:

@@ -37,6 +37,11 @@ def test_resnet50_table_counts_match_a_hand_count(capsys):
     assert "| resnet50_512_cub | 6 | 1 | 60 | 0.32 | 0.40 | 1.2 |" in out
     total = sum(6 * (c.train_images + c.eval_images) for c in costs.values()) / 1000 / 3600
     assert out.splitlines()[-1].endswith(f"| {total:,.1f} |")
+    # the ViT recipe's SOP: the test split scored as the authors' script does, every 5 epochs
+    # from epoch 40 of 150 (40, 45, ..., 145: 22 epochs), besides the validation every epoch
+    sop = {c.setting: c for c in budget.table_costs("vit128")}["deit_small_128_sop"]
+    assert sop.epochs == 150
+    assert sop.eval_images == 5955 * 150 + 60502 * 22 + 2 * 60502 == 2_345_298
     budget.main(["vit128"])  # no rate for the ViTs: said, not guessed
     out = capsys.readouterr().out
     assert "| deit_small_128_sop | 6 | 2 | 150 |" in out

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
 from see_dml.config import ConfigError
 from see_dml.data.base import DatasetSource, RetrievalDataset
@@ -18,6 +18,35 @@ from see_dml.data.samplers import ClassBalancedBatchSampler
 from see_dml.data.transforms import TransformConfig, build_transforms
 
 log = logging.getLogger(__name__)
+
+
+class EpochScheduledSampler(Sampler):
+    """``inner``'s indices in the scheduled epochs, none in the others: epoch ``e`` (0-based)
+    is scheduled when ``e >= start`` and ``(e - start) % every == 0``.
+
+    What Lightning's own loops lack: a validation dataloader that runs only in some epochs.
+    Lightning calls :meth:`set_epoch` on every validation sampler before it iterates them
+    (with the epochs trained so far), so an unscheduled epoch reads no image at all.
+    """
+
+    def __init__(self, inner: Sampler, start: int = 0, every: int = 1) -> None:
+        self.inner, self.start, self.every = inner, int(start), int(every)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if callable(getattr(self.inner, "set_epoch", None)):
+            self.inner.set_epoch(epoch)
+
+    def scheduled(self, epoch: int | None = None) -> bool:
+        epoch = self.epoch if epoch is None else epoch
+        return epoch >= self.start and (epoch - self.start) % self.every == 0
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(self.inner) if self.scheduled() else iter(())
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -41,6 +70,8 @@ class RetrievalDataModule(L.LightningDataModule):
         test_every_epoch: also hand the test split(s) to the validation loop, after ``val``
             (:attr:`val_split_names`), so the test classes are scored after every epoch (the
             top-level ``test_every_epoch`` key; for the papers' best-on-test number only).
+        test_epochs: ``(start, every)``: with ``test_every_epoch``, the epochs (0-based) in
+            which the test split(s) are scored: ``start``, ``start + every``, ...
     """
 
     def __init__(self, source: DatasetSource, batch_size: int = 60, m_per_class: int = 2,
@@ -50,7 +81,8 @@ class RetrievalDataModule(L.LightningDataModule):
                  transforms: dict[str, Any] | None = None, seed: int = 0,
                  batches_per_epoch: int | None = None,
                  mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,),
-                 test_every_epoch: bool = False) -> None:
+                 test_every_epoch: bool = False,
+                 test_epochs: Sequence[int] = (0, 1)) -> None:
         super().__init__()
         self.source = source
         self.batch_size = batch_size
@@ -69,6 +101,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.batches_per_epoch = batches_per_epoch
         self.mean, self.std = tuple(mean), tuple(std)
         self.test_every_epoch = test_every_epoch
+        self.test_epochs = (int(test_epochs[0]), int(test_epochs[1]))
         self.datasets: dict[str, RetrievalDataset] = {}
         self._train_sampler: ClassBalancedBatchSampler | None = None
 
@@ -185,14 +218,19 @@ class RetrievalDataModule(L.LightningDataModule):
     def _persistent(self) -> bool:
         return self.persistent_workers and self.num_workers > 0
 
-    def eval_dataloader(self, dataset: Dataset, own_generator: bool = False) -> DataLoader:
+    def eval_dataloader(self, dataset: Dataset, own_generator: bool = False,
+                        epochs: tuple[int, int] | None = None) -> DataLoader:
         """An in-order loader of ``dataset``. ``own_generator``: its iterators draw their
         seed from a generator of their own instead of torch's global one, so iterating it
-        leaves the random state of training (augmentations, SEE) as it was."""
+        leaves the random state of training (augmentations, SEE) as it was. ``epochs``:
+        ``(start, every)``, a loader that reads only in those epochs
+        (:class:`EpochScheduledSampler`)."""
         world, rank = self._world()
         # Padded with repeats under DDP; evaluation de-duplicates by sample index.
-        sampler = (DistributedSampler(dataset, world, rank, shuffle=False) if world > 1
-                   else None)
+        sampler: Sampler | None = (DistributedSampler(dataset, world, rank, shuffle=False)
+                                   if world > 1 else None)
+        if epochs is not None:
+            sampler = EpochScheduledSampler(sampler or SequentialSampler(dataset), *epochs)
         generator = torch.Generator().manual_seed(self.seed) if own_generator else None
         return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False,
                           sampler=sampler, num_workers=self.num_workers,
@@ -206,9 +244,16 @@ class RetrievalDataModule(L.LightningDataModule):
         val = self.eval_dataloader(self.datasets["val"]) if self.has_val else None
         if not self.test_every_epoch:
             return val if val is not None else []
-        tests = [self.eval_dataloader(self.eval_dataset(n), own_generator=True)
+        tests = [self.eval_dataloader(self.eval_dataset(n), own_generator=True,
+                                      epochs=self.test_epochs)
                  for n in self.test_split_names]
+        self._test_schedules = [dl.sampler for dl in tests]
         return ([val] if val is not None else []) + tests
+
+    def tests_scheduled(self) -> bool:
+        """Whether the validation loop's test loaders read in the epoch Lightning last set
+        (``test_epochs``); True when there are none."""
+        return all(s.scheduled() for s in getattr(self, "_test_schedules", []))
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self.eval_dataloader(self.eval_dataset(n)) for n in self.test_split_names]
