@@ -124,6 +124,7 @@ def test_setting_has_its_dataset_values_and_see_is_the_only_difference(make_cfg,
         # and distillation tokens (timm's own pooling); the patch embedding stays frozen
         assert on.model.head.pooling == ("model" if model == "deit_small" else "cls")
         assert on.model.head.layer_norm and list(on.model.backbone.frozen) == ["patch_embed"]
+        assert on.optimizer.eps == 1e-4  # the authors' AdamW eps under fp16
         assert (on.trainer.max_epochs, on.model.warmup_epochs, on.model.head_lr_mult,
                 on.optimizer.weight_decay, on.optimizer.lr) == VIT[dataset]
     # the best-on-test number over the epochs the authors' scripts evaluate: Proxy-Anchor's
