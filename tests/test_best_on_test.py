@@ -238,3 +238,10 @@ def test_ddp_cpu(tmp_path):
     selected = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
     assert _history(run_dir)[selected["epoch"]]["map@r"] == pytest.approx(
         metrics["test/map@r"], abs=1e-6)
+    # a sparse schedule: each rank's sampler is told the epoch, so both skip epoch 0 alike
+    # (a rank that read the test split alone would hang the gather)
+    cfg = _cfg(tmp_path, "sched", "trainer=ddp_cpu", "trainer.max_epochs=2",
+               "trainer.limit_train_batches=2", "test_every_epoch=true", "test_epochs.start=1")
+    metrics = train(cfg)
+    assert sorted(_history(Path(cfg.paths.run_dir))) == [1]
+    assert metrics["best_on_test/epoch"] == 1
