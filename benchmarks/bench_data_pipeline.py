@@ -72,20 +72,15 @@ def write_cub(root: Path, classes: int, per_class: int, width: int, height: int)
 
 def build(cub: Path, batch: int, m_per_class: int) -> Any:
     """The datamodule ``see_dml.train`` builds for ``dataset=cub`` (ImageNet statistics)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from see_dml.config import CONFIG_DIR
+    from see_dml.config import compose
     from see_dml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from see_dml.train import build_datamodule
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "dataset=cub", f"dataset.root={cub}", "dataset.strict_counts=false",
-            "dataset.val_fraction=0", f"data.batch_size={batch}",
-            f"data.m_per_class={m_per_class}", "data.num_workers=0",
-            "paths.run_dir=unused", "paths.output_dir=unused"])
+    cfg = compose([
+        "dataset=cub", f"dataset.root={cub}", "dataset.strict_counts=false",
+        "dataset.val_fraction=0", f"data.batch_size={batch}",
+        f"data.m_per_class={m_per_class}", "data.num_workers=0",
+        "paths.run_dir=unused", "paths.output_dir=unused"])
     # the normalisation a ResNet's backbone would hand over
     return build_datamodule(cfg, SimpleNamespace(mean=IMAGENET_MEAN, std=IMAGENET_STD))
 

@@ -48,6 +48,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from timing import deciles, loadavg, sync
 
+from see_dml.config import compose
+
 #: overrides of conf/train.yaml per model name (the brief's CPU rows and the GPU row)
 MODELS = {
     "small_cnn": ["model=small_cnn"],
@@ -57,19 +59,6 @@ MODELS = {
     "resnet50": ["model=resnet50", "model.backbone.pretrained=false",
                  "model.backbone.in_chans=3", "model.warmup_epochs=0"],
 }
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    """The real ``conf/train.yaml`` with ``overrides`` (as the tests compose it)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from see_dml.config import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
 
 
 def make_batches(cfg: DictConfig, name: str, steps: int, batch: int, image_size: int,

@@ -68,6 +68,8 @@ from omegaconf import DictConfig, open_dict
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import deciles, loadavg, sync  # noqa: E402
 
+from see_dml.config import compose  # noqa: E402
+
 #: backbone family -> (its timm name, setting at 128/512-d, setting at 384-d)
 FAMILIES = {
     "resnet50": ("resnet50", "resnet50_512_cub", "resnet50_512_cub"),
@@ -78,20 +80,6 @@ FAMILIES = {
 }
 #: the top of SEE's top-fraction ramp in the paper recipes (see.p_max)
 SEE_FRACTION = 0.4
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    """The real ``conf/train.yaml`` with ``overrides`` (as ``train`` composes it)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from see_dml.config import CONFIG_DIR, register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
 
 
 def setting_config(family: str, dim: int, device: torch.device, args: argparse.Namespace,

@@ -37,6 +37,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from see_dml.config import compose, sweep_jobs
+
 PAPER = Path(__file__).resolve().parents[1] / "conf" / "experiment" / "paper"
 SETTING_KEY = "+experiment/paper@_global_"
 
@@ -60,29 +62,6 @@ class Cost:
         return self.runs * (self.train_images + self.eval_images) / images_per_s / 3600
 
 
-def table_jobs(table: str) -> list[list[str]]:
-    """The overrides of each job the table's sweep launches (Hydra's basic sweeper)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    cfg = _compose([f"experiment=paper/table_{table}"], hydra=True)
-    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
-    parsed = OverridesParser.create().parse_overrides(params)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-def _compose(overrides: list[str], hydra: bool = False):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from see_dml.config import CONFIG_DIR, register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides, return_hydra_config=hydra)
-
-
 def split_sizes(target: str) -> dict[str, int]:
     """Official images per split of the dataset class ``target`` (its ``expected_counts``)."""
     module, name = target.rsplit(".", 1)
@@ -94,7 +73,7 @@ def split_sizes(target: str) -> dict[str, int]:
 
 def setting_cost(setting: str, runs: int) -> Cost:
     """What one run of ``conf/experiment/paper/<setting>.yaml`` trains and evaluates."""
-    cfg = _compose([f"experiment=paper/{setting}"])
+    cfg = compose([f"experiment=paper/{setting}"])
     sizes = split_sizes(cfg.dataset._target_)
     train_split = sizes.pop("train")
     test = sum(sizes.values())  # In-Shop: query + gallery
@@ -115,7 +94,8 @@ def setting_cost(setting: str, runs: int) -> Cost:
 
 def table_costs(table: str) -> list[Cost]:
     """One :class:`Cost` per setting of ``table``, in the table's order."""
-    runs = Counter(o.split("=", 1)[1] for job in table_jobs(table) for o in job
+    jobs = sweep_jobs([f"experiment=paper/table_{table}"])
+    runs = Counter(o.split("=", 1)[1] for job in jobs for o in job
                    if o.startswith(f"{SETTING_KEY}="))
     if not runs:
         raise SystemExit(f"error: conf/experiment/paper/table_{table}.yaml sweeps no "

@@ -20,10 +20,9 @@ import time
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from see_dml.config import CONFIG_DIR
+from see_dml.config import compose
 from see_dml.metrics.retrieval import retrieval_metrics
 from see_dml.train import build_backbone, build_datamodule
 
@@ -42,9 +41,8 @@ def backbone_features(backbone: torch.nn.Module, loader) -> dict[str, np.ndarray
 
 
 def main(overrides: list[str]) -> dict[str, dict[str, float]]:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["dataset=emoji_styles", "model=efficientnet_lite0",
-                                          "paths.run_dir=.", *overrides])
+    cfg = compose(["dataset=emoji_styles", "model=efficientnet_lite0", "paths.run_dir=.",
+                   *overrides])
     source = instantiate(cfg.dataset)
     backbone = build_backbone(cfg, source.image_mode)
     dm = build_datamodule(cfg, backbone, source)

@@ -56,7 +56,7 @@ from typing import Any
 
 import yaml
 
-from see_dml.config import flatten
+from see_dml.config import class_name, flatten
 
 #: ``--checkpoint``: the prefix of its metrics in metrics.json, and what it is
 CHECKPOINTS = {
@@ -121,7 +121,7 @@ def config_key(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def named_columns(cfg: dict[str, Any]) -> tuple[str, ...]:
-    dataset = cfg["dataset"]["_target_"].rsplit(".", 1)[-1]
+    dataset = class_name(cfg["dataset"]["_target_"])
     model = cfg["model"]
     backbone = model.get("backbone")
     if isinstance(backbone, dict):  # a backbone node (timm name or small_cnn)

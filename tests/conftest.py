@@ -7,11 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from see_dml.config import CONFIG_DIR
+from see_dml.config import compose
 
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -29,9 +27,7 @@ FAST = [
 
 
 def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name, overrides=overrides)
+    return compose(overrides, config_name)
 
 
 @pytest.fixture

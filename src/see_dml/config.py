@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node)
     if not OmegaConf.has_resolver("class_name"):
         # ${class_name:${dataset._target_}}: CUB200 (run names, e.g. W&B's)
-        OmegaConf.register_new_resolver("class_name", lambda path: str(path).rsplit(".", 1)[-1])
+        OmegaConf.register_new_resolver("class_name", class_name)
 
 
 def gpus_per_node(devices: Any) -> int:
@@ -69,6 +70,12 @@ def gpus_per_node(devices: Any) -> int:
     if isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
         return int(devices)
     return int(os.environ.get("SEE_DML_GPUS_PER_NODE", "1"))
+
+
+def class_name(path: Any) -> str:
+    """``see_dml.data.cub.CUB200`` -> ``CUB200``: a ``_target_``'s class, as configs, errors
+    and run names call a dataset."""
+    return str(path).rsplit(".", 1)[-1]
 
 
 def hydra_subdir(resume: str | None) -> str:
@@ -105,6 +112,33 @@ def ddp_strategy(warmup_epochs: int, freeze_bn: bool, base: str = "ddp") -> str:
 
 
 register_resolvers()
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train", *,
+            hydra: bool = False) -> DictConfig:
+    """``conf/<config_name>.yaml`` with ``overrides``, composed as the entry points compose it
+    but outside a Hydra app (tests, benchmarks, the experiments scripts). ``hydra=True``
+    keeps the ``hydra`` node (launcher, sweeper params)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides),
+                             return_hydra_config=hydra)
+
+
+def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
+    """The overrides of each job Hydra's basic sweeper makes of the ``hydra.sweeper.params``
+    of the config ``overrides`` compose (a paper table's settings x SEE x seeds, say)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = compose(overrides, hydra=True)
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    parsed = OverridesParser.create().parse_overrides(params)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -228,7 +262,7 @@ def check_recipe_dataset(cfg: DictConfig) -> None:
             "settings: experiment=paper/<model>_<dim>_<dataset> (ls conf/experiment/paper)")
     want = cfg.get("recipe_dataset")
     target = OmegaConf.select(cfg, "dataset._target_", default=None)
-    have = str(target).rsplit(".", 1)[-1] if target else None
+    have = class_name(target) if target else None
     if want is not None and have is not None and want != have:
         raise ConfigError(
             f"the experiment's recipe values (epochs, learning rates, warm-up) are for {want} "

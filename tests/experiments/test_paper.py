@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from dataset_fixtures import make_fixture
-from see_dml.config import CONFIG_DIR, ConfigError, flatten, validate_config
+from see_dml.config import CONFIG_DIR, ConfigError, compose, flatten, sweep_jobs, validate_config
 from see_dml.train import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,15 +50,7 @@ def _split(setting: str) -> tuple[str, int, str]:
 
 def _jobs(table: str) -> list[list[str]]:
     """The job overrides Hydra's basic sweeper makes of the table's hydra.sweeper.params."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", [f"experiment=paper/table_{table}"], return_hydra_config=True)
-    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
-    parsed = OverridesParser.create().parse_overrides(params)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return sweep_jobs([f"experiment=paper/table_{table}"])
 
 
 def _flat(cfg) -> dict:
@@ -89,13 +79,7 @@ def test_every_published_setting_has_one_file_and_one_table():
 def test_slurm_asks_for_the_gpus_each_job_trains_on(make_cfg, table):
     """The launcher is configured once for the whole sweep, from the table's config: it must
     request the GPUs (one DDP task each) that every job's recipe sets in trainer.devices."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        sweep = compose("train", [f"experiment=paper/table_{table}", "hydra/launcher=slurm"],
-                        return_hydra_config=True)
+    sweep = compose([f"experiment=paper/table_{table}", "hydra/launcher=slurm"], hydra=True)
     launcher = sweep.hydra.launcher
     job = _jobs(table)[0]
     devices = make_cfg(f"experiment=paper/table_{table}", *job, fast=False).trainer.devices

@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from see_dml.config import CONFIG_DIR, ConfigError, validate_config
+from see_dml.config import CONFIG_DIR, ConfigError, compose, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
 #: every experiment, paper/ included; recipe/ holds the parts experiments are built from
@@ -35,10 +33,7 @@ def test_every_experiment_composes_and_validates(make_cfg, name):
 
 
 def test_slurm_launcher_config_resolves():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp",
-                                          "trainer.num_nodes=2"], return_hydra_config=True)
+    cfg = compose(["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2"], hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.nodes == 2
