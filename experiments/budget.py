@@ -84,7 +84,9 @@ def setting_cost(setting: str, runs: int) -> Cost:
     if cfg.get("test_every_epoch", False):
         start = int(OmegaConf.select(cfg, "test_epochs.start", default=0))
         every = int(OmegaConf.select(cfg, "test_epochs.every", default=1))
-        tested = sum(1 for e in range(epochs) if e >= start and (e - start) % every == 0)
+        from see_dml.data.datamodule import scheduled_epoch  # torch: only when it counts
+
+        tested = sum(scheduled_epoch(e, start, every) for e in range(epochs))
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
     return Cost(setting=setting, backbone=cfg.model.backbone.name, runs=runs,
                 gpus=devices * int(cfg.trainer.get("num_nodes", 1) or 1), epochs=epochs,

@@ -20,9 +20,15 @@ from see_dml.data.transforms import TransformConfig, build_transforms
 log = logging.getLogger(__name__)
 
 
+def scheduled_epoch(epoch: int, start: int = 0, every: int = 1) -> bool:
+    """Whether epoch ``epoch`` (0-based) is one of ``start``, ``start + every``, ...
+    (``test_epochs``: the epochs whose test split is scored)."""
+    return epoch >= start and (epoch - start) % every == 0
+
+
 class EpochScheduledSampler(Sampler):
-    """``inner``'s indices in the scheduled epochs, none in the others: epoch ``e`` (0-based)
-    is scheduled when ``e >= start`` and ``(e - start) % every == 0``.
+    """``inner``'s indices in the scheduled epochs (:func:`scheduled_epoch`), none in the
+    others.
 
     What Lightning's own loops lack: a validation dataloader that runs only in some epochs.
     Lightning calls :meth:`set_epoch` on every validation sampler before it iterates them
@@ -39,8 +45,7 @@ class EpochScheduledSampler(Sampler):
             self.inner.set_epoch(epoch)
 
     def scheduled(self, epoch: int | None = None) -> bool:
-        epoch = self.epoch if epoch is None else epoch
-        return epoch >= self.start and (epoch - self.start) % self.every == 0
+        return scheduled_epoch(self.epoch if epoch is None else epoch, self.start, self.every)
 
     def __iter__(self):  # type: ignore[override]
         return iter(self.inner) if self.scheduled() else iter(())
