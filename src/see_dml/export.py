@@ -189,6 +189,14 @@ def weights_hash(module: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def model_identity(module: Any, ckpt_cfg: DictConfig) -> dict[str, Any]:
+    """Which model makes an embedding, as the index and ONNX sidecars record it and
+    :meth:`see_dml.index.SavedIndex.check_model` compares it: ``config_hash``,
+    ``weights_hash`` and ``embed_dim``."""
+    return {"config_hash": config_hash(ckpt_cfg), "weights_hash": weights_hash(module),
+            "embed_dim": int(ckpt_cfg.model.embed_dim)}
+
+
 def eval_preprocessing(dm: RetrievalDataModule) -> dict[str, Any]:
     """What an image must go through before the model sees it (the eval transform).
 
@@ -291,8 +299,7 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output) if cfg.get("output") else ckpt_file.with_suffix(".onnx")
     export_onnx(module, out, (prep["channels"], *prep["input_size"]), opset=int(cfg.opset))
     sidecar = {"format": "onnx", "ckpt_path": str(ckpt_file.resolve()),
-               "config_hash": config_hash(ckpt_cfg), "weights_hash": weights_hash(module),
-               "embed_dim": int(ckpt_cfg.model.embed_dim), "opset": int(cfg.opset),
+               **model_identity(module, ckpt_cfg), "opset": int(cfg.opset),
                "inputs": {"images": ["batch", prep["channels"], *prep["input_size"]]},
                "outputs": {"embeddings": ["batch", int(ckpt_cfg.model.embed_dim)]},
                "preprocessing": prep}

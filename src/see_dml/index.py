@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,11 +74,12 @@ class SavedIndex:
     def items(self) -> list[dict[str, Any]]:
         return self.meta["items"]
 
-    def check_model(self, model_hash: str, embed_dim: int, ckpt_path: str | Path,
-                    weights: str | None = None) -> None:
+    def check_model(self, model: Mapping[str, Any], ckpt_path: str | Path) -> None:
         """:class:`IndexFileError` unless the index was built by the model of ``ckpt_path``
-        (its config hash and, where the sidecar has it, its weights hash) and holds
-        ``embed_dim``-d embeddings."""
+        (``model``: its :func:`~see_dml.export.model_identity`): the same config hash,
+        embedding size and, where the sidecar has it, weights hash."""
+        embed_dim, model_hash = model["embed_dim"], model["config_hash"]
+        weights = model["weights_hash"]
         built_by = f"built from '{self.meta.get('ckpt_path')}'"
         if int(self.meta["embed_dim"]) != int(embed_dim):
             raise IndexFileError(
@@ -93,7 +95,7 @@ class SavedIndex:
                 "with this checkpoint")
         # sidecars written before weights_hash existed are checked on the config alone
         built = self.meta.get("weights_hash")
-        if weights is not None and built is not None and built != weights:
+        if built is not None and built != weights:
             raise IndexFileError(
                 f"index.path='{self.path}' was built with other weights of the same config "
                 f"(weights hash {built}, {built_by}; another epoch's checkpoint?) than "
@@ -304,23 +306,15 @@ def _embed_gallery(cfg: DictConfig, saved: SavedIndex | None = None
     files = image_files(str(cfg.gallery), "gallery")  # a typo fails before the model loads
 
     from see_dml.evaluate import load_module_from_checkpoint, resolve_dataset_config
-    from see_dml.export import (
-        config_hash,
-        embed_split,
-        eval_preprocessing,
-        resolve_device,
-        weights_hash,
-    )
+    from see_dml.export import embed_split, eval_preprocessing, model_identity, resolve_device
     from see_dml.metrics.knn import l2_normalised
     from see_dml.retrieve import _datamodule, image_set
 
     device = resolve_device(cfg.get("device", "auto"))
     module, ckpt_cfg = load_module_from_checkpoint(ckpt_file, device)
-    model = {"config_hash": config_hash(ckpt_cfg), "weights_hash": weights_hash(module),
-             "embed_dim": int(ckpt_cfg.model.embed_dim), "ckpt_path": str(ckpt_file.resolve())}
+    model = {**model_identity(module, ckpt_cfg), "ckpt_path": str(ckpt_file.resolve())}
     if saved is not None:
-        saved.check_model(model["config_hash"], model["embed_dim"], ckpt_file,
-                          model["weights_hash"])
+        saved.check_model(model, ckpt_file)
     run_cfg = ckpt_cfg.copy()
     with open_dict(run_cfg):
         run_cfg.dataset = resolve_dataset_config(cfg, ckpt_cfg)

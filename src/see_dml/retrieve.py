@@ -207,7 +207,7 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     from see_dml.index import IndexedGallery, load_index
 
     saved = load_index(index_path) if index_path else None  # a bad index fails before torch
-    from see_dml.export import config_hash, embed_split, resolve_device, weights_hash
+    from see_dml.export import embed_split, model_identity, resolve_device
     from see_dml.metrics import knn_search
     from see_dml.metrics.knn import l2_normalised
     from see_dml.plots import retrieval_grid
@@ -215,8 +215,7 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.get("device", "auto"))
     module, ckpt_cfg = load_module_from_checkpoint(ckpt_path, device)
     if saved is not None:
-        saved.check_model(config_hash(ckpt_cfg), int(ckpt_cfg.model.embed_dim), ckpt_path,
-                          weights_hash(module))
+        saved.check_model(model_identity(module, ckpt_cfg), ckpt_path)
     run_cfg = ckpt_cfg.copy()
     with open_dict(run_cfg):
         run_cfg.dataset = resolve_dataset_config(cfg, ckpt_cfg)
