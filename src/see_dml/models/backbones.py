@@ -108,8 +108,10 @@ class Backbone(nn.Module):
         if weights_path:
             load_local_weights(self.body, weights_path)
         self.trainable_stages = trainable_stages
-        self._frozen_modules = self._freeze_early_stages(trainable_stages)
-        self._freeze_prefixes(list(frozen or []))
+        names = self._early_stage_names(trainable_stages)
+        names += [n for n in self._prefix_names(list(frozen or [])) if n not in names]
+        self._frozen_names = names
+        self._frozen_modules = self._freeze()
 
     def stages(self) -> list[list[str]]:
         """Parameter names of the body, stage by stage from input to output.
@@ -133,10 +135,8 @@ class Backbone(nn.Module):
             stages[-1] += [f"features.{index}.{n}" for n, _ in layer.named_parameters()]
         return stages
 
-    def _freeze_early_stages(self, trainable: int | None) -> list[nn.Module]:
-        """Freeze every stage but the last ``trainable``; returns the outermost modules whose
-        parameters are all frozen (kept in eval mode by :meth:`train`)."""
-        self._frozen_names: list[str] = []
+    def _early_stage_names(self, trainable: int | None) -> list[str]:
+        """Parameter names of every stage but the last ``trainable`` (``trainable_stages``)."""
         if trainable is None:
             return []
         stages = self.stages()
@@ -145,10 +145,38 @@ class Backbone(nn.Module):
             raise ValueError(f"model.backbone.trainable_stages must be null (all) or an integer "
                              f"from 0 to {len(stages)} (the stages of '{self.name}'), got "
                              f"{trainable!r}")
-        self._frozen_names = [n for stage in stages[:len(stages) - trainable] for n in stage]
-        for p in self.frozen_parameters():
+        names = [n for stage in stages[:len(stages) - trainable] for n in stage]
+        log.info("model.backbone.trainable_stages=%d: the last %d of %d stages of '%s' train "
+                 "(%d parameter tensors frozen)", trainable, trainable, len(stages), self.name,
+                 len(names))
+        return names
+
+    def _prefix_names(self, prefixes: list[str]) -> list[str]:
+        """Parameter names that start with one of ``prefixes`` (``frozen``)."""
+        names = [n for n, _ in self.body.named_parameters()]
+        out: list[str] = []
+        for prefix in prefixes:
+            matched = [n for n in names if n == prefix or n.startswith(f"{prefix}.")]
+            if not matched:
+                raise ValueError(f"model.backbone.frozen: '{prefix}' names no parameter of "
+                                 f"'{self.name}' (its parameters start with: "
+                                 f"{', '.join(sorted({n.split('.')[0] for n in names}))})")
+            out += matched
+        if prefixes:
+            log.info("model.backbone.frozen=%s: %d parameter tensors of '%s' frozen",
+                     prefixes, len(set(out)), self.name)
+        return out
+
+    def _freeze(self) -> list[nn.Module]:
+        """Freeze the parameters :meth:`frozen_parameters` names (``trainable_stages`` and
+        ``frozen`` alike); returns the outermost modules whose parameters are all frozen
+        (kept in eval mode by :meth:`train`)."""
+        frozen = self.frozen_parameters()
+        if not frozen:
+            return []
+        for p in frozen:
             p.requires_grad_(False)
-        frozen_ids = {id(p) for p in self.frozen_parameters()}
+        frozen_ids = {id(p) for p in frozen}
         modules: list[nn.Module] = []
         covered: list[str] = []
         for name, module in self.body.named_modules():
@@ -158,26 +186,7 @@ class Backbone(nn.Module):
             if ids and all(i in frozen_ids for i in ids):
                 modules.append(module)
                 covered.append(name)
-        log.info("model.backbone.trainable_stages=%d: the last %d of %d stages of '%s' train "
-                 "(%d parameter tensors frozen)", trainable, trainable, len(stages), self.name,
-                 len(self._frozen_names))
         return modules
-
-    def _freeze_prefixes(self, prefixes: list[str]) -> None:
-        """Freeze the parameters whose names start with one of ``prefixes`` (``frozen``)."""
-        names = [n for n, _ in self.body.named_parameters()]
-        for prefix in prefixes:
-            matched = [n for n in names if n == prefix or n.startswith(f"{prefix}.")]
-            if not matched:
-                raise ValueError(f"model.backbone.frozen: '{prefix}' names no parameter of "
-                                 f"'{self.name}' (its parameters start with: "
-                                 f"{', '.join(sorted({n.split('.')[0] for n in names}))})")
-            self._frozen_names += [n for n in matched if n not in self._frozen_names]
-        for p in self.frozen_parameters():
-            p.requires_grad_(False)
-        if prefixes:
-            log.info("model.backbone.frozen=%s: %d parameter tensors of '%s' frozen",
-                     prefixes, len(self._frozen_names), self.name)
 
     def frozen_parameters(self) -> list[nn.Parameter]:
         """The parameters frozen for the whole run (``trainable_stages``, ``frozen``)."""
@@ -186,7 +195,7 @@ class Backbone(nn.Module):
 
     def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
-        for module in self._frozen_modules:  # frozen stages keep their BatchNorm statistics
+        for module in self._frozen_modules:  # frozen modules keep their BatchNorm statistics
             module.eval()
         return self
 
