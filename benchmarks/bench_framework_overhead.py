@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import tempfile
@@ -46,7 +45,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
-from timing import deciles, loadavg, sync
+from timing import deciles, interval, loadavg, sync, write_json
 
 from see_dml.config import compose
 
@@ -318,12 +317,11 @@ def main() -> None:
     for r in rows:
         print(f"| {device} | {r['model']} ({r['precision']}) | {r['batch_shape']} "
               f"| {r['measure']} | {r['a_median_ms']:.1f} | {r['b_median_ms']:.1f} "
-              f"| {r['ratio_median']:.3f} [{r['ratio_p10']:.3f}, {r['ratio_p90']:.3f}] "
-              f"| {r['cpu_ratio_median']:.3f} [{r['cpu_ratio_p10']:.3f}, "
-              f"{r['cpu_ratio_p90']:.3f}] | {r['pairs']} "
+              f"| {interval(r['ratio_median'], r['ratio_p10'], r['ratio_p90'])} "
+              f"| {interval(r['cpu_ratio_median'], r['cpu_ratio_p10'], r['cpu_ratio_p90'])} "
+              f"| {r['pairs']} "
               f"| {r['loadavg_start']} -> {r['loadavg_end']} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2))
+    write_json(args.out, rows)
 
 
 if __name__ == "__main__":

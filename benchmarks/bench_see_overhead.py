@@ -14,13 +14,12 @@ so both see the same machine load; the ratio of their medians is the overhead. R
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from timing import deciles, loadavg, sync
+from timing import deciles, interval, loadavg, sync, write_json
 
 from see_dml.callbacks.synthesis import SEECallback
 from see_dml.losses import MetricLoss
@@ -144,14 +143,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         r["loadavg_start"] = load_start
+        cpu = interval(r["cpu_ratio_median_of_pairs"], r["cpu_ratio_p10"], r["cpu_ratio_p90"])
         print(f"| {r['device']} | {r['precision']} | {r['backbone']} | {r['dim']} "
               f"| {r['step_off_ms']:.1f} | {r['step_on_ms']:.1f} | {r['ratio_on_off']:.3f}"
-              f" | {r['ratio_median_of_pairs']:.3f} [{r['ratio_p10']:.3f}, {r['ratio_p90']:.3f}]"
-              f" | {r['cpu_ratio_median_of_pairs']:.3f} [{r['cpu_ratio_p10']:.3f}, "
-              f"{r['cpu_ratio_p90']:.3f}]"
+              f" | {interval(r['ratio_median_of_pairs'], r['ratio_p10'], r['ratio_p90'])}"
+              f" | {cpu}"
               f" | {r['see_term_ms']:.2f} | {load_start} -> {r['loadavg_end']} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ rates of the GPU the runs will use.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -66,7 +65,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import deciles, loadavg, sync  # noqa: E402
+from timing import deciles, interval, loadavg, sync, write_json  # noqa: E402
 
 from see_dml.config import compose  # noqa: E402
 
@@ -280,15 +279,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         peak = "-" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:,.0f}"
+        rate = interval(r["images_per_s_median"], r["images_per_s_p10"],
+                        r["images_per_s_p90"], ",.1f")
         print(f"| {r['backbone']} | {r['setting']} | {r['batch']} | {r['image_size']}"
               f"{' (resized)' if r['input_resized'] else ''} | {r['precision']} "
-              f"| {r['images_per_s_median']:,.1f} [{r['images_per_s_p10']:,.1f}, "
-              f"{r['images_per_s_p90']:,.1f}] | {r['step_ms_median']:.1f} | {peak} |")
+              f"| {rate} | {r['step_ms_median']:.1f} | {peak} |")
     result = {"device": name,
               "rates": {r["backbone"]: round(r["images_per_s_median"], 3) for r in rows},
               "details": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"\nwritten: {args.out}")
     return result
 

@@ -1,9 +1,12 @@
-"""Helpers the benchmarks share: spread of paired ratios, the machine's load, device sync."""
+"""Helpers the benchmarks share: spread of paired ratios, the machine's load, device sync,
+and how a result is printed and saved."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,3 +27,14 @@ def sync(device: torch.device) -> None:
     """Wait for the device's queued work, so a timer measures it (no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def interval(median: float, low: float, high: float, fmt: str = ".3f") -> str:
+    """``median [low, high]`` (a median and its 10th and 90th percentiles) for a table."""
+    return f"{median:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON at ``path``, its folder made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
