@@ -159,6 +159,12 @@ def collect(folders: list[Path]) -> dict[tuple, dict[str, Any]]:
     return cells
 
 
+def listing(paths: list[Any], limit: int = 10) -> str:
+    """The first ``limit`` of ``paths``, one indented line each, then how many more."""
+    more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
+    return "\n  ".join(str(p) for p in paths[:limit]) + more
+
+
 def check_checkpoint(cells: dict[tuple, dict[str, Any]], checkpoint: str) -> None:
     """Every run must have metrics of the ``--checkpoint`` chosen: a run without them would
     leave its seed out of every mean (or the table empty) without a word."""
@@ -168,11 +174,9 @@ def check_checkpoint(cells: dict[tuple, dict[str, Any]], checkpoint: str) -> Non
     missing = sorted(str(run_dir) for run_dir, metrics in runs
                      if not any(k.startswith(prefix) for k in metrics))
     if missing:
-        shown = "\n  ".join(missing[:10])
-        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
         others = " or ".join(c for c in CHECKPOINTS if c != checkpoint)
         raise SystemExit(f"error: --checkpoint {checkpoint}: {len(missing)} of {len(runs)} runs "
-                         f"have no '{prefix}*' metrics in metrics.json:\n  {shown}{more}\n"
+                         f"have no '{prefix}*' metrics in metrics.json:\n  {listing(missing)}\n"
                          f"(runs from before these were recorded, or that did not record "
                          f"them: rerun them, or choose --checkpoint {others})")
 
@@ -678,10 +682,8 @@ def main(argv: list[str] | None = None) -> str:
     print(markdown)
     missing = unfinished(args.folders)
     if missing:  # said where it is seen, not written into the results files
-        shown = "\n  ".join(str(d) for d in missing[:10])
-        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
         print(f"\nNot in the table: {len(missing)} run(s) without metrics.json (still "
-              f"running, failed or stopped; see each train.log):\n  {shown}{more}",
+              f"running, failed or stopped; see each train.log):\n  {listing(missing)}",
               file=sys.stderr)
     return markdown
 
