@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
-from timing import deciles, interval, loadavg, sync, write_json
+from timing import deciles, interval, loadavg, print_table, sync, write_json
 
 from see_dml.config import compose
 
@@ -311,16 +311,15 @@ def main() -> None:
     for r in rows:
         r.update(device=device, loadavg_start=load_start, steps=args.steps,
                  warmup=args.warmup, torch=torch.__version__)
-    print("| device | model | batch | A vs B | A (ms) | B (ms) | A / B, median of pairs "
-          "[10th, 90th pct] | same in CPU time | pairs | load (1/5/15 min) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {device} | {r['model']} ({r['precision']}) | {r['batch_shape']} "
-              f"| {r['measure']} | {r['a_median_ms']:.1f} | {r['b_median_ms']:.1f} "
-              f"| {interval(r['ratio_median'], r['ratio_p10'], r['ratio_p90'])} "
-              f"| {interval(r['cpu_ratio_median'], r['cpu_ratio_p10'], r['cpu_ratio_p90'])} "
-              f"| {r['pairs']} "
-              f"| {r['loadavg_start']} -> {r['loadavg_end']} |")
+    print_table(
+        ["device", "model", "batch", "A vs B", "A (ms)", "B (ms)",
+         "A / B, median of pairs [10th, 90th pct]", "same in CPU time", "pairs",
+         "load (1/5/15 min)"],
+        [[device, f"{r['model']} ({r['precision']})", r["batch_shape"], r["measure"],
+          f"{r['a_median_ms']:.1f}", f"{r['b_median_ms']:.1f}",
+          interval(r["ratio_median"], r["ratio_p10"], r["ratio_p90"]),
+          interval(r["cpu_ratio_median"], r["cpu_ratio_p10"], r["cpu_ratio_p90"]), r["pairs"],
+          f"{r['loadavg_start']} -> {r['loadavg_end']}"] for r in rows])
     write_json(args.out, rows)
 
 

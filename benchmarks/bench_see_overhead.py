@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from timing import deciles, interval, loadavg, sync, write_json
+from timing import deciles, interval, loadavg, print_table, sync, write_json
 
 from see_dml.callbacks.synthesis import SEECallback
 from see_dml.losses import MetricLoss
@@ -137,18 +137,17 @@ def main() -> None:
     results = [bench(b, d, args.repeats, args.batch, device=args.device,
                      precision=args.precision, image_size=args.image_size)
                for b in args.backbones for d in args.dims]
-    print("| device | precision | backbone | d | step off (ms) | step on (ms) | on / off "
-          "| pairs: median [10th, 90th pct] | CPU time on / off, pairs: median [10th, 90th] "
-          "| SEE term (ms) | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         r["loadavg_start"] = load_start
-        cpu = interval(r["cpu_ratio_median_of_pairs"], r["cpu_ratio_p10"], r["cpu_ratio_p90"])
-        print(f"| {r['device']} | {r['precision']} | {r['backbone']} | {r['dim']} "
-              f"| {r['step_off_ms']:.1f} | {r['step_on_ms']:.1f} | {r['ratio_on_off']:.3f}"
-              f" | {interval(r['ratio_median_of_pairs'], r['ratio_p10'], r['ratio_p90'])}"
-              f" | {cpu}"
-              f" | {r['see_term_ms']:.2f} | {load_start} -> {r['loadavg_end']} |")
+    print_table(
+        ["device", "precision", "backbone", "d", "step off (ms)", "step on (ms)", "on / off",
+         "pairs: median [10th, 90th pct]", "CPU time on / off, pairs: median [10th, 90th]",
+         "SEE term (ms)", "load"],
+        [[r["device"], r["precision"], r["backbone"], r["dim"], f"{r['step_off_ms']:.1f}",
+          f"{r['step_on_ms']:.1f}", f"{r['ratio_on_off']:.3f}",
+          interval(r["ratio_median_of_pairs"], r["ratio_p10"], r["ratio_p90"]),
+          interval(r["cpu_ratio_median_of_pairs"], r["cpu_ratio_p10"], r["cpu_ratio_p90"]),
+          f"{r['see_term_ms']:.2f}", f"{load_start} -> {r['loadavg_end']}"] for r in results])
     write_json(args.out, results)
 
 

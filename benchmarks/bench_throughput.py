@@ -65,7 +65,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import deciles, interval, loadavg, sync, write_json  # noqa: E402
+from timing import deciles, interval, loadavg, print_table, sync, write_json  # noqa: E402
 
 from see_dml.config import compose  # noqa: E402
 
@@ -274,16 +274,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"error: {r['backbone']}: no finite rate measured")
     print(f"\n{name}, training images per second of one device (median of the timed steps "
           f"[10th, 90th pct]); SEE at fraction {SEE_FRACTION}, backbone not frozen\n")
-    print("| backbone (timm) | setting | batch | image | precision | images / s "
-          "| ms a step | peak GPU MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        peak = "-" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:,.0f}"
-        rate = interval(r["images_per_s_median"], r["images_per_s_p10"],
-                        r["images_per_s_p90"], ",.1f")
-        print(f"| {r['backbone']} | {r['setting']} | {r['batch']} | {r['image_size']}"
-              f"{' (resized)' if r['input_resized'] else ''} | {r['precision']} "
-              f"| {rate} | {r['step_ms_median']:.1f} | {peak} |")
+    print_table(
+        ["backbone (timm)", "setting", "batch", "image", "precision", "images / s",
+         "ms a step", "peak GPU MiB"],
+        [[r["backbone"], r["setting"], r["batch"],
+          f"{r['image_size']}{' (resized)' if r['input_resized'] else ''}", r["precision"],
+          interval(r["images_per_s_median"], r["images_per_s_p10"], r["images_per_s_p90"],
+                   ",.1f"), f"{r['step_ms_median']:.1f}",
+          "-" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:,.0f}"]
+         for r in rows])
     result = {"device": name,
               "rates": {r["backbone"]: round(r["images_per_s_median"], 3) for r in rows},
               "details": rows}

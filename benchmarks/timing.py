@@ -38,3 +38,11 @@ def write_json(path: Path, data: Any) -> None:
     """``data`` as indented JSON at ``path``, its folder made."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    """A Markdown table: ``headers``, then one line per row of cells."""
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "---|" * len(headers))
+    for cells in rows:
+        print("| " + " | ".join(str(c) for c in cells) + " |")
