@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from see_dml import reporting
+from see_dml.reporting.__main__ import main as reporting_main
+from see_dml.reporting.geometry import geometry_frame, geometry_summary
 
 
 def test_paired_interval_is_the_student_t_interval():
@@ -60,13 +62,13 @@ def test_geometry_report_pairs_seeds_and_plots_both_arms(tmp_path):
         _run(tmp_path, f"none{seed}", "none", 32, seed, [math.nan, 5.0, 4.0])
         _run(tmp_path, f"see{seed}", "SEE", 32, seed, [math.nan, 6.0, 4.0 + 0.5 * (seed + 1)])
     _run(tmp_path, "running", "SEE", 32, 3, [math.nan, 9.0], finished=False)
-    frame = reporting.geometry_frame([tmp_path])
+    frame = geometry_frame([tmp_path])
     assert len(frame) == 3 * 6 + 2
     assert set(frame["arm"]) == {"none", "SEE"}
     # val R@1 joined from the logger's epoch rows
     assert frame.loc[(frame["run"].str.endswith("see1")) & (frame["epoch"] == 2),
                      "val/recall@1"].item() == pytest.approx(0.421)
-    summary = reporting.geometry_summary(frame).set_index("arm")
+    summary = geometry_summary(frame).set_index("arm")
     assert summary.loc["SEE", "seeds"] == 3  # the unfinished run is not in the table
     assert summary.loc["none", "proxy drift (deg / epoch)"] == "4.000 ± 0.000"
     # SEE - none at the last epoch, seed by seed: 0.5, 1.0, 1.5
@@ -74,13 +76,13 @@ def test_geometry_report_pairs_seeds_and_plots_both_arms(tmp_path):
     assert summary.loc["SEE", "Δ proxy drift (deg / epoch)"] == (
         f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
     assert pd.isna(summary.loc["none"].get("Δ proxy drift (deg / epoch)"))
-    assert reporting.main(["geometry", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert reporting_main(["geometry", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     for name in ("geometry_summary.md", "geometry_summary.csv", "geometry.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
 
 
 def test_geometry_report_without_runs_names_the_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
-        reporting.main(["geometry", str(tmp_path)])
+        reporting_main(["geometry", str(tmp_path)])
     assert err.value.code == 2
     assert str(tmp_path) in capsys.readouterr().err

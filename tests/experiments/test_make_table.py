@@ -3,7 +3,6 @@ paper layout (datasets side by side) and --checkpoint."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,10 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("make_table", REPO / "experiments" / "make_table.py")
-make_table = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_table)
+from see_dml.reporting import tables as make_table  # noqa: E402
 
 
 def _run(root: Path, name: str, seed: int, map_r: float, *, see: bool = False,
@@ -207,7 +203,7 @@ def test_paper_layout_puts_datasets_side_by_side(tmp_path, capsys):
     assert see["CUB MAP@R"] == "37.75 ± 1.06"
     # SOP: no SEE 80, 81 -> 80.50 ± 0.71; SEE R@1000 = R@1 + 6: 88, 91
     assert plain["SOP R@1"] == "80.50 ± 0.71" and see["SOP R@1000"] == "89.50 ± 2.12"
-    # published (experiments/published.yaml, DeiT-S / 128 + SEE): CUB 75.1, SOP 83.0
+    # published (reporting/published.yaml, DeiT-S / 128 + SEE): CUB 75.1, SOP 83.0
     assert (see["CUB R@1 paper"], see["CUB ΔR@1 paper"]) == ("75.1", "+0.40")
     assert (see["SOP R@1 paper"], see["SOP ΔR@1 paper"]) == ("83.0", "+0.50")
     assert [plain[f"{d} {c}"] for d in ("CUB", "SOP") for c in group[1:]] == ["–"] * 6

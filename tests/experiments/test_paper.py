@@ -1,11 +1,10 @@
 """The paper kit: every published setting has its file in conf/experiment/paper and is swept
 by one table; it composes with its recipe's per-dataset values, SEE off and on differ in
-nothing else, experiments/published.yaml has a number for it, it trains one batch on a
+nothing else, src/see_dml/reporting/published.yaml has a number for it, it trains one batch on a
 fixture of its dataset, and make_table prints the published column."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -19,9 +18,7 @@ from see_dml.config import CONFIG_DIR, ConfigError, compose, flatten, sweep_jobs
 from see_dml.train import train
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("make_table", REPO / "experiments" / "make_table.py")
-make_table = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_table)
+from see_dml.reporting import tables as make_table  # noqa: E402
 
 PAPER = CONFIG_DIR / "experiment" / "paper"
 #: the published settings, one file each: <model>_<dim>_<dataset>
@@ -58,7 +55,7 @@ def _flat(cfg) -> dict:
 
 
 def test_every_published_setting_has_one_file_and_one_table():
-    published = yaml.safe_load((REPO / "experiments" / "published.yaml").read_text())
+    published = yaml.safe_load(make_table.PUBLISHED_FILE.read_text())
     model_of = {timm: name for name, timm in MODELS.items()}
     expected = {f"{model_of[entry['backbone']]}_{entry['dim']}_{short}"
                 for entry in published["results"] if entry["source"] == "see"
@@ -122,7 +119,7 @@ def test_setting_has_its_dataset_values_and_see_is_the_only_difference(make_cfg,
                    fast=False)
     assert _flat(job) == flat_on
     # its published number, found as make_table finds it
-    published = make_table.load_published(REPO / "experiments" / "published.yaml")
+    published = make_table.load_published(make_table.PUBLISHED_FILE)
     row = dict(zip(make_table.KEY_NAMES,
                    make_table.named_columns(OmegaConf.to_container(on))))
     match = make_table._published_entry(row, published)

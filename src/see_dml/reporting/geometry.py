@@ -1,20 +1,9 @@
-"""Runs into tables and pictures, on pandas and scipy.
-
-A *run* is a run directory: ``config.yaml`` (the resolved config), ``metrics.json`` when it
-finished, ``csv/metrics.csv`` (the CSV logger) and, with the geometry monitor,
-``geometry.csv`` (:mod:`see_dml.callbacks.geometry`). This module reads them into data
-frames and writes what people read:
-
-- :func:`synthesis_name`: the arm of a run (``SEE``, a baseline's name, ``none``);
-- :func:`paired_interval`: the mean of paired differences and its Student-t interval
-  (``scipy.stats.ttest_rel(...).confidence_interval``);
-- :func:`markdown_table`: every Markdown table of the project is written by this one
-  function (``DataFrame.to_markdown``);
-- :func:`geometry_frame`, :func:`geometry_summary`, :func:`plot_geometry`: the per-epoch
-  geometry measures of a sweep, with both arms on one plot per measure.
+"""The geometry measures of a sweep (:mod:`see_dml.callbacks.geometry` writes them into each
+run's ``geometry.csv``) as a data frame, a last-epoch summary with paired differences, and a
+plot per measure against the epoch with both arms on it.
 
 ``python -m see_dml.reporting geometry <folders> [--out DIR]`` writes
-``geometry_summary.md`` / ``.csv`` and ``geometry.png`` from a sweep's runs.
+``geometry_summary.md`` / ``.csv`` and ``geometry.png``.
 """
 
 from __future__ import annotations
@@ -26,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
+
+from see_dml.reporting import format_interval, markdown_table, paired_interval, synthesis_name
 
 #: the geometry monitor's columns, and how the summaries and plots name them
 GEOMETRY_MEASURES = {
@@ -42,43 +32,6 @@ GEOMETRY_MEASURES = {
 }
 
 
-def synthesis_name(cfg: dict[str, Any]) -> str:
-    """``SEE``, the baseline synthesiser's ``name``, or ``none``."""
-    if (cfg.get("see") or {}).get("enabled"):
-        return "SEE"
-    synthesis = cfg.get("synthesis")
-    return synthesis.get("name", "?") if synthesis else "none"
-
-
-def paired_interval(differences: Sequence[float], level: float = 0.95
-                    ) -> tuple[float, float, float]:
-    """Mean of paired differences and its two-sided Student-t interval ``(mean, low, high)``
-    (``nan`` bounds with fewer than two pairs)."""
-    from scipy.stats import ttest_rel
-
-    diffs = np.asarray(differences, dtype=float)
-    mean = float(diffs.mean())
-    if len(diffs) < 2:
-        return mean, math.nan, math.nan
-    if np.all(diffs == diffs[0]):  # no spread: the interval is the point (scipy gives nan)
-        return mean, mean, mean
-    ci = ttest_rel(diffs, np.zeros_like(diffs)).confidence_interval(level)
-    return mean, float(ci.low), float(ci.high)
-
-
-def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
-    """A Markdown pipe table of ``frame`` (its index left out: make it columns first)."""
-    return frame.to_markdown(index=False, floatfmt=floatfmt)
-
-
-def format_interval(mean: float, low: float, high: float, digits: int = 2) -> str:
-    """``+0.32 [+0.07, +0.57]``; the mean alone when the interval is unknown."""
-    if math.isnan(low):
-        return f"{mean:+.{digits}f}"
-    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
-
-
-# -- geometry --------------------------------------------------------------------------------
 def _run_dirs(folders: Sequence[Path]) -> list[Path]:
     return sorted({p.parent for folder in folders for p in Path(folder).rglob("geometry.csv")
                    if (p.parent / "config.yaml").exists()})
@@ -182,16 +135,15 @@ def plot_geometry(frame: pd.DataFrame, path: Path | str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m see_dml.reporting",
-                                     description="Tables and plots from run directories.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    geo = sub.add_parser("geometry", help="per-epoch geometry measures of a sweep "
-                         "(geometry_summary.md/.csv, geometry.png)")
+    geo = argparse.ArgumentParser(prog="python -m see_dml.reporting geometry",
+                                  description="Per-epoch geometry measures of a sweep: "
+                                  "geometry_summary.md/.csv and geometry.png.")
     geo.add_argument("folders", nargs="+", type=Path)
     geo.add_argument("--out", type=Path, default=None,
                      help="where the files go (default: the first folder)")
     geo.add_argument("--baseline", default="none", help="the arm the Δ columns compare to")
-    args = parser.parse_args(argv)
+    args = geo.parse_args(argv)
+    parser = geo
     for folder in args.folders:
         if not folder.is_dir():
             parser.error(f"no such folder: {folder}")
@@ -214,5 +166,3 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())

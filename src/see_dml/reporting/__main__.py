@@ -1,0 +1,27 @@
+"""``python -m see_dml.reporting table|geometry <folders> ...``: the results table of a sweep
+(:mod:`see_dml.reporting.tables`) or its geometry report (:mod:`see_dml.reporting.geometry`)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = ("table", "geometry")
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m see_dml.reporting {{{','.join(commands)}}} <folders> ... "
+              "(--help after the command for its options)", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    if argv[0] == "table":
+        from see_dml.reporting.tables import main as table
+
+        table(argv[1:])
+        return 0
+    from see_dml.reporting.geometry import main as geometry
+
+    return geometry(argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

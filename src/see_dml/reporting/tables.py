@@ -1,0 +1,660 @@
+"""Turn training runs into the paper-style table: mean ± std over seeds, and the paired
+difference of each synthesiser to the plain loss, seed by seed, with a 95% interval.
+
+    python experiments/make_table.py outputs/synthesis_compare/multiruns/<dir> [more dirs]
+        [--baseline none] [--published <published.yaml> | none]
+        [--checkpoint val | final | best_on_test] [--layout auto | paper | long]
+
+Every run directory below the given folders (a ``metrics.json`` beside a ``config.yaml``)
+is one row of data. Runs are pooled only when their whole resolved config is the same
+except the seed (``seed`` and any ``*.seed`` equal to it) and paths (``paths.*``,
+``ckpt_path``, ``resume``, values inside the run directory) and the keys that only change
+what is reported or logged (``REPORT_KEYS``: ``test_every_epoch``, ``logger``, ...): runs
+that differ in ``see.n_points`` or a learning rate are never averaged together. Where two
+rows agree in the named columns, an ``other`` column says what else tells them apart.
+
+``--checkpoint``: which test metrics of each run: ``val`` (default; ``test/*``: the
+checkpoint with the best ``val/map@r`` on held-out training classes), ``final``
+(``test_final/*``: the last epoch) or ``best_on_test`` (``best_on_test/*``: the best epoch on
+the test classes, the papers' protocol, for comparison with published numbers only). A run
+without the chosen metrics is an error that names it. Both layouts read that checkpoint; the
+long one names it above the table unless it is ``val``.
+
+``Δ`` columns: for each row, the baseline row (``--baseline``, default ``none``: no
+synthesiser) with the same config apart from the synthesiser (``see.*``, ``synthesis.*``);
+for each seed that both ran, the difference of the metric; then the mean difference and
+its 95% Student-t interval over those seeds. An interval that contains 0 does not tell an
+effect from none. ``R@1 paper``: the authors' published Recall@1 for the row's setting
+(``--published``, default the ``published.yaml`` shipped beside this module: dataset,
+backbone, embedding size, loss and synthesis must match; a published row of another backbone
+that the file names as the closest is shown with that backbone in brackets), and
+``ΔR@1 paper``, our mean minus it; the sources follow the table.
+
+``--layout long``: one row per dataset and setting; writes ``results.md``, ``results.csv`` and
+``results.png`` into the first folder. ``--layout paper``: the SEE paper's layout, built from
+the same rows: one line per method (synthesiser; the loss too where runs differ in it) x
+backbone / embedding size, one group of columns per dataset (CUB200, Cars196,
+StanfordOnlineProducts, InShop, then others alphabetically) with R@K for the first four Ks the
+runs report, MAP@R, ``n`` (seeds, where they differ between cells), ``R@1 paper``, ``ΔR@1
+paper`` and the paired ``ΔR@1``; a line above it names the checkpoint; writes
+``results_paper.md``, ``results_paper.csv`` and ``results_paper.png`` (R@1 bars per dataset,
+the published R@1 marked). ``--layout auto`` (default): paper when the
+runs cover more than one dataset, long otherwise. Prints the Markdown table either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from see_dml.config import class_name, flatten
+from see_dml.reporting import markdown_table, paired_interval, synthesis_name
+
+#: ``--checkpoint``: the prefix of its metrics in metrics.json, and what it is
+CHECKPOINTS = {
+    "val": ("test/", "validation-selected: best val/map@r on held-out training classes"),
+    "final": ("test_final/", "final epoch"),
+    "best_on_test": ("best_on_test/", "best epoch on the test classes: the papers' protocol, "
+                     "for comparison with published numbers only"),
+}
+#: the long table's metric columns: a key without ``/`` is read under the ``--checkpoint``
+#: prefix, one with a prefix as it is
+METRICS = [("recall@1", "R@1"), ("map@r", "MAP@R"), ("r_precision", "RP"),
+           ("test_final/recall@1", "R@1 final"), ("test_final/map@r", "MAP@R final")]
+#: metrics (under the ``--checkpoint`` prefix) whose paired difference to the baseline is
+#: reported
+DELTAS = [("map@r", "ΔMAP@R"), ("recall@1", "ΔR@1")]
+#: metrics of a checkpoint that are fractions, shown in percent (``row["at"]``)
+PERCENT = re.compile(r"^(recall@\d+|map@r|r_precision|precision@1)$")
+#: the published R@1 (a string: the number, and another backbone's name when it stands in) and
+#: our mean R@1 minus it, inserted after our R@1
+PUBLISHED = ("R@1 paper", "ΔR@1 paper")
+PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
+KEY_NAMES = ("dataset", "backbone", "dim", "loss", "synthesis", "epochs")
+PATH_KEYS = ("paths", "ckpt_path", "resume")
+#: keys that change what is evaluated, reported or logged after training, never the weights
+#: (``test_every_epoch`` leaves them bit-identical: tests/test_best_on_test.py): runs that
+#: differ only in these, or that predate one of them, are seeds of one cell
+REPORT_KEYS = ("test_every_epoch", "test_epochs", "test_final", "nmi", "knn_backend",
+               "logger", "tags", "trainer.enable_progress_bar", "callbacks.embedding_export",
+               "callbacks.lr_monitor", "data.eval_batch_size")
+SYNTHESIS_KEYS = ("see", "synthesis")
+
+Run = tuple[dict[str, Any], dict[str, float]]  # (flattened config, metrics)
+
+
+def config_key(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config less seed, paths and ``REPORT_KEYS``: runs with equal keys are
+    seeds of one cell."""
+    seed = cfg.get("seed")
+    run_dir = str((cfg.get("paths") or {}).get("run_dir") or "\0")
+    flat = flatten(cfg)
+    key = {}
+    for name, value in flat.items():
+        if name.split(".")[0] in PATH_KEYS:
+            continue
+        if any(name == k or name.startswith(k + ".") for k in REPORT_KEYS):
+            continue
+        if name.split(".")[-1] == "seed" and value == seed:
+            continue
+        if isinstance(value, str) and run_dir in value:
+            continue
+        key[name] = value
+    key["synthesis"] = synthesis_name(cfg)  # the label, so it is always part of the key
+    return key
+
+
+def named_columns(cfg: dict[str, Any]) -> tuple[str, ...]:
+    dataset = class_name(cfg["dataset"]["_target_"])
+    model = cfg["model"]
+    backbone = model.get("backbone")
+    if isinstance(backbone, dict):  # a backbone node (timm name or small_cnn)
+        backbone = backbone.get("name", "?")
+    return (dataset, str(backbone), str(model["embed_dim"]), cfg["loss"]["name"],
+            synthesis_name(cfg), str(cfg["trainer"]["max_epochs"]))
+
+
+def unfinished(folders: list[Path]) -> list[Path]:
+    """Run directories (a ``config.yaml`` written at the start of training) that have no
+    ``metrics.json``: still running, failed or stopped; the table leaves them out."""
+    return [c.parent for folder in folders for c in sorted(folder.rglob("config.yaml"))
+            if not (c.parent / "metrics.json").exists() and ".hydra" not in c.parts]
+
+
+def collect(folders: list[Path]) -> dict[tuple, dict[str, Any]]:
+    """``{cell key: {"cfg": a config, "key": flattened key, "runs": {seed: metrics},
+    "dirs": {seed: run directory}}}``."""
+    cells: dict[tuple, dict[str, Any]] = {}
+    for folder in folders:
+        for metrics_file in sorted(folder.rglob("metrics.json")):
+            config_file = metrics_file.with_name("config.yaml")
+            if not config_file.exists():
+                continue
+            cfg = yaml.safe_load(config_file.read_text())
+            key = config_key(cfg)
+            frozen = tuple(sorted((k, repr(v)) for k, v in key.items()))
+            cell = cells.setdefault(frozen, {"cfg": cfg, "key": key, "runs": {}, "dirs": {}})
+            seed = cfg.get("seed")
+            if seed in cell["runs"]:
+                raise SystemExit(f"two runs of one config with seed {seed}: {metrics_file.parent}"
+                                 " and another; give each sweep its own folder")
+            cell["runs"][seed] = json.loads(metrics_file.read_text())
+            cell["dirs"][seed] = metrics_file.parent
+    return cells
+
+
+def listing(paths: list[Any], limit: int = 10) -> str:
+    """The first ``limit`` of ``paths``, one indented line each, then how many more."""
+    more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
+    return "\n  ".join(str(p) for p in paths[:limit]) + more
+
+
+def check_checkpoint(cells: dict[tuple, dict[str, Any]], checkpoint: str) -> None:
+    """Every run must have metrics of the ``--checkpoint`` chosen: a run without them would
+    leave its seed out of every mean (or the table empty) without a word."""
+    prefix = CHECKPOINTS[checkpoint][0]
+    runs = [(cell["dirs"][seed], metrics) for cell in cells.values()
+            for seed, metrics in cell["runs"].items()]
+    missing = sorted(str(run_dir) for run_dir, metrics in runs
+                     if not any(k.startswith(prefix) for k in metrics))
+    if missing:
+        others = " or ".join(c for c in CHECKPOINTS if c != checkpoint)
+        raise SystemExit(f"error: --checkpoint {checkpoint}: {len(missing)} of {len(runs)} runs "
+                         f"have no '{prefix}*' metrics in metrics.json:\n  {listing(missing)}\n"
+                         f"(runs from before these were recorded, or that did not record "
+                         f"them: rerun them, or choose --checkpoint {others})")
+
+
+def summarise(values: list[float]) -> tuple[float, float]:
+    """``(mean, std)``; one value has no spread: std ``nan``, printed as the mean alone."""
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def _context(key: dict[str, Any]) -> tuple:
+    """A cell's config without its synthesiser: cells with equal contexts are compared."""
+    return tuple(sorted((k, repr(v)) for k, v in key.items()
+                        if k.split(".")[0] not in SYNTHESIS_KEYS))
+
+
+def _other_columns(cells: list[dict[str, Any]]) -> list[str]:
+    """For each cell, the config keys that set it apart from cells with the same named
+    columns (``""`` when the named columns already do)."""
+    by_name: dict[tuple, list[int]] = defaultdict(list)
+    for i, cell in enumerate(cells):
+        by_name[named_columns(cell["cfg"])].append(i)
+    other = [""] * len(cells)
+    for members in by_name.values():
+        if len(members) < 2:
+            continue
+        keys = set().union(*(cells[i]["key"] for i in members))
+        varying = sorted(k for k in keys
+                         if len({repr(cells[i]["key"].get(k)) for i in members}) > 1)
+        for i in members:
+            other[i] = " ".join(f"{k}={cells[i]['key'].get(k)}" for k in varying)
+    return other
+
+
+def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none",
+               checkpoint: str = "val") -> list[dict[str, Any]]:
+    """One row per cell: the named columns, mean ± std of each metric of ``METRICS`` and the
+    paired ``DELTAS`` (relative keys read under the ``checkpoint``'s prefix), and ``at``:
+    ``{metric: (mean, std)}`` of every percent metric of that checkpoint (all Recall@K),
+    which the paper layout shows."""
+    prefix = CHECKPOINTS[checkpoint][0]
+    ordered = sorted(cells.values(), key=lambda c: (
+        *named_columns(c["cfg"])[:2], int(named_columns(c["cfg"])[2]),
+        *named_columns(c["cfg"])[3:5], int(named_columns(c["cfg"])[5]),
+        repr(sorted(c["key"].items()))))
+    baselines = {_context(c["key"]): c for c in ordered if c["key"]["synthesis"] == baseline}
+    other = _other_columns(ordered)
+    rows = []
+    for cell, extra in zip(ordered, other):
+        runs = cell["runs"]
+        row: dict[str, Any] = dict(zip(KEY_NAMES, named_columns(cell["cfg"])))
+        row["other"] = extra
+        row["seeds"] = len(runs)
+        for metric, name in METRICS:
+            metric = metric if "/" in metric else prefix + metric
+            values = [r[metric] * 100 for r in runs.values() if metric in r]
+            row[name] = summarise(values) if values else (math.nan, math.nan)
+        at: dict[str, list[float]] = defaultdict(list)
+        for r in runs.values():
+            for metric, value in r.items():
+                if metric.startswith(prefix) and PERCENT.match(metric[len(prefix):]):
+                    at[metric[len(prefix):]].append(value * 100)
+        row["at"] = {metric: summarise(values) for metric, values in at.items()}
+        base = baselines.get(_context(cell["key"]))
+        for metric, name in DELTAS:
+            metric = prefix + metric
+            row[name] = None
+            if base is None or base is cell:
+                continue
+            diffs = [(runs[s][metric] - base["runs"][s][metric]) * 100
+                     for s in sorted(runs) if s in base["runs"]
+                     and metric in runs[s] and metric in base["runs"][s]]
+            if diffs:
+                row[name] = (*paired_interval(diffs), len(diffs))
+        rows.append(row)
+    return rows
+
+
+def load_published(path: Path) -> dict[str, Any]:
+    """``published.yaml``: ``{"sources": {name: {...}}, "results": [entry]}``."""
+    published = yaml.safe_load(path.read_text())
+    for entry in published["results"]:
+        if entry["source"] not in published["sources"]:
+            raise SystemExit(f"{path}: source '{entry['source']}' is not under sources:")
+    return published
+
+
+def _published_entry(row: dict[str, Any], published: dict[str, Any]
+                     ) -> tuple[dict[str, Any], bool] | None:
+    """The published entry for a row's setting and whether it is that very setting; else one
+    that names the setting in ``closest_for``; else ``None``."""
+    def same(entry: dict[str, Any], exact: bool) -> bool:
+        settings = [entry] if exact else entry.get("closest_for", [])
+        return (row["dataset"] in entry["recall@1"] and entry["loss"] == row["loss"]
+                and entry["synthesis"] == row["synthesis"]
+                and any(s["backbone"] == row["backbone"] and str(s["dim"]) == row["dim"]
+                        for s in settings))
+    for exact in (True, False):
+        for entry in published["results"]:
+            if same(entry, exact):
+                return entry, exact
+    return None
+
+
+def add_published(rows: list[dict[str, Any]], published: dict[str, Any],
+                  checkpoint: str = "val") -> list[str]:
+    """Fill the ``PUBLISHED`` columns of each row; returns the notes on the sources used
+    (which say what ``checkpoint`` our numbers come from)."""
+    used: dict[str, None] = {}
+    for row in rows:
+        row[PUBLISHED[0]] = row[PUBLISHED[1]] = None
+        match = _published_entry(row, published)
+        if match is None:
+            continue
+        entry, exact = match
+        value = entry["recall@1"][row["dataset"]]
+        row[PUBLISHED[0]] = f"{value:.1f}" + ("" if exact else f" ({entry['backbone']})")
+        row[PUBLISHED[1]] = row["R@1"][0] - value
+        used[entry["source"]] = None
+    notes = []
+    for name in used:
+        source = published["sources"][name]
+        where = f"DOI {source['doi']}" if "doi" in source else source.get("url", "")
+        ours = ("the checkpoint selected on validation classes" if checkpoint == "val"
+                else CHECKPOINTS[checkpoint][1].split(":")[0])
+        notes.append(f"R@1 paper: {source['cite']}, {where} ({source['protocol']}; ours: "
+                     f"{ours}).")
+    return notes
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:+.2f}"
+    if isinstance(value, tuple) and len(value) == 2:
+        if math.isnan(value[1]):
+            return "–" if math.isnan(value[0]) else f"{value[0]:.2f}"
+        return f"{value[0]:.2f} ± {value[1]:.2f}"
+    if isinstance(value, tuple):  # (mean, low, high, pairs)
+        mean, low, high, _ = value
+        if math.isnan(low):
+            return f"{mean:+.2f}"
+        return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+    return str(value)
+
+
+def columns(rows: list[dict[str, Any]], checkpoint: str = "val") -> list[str]:
+    cols = list(KEY_NAMES)
+    if any(row["other"] for row in rows):
+        cols.append("other")
+    prefix = CHECKPOINTS[checkpoint][0]
+    # the final epoch's columns repeat R@1 and MAP@R when those are the final epoch's too
+    cols += ["seeds", *(name for metric, name in METRICS if not metric.startswith(prefix))]
+    if any(row.get(PUBLISHED[0]) is not None for row in rows):
+        at = cols.index("R@1") + 1
+        cols[at:at] = PUBLISHED
+    if any(row[name] is not None for row in rows for _, name in DELTAS):
+        cols += [name for _, name in DELTAS]
+    return cols
+
+
+def to_markdown(rows: list[dict[str, Any]], checkpoint: str = "val") -> str:
+    cols = columns(rows, checkpoint)
+    return markdown_table([[_format(row[c]) for c in cols] for row in rows], cols)
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """The long table's numbers, one column each (``R@1 mean``, ``R@1 std``, ``ΔR@1 mean``,
+    ``low95``, ``high95``, ``pairs``, ...); text is quoted where it needs to be."""
+    records = []
+    for row in rows:
+        record: dict[str, Any] = {k: row[k] for k in (*KEY_NAMES, "other", "seeds")}
+        for _, name in METRICS:
+            record[f"{name} mean"], record[f"{name} std"] = row[name]
+        for _, name in DELTAS:
+            value = row[name] or (None, None, None, None)
+            for part, v in zip(("mean", "low95", "high95", "pairs"), value):
+                record[f"{name} {part}"] = v
+        record[PUBLISHED[0]] = row.get(PUBLISHED[0])
+        record[PUBLISHED[1]] = row.get(PUBLISHED[1])
+        records.append(record)
+    frame = pd.DataFrame(records)
+    for _, name in DELTAS:
+        frame[f"{name} pairs"] = frame[f"{name} pairs"].astype("Int64")
+    return frame.to_csv(index=False, float_format="%.4f", lineterminator="\n").rstrip("\n")
+
+
+# --- the paper layout: the long table's rows pivoted, datasets side by side ---
+
+#: the SEE paper's order of datasets (any other follows, alphabetically) and their names
+DATASETS = {"CUB200": "CUB", "Cars196": "Cars", "StanfordOnlineProducts": "SOP",
+            "InShop": "In-Shop"}
+#: Recall@K columns a dataset gets: the first Ks its runs report
+PAPER_KS = 4
+LAYOUTS = ("paper", "long", "auto")
+
+
+def _dataset_order(dataset: str) -> tuple[int, str]:
+    return (list(DATASETS).index(dataset), "") if dataset in DATASETS else (len(DATASETS),
+                                                                            dataset)
+
+
+def paper_table(rows: list[dict[str, Any]], baseline: str = "none") -> dict[str, Any]:
+    """``table_rows``' rows as the SEE paper lays them out: one line per setting (method =
+    synthesiser, the loss where runs differ in it, backbone / embedding size, and ``other``
+    where set), one group of columns per dataset.
+
+    ``{"datasets": [dataset], "ks": {dataset: [K]}, "labels": [label column],
+    "lines": [({label column: value}, {dataset: row})], "uniform_seeds": bool}``. Training
+    length is a label only where it must be (a setting run for two lengths on one dataset):
+    the recipes train each dataset for its own number of epochs, which is no reason for a
+    line of its own.
+    """
+    datasets = sorted({row["dataset"] for row in rows}, key=_dataset_order)
+    ks = {dataset: sorted({int(metric.split("@")[1]) for row in rows
+                           if row["dataset"] == dataset for metric in row["at"]
+                           if metric.startswith("recall@")})[:PAPER_KS]
+          for dataset in datasets}
+
+    def setting(row: dict[str, Any]) -> tuple:
+        return (row["backbone"], int(row["dim"]), row["loss"], row["synthesis"] != baseline,
+                row["synthesis"], row["other"])
+
+    per_dataset = Counter((setting(row), row["dataset"]) for row in rows)
+    # a setting run for two lengths on one dataset: a line per length, for that setting only
+    by_epochs = {key for (key, _), count in per_dataset.items() if count > 1}
+    lines: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        key = setting(row)
+        cells = lines[(*key, int(row["epochs"]) if key in by_epochs else 0)]
+        if row["dataset"] in cells:
+            raise SystemExit("two rows of one setting and dataset that the paper layout cannot "
+                             "tell apart: use --layout long")
+        cells[row["dataset"]] = row
+    labels = ["method", *(["loss"] if len({row["loss"] for row in rows}) > 1 else []),
+              "backbone / dim", *(["other"] if any(row["other"] for row in rows) else []),
+              *(["epochs"] if by_epochs else [])]
+    out = []
+    for key in sorted(lines):
+        row = next(iter(lines[key].values()))
+        values = {"method": row["synthesis"], "loss": row["loss"], "other": row["other"],
+                  "backbone / dim": f"{row['backbone']} / {row['dim']}",
+                  "epochs": row["epochs"] if key[:-1] in by_epochs else ""}
+        out.append(({label: values[label] for label in labels}, lines[key]))
+    return {"datasets": datasets, "ks": ks, "labels": labels, "lines": out,
+            "uniform_seeds": len({row["seeds"] for row in rows}) == 1}
+
+
+def _paper_columns(table: dict[str, Any], dataset: str) -> list[tuple[str, str]]:
+    """A dataset's columns: ``(header, what)``, ``what`` a metric of ``row["at"]``, ``seeds``,
+    a ``PUBLISHED`` column or ``ΔR@1``."""
+    rows = [row for _, cells in table["lines"] for row in cells.values()]
+    name = DATASETS.get(dataset, dataset)
+    cols = [(f"{name} R@{k}", f"recall@{k}") for k in table["ks"][dataset]]
+    cols.append((f"{name} MAP@R", "map@r"))
+    if not table["uniform_seeds"]:
+        cols.append((f"{name} n", "seeds"))
+    if any(row.get(PUBLISHED[0]) is not None for row in rows):
+        cols += [(f"{name} {column}", column) for column in PUBLISHED]
+    if any(row["ΔR@1"] is not None for row in rows):
+        cols.append((f"{name} ΔR@1", "ΔR@1"))
+    return cols
+
+
+def _paper_value(row: dict[str, Any] | None, what: str) -> Any:
+    if row is None:
+        return None
+    if what.startswith(("recall@", "map@r")):
+        return row["at"].get(what)
+    return row.get(what)
+
+
+def paper_heading(table: dict[str, Any], checkpoint: str) -> str:
+    """The line above the paper table: which checkpoint, over how many seeds."""
+    prefix, what = CHECKPOINTS[checkpoint]
+    rows = [row for _, cells in table["lines"] for row in cells.values()]
+    n = rows[0]["seeds"]
+    seeds = (f"over {n} seed{'s' if n != 1 else ''}" if table["uniform_seeds"]
+             else "over the n seeds of each dataset's n column")
+    return (f"Checkpoint: {what} (`--checkpoint {checkpoint}`, `{prefix}*` in metrics.json). "
+            f"Recall@K and MAP@R in %, mean ± std {seeds}.")
+
+
+def paper_legend(table: dict[str, Any], baseline: str) -> list[str]:
+    """What the Δ columns of the paper table are, for those it has."""
+    heads = {what for dataset in table["datasets"]
+             for _, what in _paper_columns(table, dataset)}
+    legend = []
+    if "ΔR@1" in heads:
+        legend.append(f"ΔR@1: R@1 minus that of the {baseline} line of the same setting and "
+                      "dataset, seed by seed: the mean difference [its 95% Student-t "
+                      "interval]; an interval that contains 0 does not tell an effect from "
+                      "none.")
+    if PUBLISHED[1] in heads:
+        legend.append(f"{PUBLISHED[1]}: our mean R@1 minus {PUBLISHED[0]}.")
+    return legend
+
+
+def to_paper_markdown(table: dict[str, Any]) -> str:
+    groups = [_paper_columns(table, dataset) for dataset in table["datasets"]]
+    header = [*table["labels"], *(head for group in groups for head, _ in group)]
+    lines = []
+    for labels, cells in table["lines"]:
+        values = [str(labels[label]) for label in table["labels"]]
+        values += [_format(_paper_value(cells.get(dataset), what))
+                   for dataset, group in zip(table["datasets"], groups) for _, what in group]
+        lines.append(values)
+    return markdown_table(lines, header)
+
+
+def to_paper_csv(table: dict[str, Any]) -> str:
+    """The paper table's numbers, one column each: ``<dataset> R@K mean``, ``... std``,
+    ``<dataset> ΔR@1 mean``, ``low95``, ``high95``, ``pairs``."""
+    groups = [_paper_columns(table, dataset) for dataset in table["datasets"]]
+    parts = {"ΔR@1": ("mean", "low95", "high95", "pairs"), "seeds": ("",),
+             **{column: ("",) for column in PUBLISHED}}
+    records = []
+    for labels, cells in table["lines"]:
+        record: dict[str, Any] = {label: str(labels[label]) for label in table["labels"]}
+        for dataset, group in zip(table["datasets"], groups):
+            for head, what in group:
+                value = _paper_value(cells.get(dataset), what)
+                names = [f"{head} {part}".strip() for part in parts.get(what, ("mean", "std"))]
+                values = (value if isinstance(value, tuple) else (value,)) if value is not None \
+                    else (None,) * len(names)
+                record.update(zip(names, values))
+        records.append(record)
+    frame = pd.DataFrame(records)
+    for column in frame.columns:
+        if column.endswith((" pairs", " n")):
+            frame[column] = frame[column].astype("Int64")
+    return frame.to_csv(index=False, float_format="%.4f", lineterminator="\n").rstrip("\n")
+
+
+def paper_plot(table: dict[str, Any], path: Path) -> None:
+    """The paper table's R@1 as a picture: a panel per dataset, a group of bars per backbone /
+    size, a bar per method (mean over seeds, std as error bar), and the published R@1 as a
+    red diamond on the bar it is compared with."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def method(labels: dict[str, Any]) -> str:
+        return " ".join(str(v) for k, v in labels.items() if k != "backbone / dim" and v != "")
+
+    groups = list(dict.fromkeys(labels["backbone / dim"] for labels, _ in table["lines"]))
+    methods = list(dict.fromkeys(method(labels) for labels, _ in table["lines"]))
+    width = 0.8 / len(methods)
+    fig, axes = plt.subplots(1, len(table["datasets"]), squeeze=False, sharey=True,
+                             figsize=(1 + max(2.5, 0.9 * len(groups)) * len(table["datasets"]),
+                                      4))
+    for ax, dataset in zip(axes[0], table["datasets"]):
+        ticks = False
+        for j, name in enumerate(methods):
+            bars = [(groups.index(labels["backbone / dim"]) + (j - (len(methods) - 1) / 2)
+                     * width, cells[dataset]) for labels, cells in table["lines"]
+                    if method(labels) == name and dataset in cells]
+            if not bars:
+                continue
+            xs = [x for x, _ in bars]
+            means = [row["R@1"][0] for _, row in bars]
+            stds = [0.0 if math.isnan(row["R@1"][1]) else row["R@1"][1] for _, row in bars]
+            ax.bar(xs, means, width, yerr=stds, capsize=2, label=name)
+            published = [(x, row["R@1"][0] - row[PUBLISHED[1]]) for x, row in bars
+                         if row.get(PUBLISHED[1]) is not None]
+            if published:
+                ax.scatter(*zip(*published), marker="D", s=22, color="crimson", zorder=3,
+                           label=None if ticks else "published R@1")
+                ticks = True
+        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=7)
+        ax.set_title(DATASETS.get(dataset, dataset))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test R@1 (%)")
+    handles = {label: handle for ax in axes[0] for handle, label in
+               zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
+               fontsize=8, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("MAP@R",)
+         ) -> None:
+    """Each metric against embedding size, one panel per metric, one line per (dataset,
+    backbone, loss, synthesis), error bars = std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        _plot_metric(ax, rows, metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_metric(ax: Any, rows: list[dict[str, Any]], metric: str) -> None:
+    # one line per (dataset, backbone, loss, synthesis, epochs, other): another dataset, an
+    # untrained baseline or another setting is not a point of the same curve
+    lines: dict[tuple[str, ...], list[tuple[int, float, float]]] = defaultdict(list)
+    for row in rows:
+        lines[(row["dataset"], row["backbone"], row["loss"], row["synthesis"], row["epochs"],
+               row["other"])].append((int(row["dim"]), *row[metric]))
+    several = [len({key[i] for key in lines}) > 1 for i in range(6)]
+    for (dataset, backbone, loss, synthesis, epochs, other), points in sorted(lines.items()):
+        points.sort()
+        dims, means, stds = zip(*points)
+        label = f"{loss} + {synthesis}" if synthesis != "none" else loss
+        if several[0] or several[1]:
+            label = " ".join(v for v, many in ((dataset, several[0]), (backbone, several[1]))
+                             if many) + f": {label}"
+        if len({k[4] for k in lines if k[:2] == (dataset, backbone)}) > 1:
+            label += f" ({epochs} epochs)"  # (each dataset's recipe has its own length)
+        if other:
+            label += f" [{other}]"
+        ax.errorbar(dims, means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("embedding size")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--baseline", default="none",
+                        help="synthesis label of the rows the Δ columns compare to")
+    parser.add_argument("--checkpoint", choices=list(CHECKPOINTS), default="val",
+                        help="which checkpoint's test metrics: " + "; ".join(
+                            f"{name}: {what} ({prefix}*)"
+                            for name, (prefix, what) in CHECKPOINTS.items()))
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto",
+                        help="paper: datasets side by side (results_paper.md/.csv); long: one "
+                             "row per dataset and setting (results.md/.csv/.png); auto: paper "
+                             "when the runs cover more than one dataset")
+    parser.add_argument("--plot-metrics", nargs="+", default=["MAP@R"],
+                        choices=[name for _, name in METRICS],
+                        help="metrics plotted against embedding size, one panel each (long "
+                             "layout)")
+    parser.add_argument("--published", default=str(PUBLISHED_FILE),
+                        help="YAML of published R@1 shown beside ours ('none': no column)")
+    args = parser.parse_args(argv)
+    for folder in args.folders:
+        if not folder.is_dir():
+            parser.error(f"no such folder: {folder}")
+    cells = collect(args.folders)
+    if not cells:
+        parser.error(f"no finished runs (metrics.json + config.yaml) under {args.folders}")
+    check_checkpoint(cells, args.checkpoint)
+    rows = table_rows(cells, args.baseline, args.checkpoint)
+    notes = ([] if args.published == "none"
+             else add_published(rows, load_published(Path(args.published)), args.checkpoint))
+    layout = args.layout
+    if layout == "auto":
+        layout = "paper" if len({row["dataset"] for row in rows}) > 1 else "long"
+    out = args.folders[0]
+    if layout == "paper":
+        table = paper_table(rows, args.baseline)
+        markdown = "\n\n".join([paper_heading(table, args.checkpoint), to_paper_markdown(table),
+                                 *paper_legend(table, args.baseline), *notes])
+        (out / "results_paper.md").write_text(markdown + "\n")
+        (out / "results_paper.csv").write_text(to_paper_csv(table) + "\n")
+        paper_plot(table, out / "results_paper.png")
+    else:
+        prefix, what = CHECKPOINTS[args.checkpoint]
+        heading = ([] if args.checkpoint == "val" else
+                   [f"Checkpoint: {what} (`--checkpoint {args.checkpoint}`, `{prefix}*` in "
+                    "metrics.json)."])
+        markdown = "\n\n".join([*heading, to_markdown(rows, args.checkpoint), *notes])
+        (out / "results.md").write_text(markdown + "\n")
+        (out / "results.csv").write_text(to_csv(rows) + "\n")
+        plot(rows, out / "results.png", tuple(args.plot_metrics))
+    print(markdown)
+    missing = unfinished(args.folders)
+    if missing:  # said where it is seen, not written into the results files
+        print(f"\nNot in the table: {len(missing)} run(s) without metrics.json (still "
+              f"running, failed or stopped; see each train.log):\n  {listing(missing)}",
+              file=sys.stderr)
+    return markdown
+
+
