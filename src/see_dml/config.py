@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 
 
 def _find_config_dir() -> Path:
+    """``SEE_DML_CONFIG_DIR`` when set (a whole config tree of one's own), else the configs
+    inside the package: ``see_dml/conf`` (in a checkout a link to the repository's ``conf/``;
+    in a wheel the files themselves)."""
     env = os.environ.get("SEE_DML_CONFIG_DIR")
     if env:
         return Path(env).expanduser().resolve()
-    # Editable install / source checkout: <repo>/src/see_dml/config.py -> <repo>/conf
-    return Path(__file__).resolve().parents[2] / "conf"
+    return Path(__file__).resolve().parent / "conf"
 
 
 CONFIG_DIR: Path = _find_config_dir()

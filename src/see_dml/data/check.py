@@ -40,11 +40,9 @@ MAX_LISTED = 50
 
 
 def _config_dir() -> str:
-    """The repository's ``conf/`` folder."""
-    try:
-        from see_dml.config import CONFIG_DIR
-    except ImportError:
-        return str(Path(__file__).resolve().parents[3] / "conf")
+    """The package's config folder (:data:`see_dml.config.CONFIG_DIR`)."""
+    from see_dml.config import CONFIG_DIR
+
     return str(CONFIG_DIR)
 
 
