@@ -52,5 +52,11 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
                     f"paths.output_dir={out}", f"paths.cache_dir={tmp_path / 'cache'}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "R@1" in evaluated.stdout or "recall@1" in evaluated.stdout
-    # the console scripts are installed beside it
-    assert (site / "bin" / "see-dml-train").exists()
+    # one console script per tool, each with --help
+    for tool in ("train", "evaluate", "retrieve", "index", "export", "check", "table",
+                 "report"):
+        script = site / "bin" / f"see-dml-{tool}"
+        assert script.exists(), tool
+        helped = subprocess.run([sys.executable, str(script), "--help"], cwd=work, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert helped.returncode == 0 and helped.stdout.strip(), (tool, helped.stderr[-500:])
