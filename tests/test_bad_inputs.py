@@ -7,6 +7,7 @@ only where the exit status is. Groups: config, data, checkpoint, retrieve / eval
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -292,3 +293,63 @@ def test_cli_exits_2_with_one_error_line(tmp_path, module, args, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
     assert "Traceback" not in proc.stderr
+
+
+# -- run directory --------------------------------------------------------------------------
+_HOLD = ("import sys; from see_dml.rundir import lock_run_dir\n"
+         "with lock_run_dir(sys.argv[1]):\n"
+         "    print('held', flush=True)\n"
+         "    sys.stdin.read()\n")
+
+
+@pytest.fixture
+def held_run_dir(tmp_path: Path):
+    """A run directory another process (a stand-in for a running training) holds."""
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run_dir)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == "held"
+    (run_dir / "config.yaml").write_text("the first run's config\n")
+    yield run_dir, holder.pid
+    holder.communicate("", timeout=30)
+
+
+def test_second_run_in_a_held_run_directory_fails_naming_the_holder(make_cfg, held_run_dir):
+    from see_dml.rundir import RunDirectoryLockedError
+
+    run_dir, pid = held_run_dir
+    with pytest.raises(RunDirectoryLockedError, match=rf"'{run_dir}' is in use by pid {pid} "):
+        train(make_cfg(f"paths.run_dir={run_dir}"))
+    assert (run_dir / "config.yaml").read_text() == "the first run's config\n"
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_cli_second_run_in_a_held_run_directory_exits_2(tmp_path, held_run_dir):
+    run_dir, pid = held_run_dir
+    proc = subprocess.run([sys.executable, "-m", "see_dml.train", f"hydra.run.dir={run_dir}",
+                           f"paths.cache_dir={tmp_path / 'cache'}"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: run directory '{run_dir}' is in use by pid {pid} ")
+    assert "Traceback" not in proc.stderr
+    # the holder's directory is neither removed nor written into
+    assert (run_dir / "config.yaml").read_text() == "the first run's config\n"
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_lock_of_a_killed_run_is_not_stale(tmp_path):
+    """A run killed while it holds its directory (SIGKILL) does not lock it out for good."""
+    from see_dml.rundir import HOLDER_NAME, lock_run_dir
+
+    run_dir = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", "import os, signal, sys\n"
+                             "from see_dml.rundir import lock_run_dir\n"
+                             "with lock_run_dir(sys.argv[1]):\n"
+                             "    os.kill(os.getpid(), signal.SIGKILL)\n", str(run_dir)],
+                            timeout=60)
+    assert killed.returncode == -9
+    assert '"pid"' in (run_dir / HOLDER_NAME).read_text()  # what the dead run left
+    with lock_run_dir(run_dir):
+        assert f'"pid": {os.getpid()}' in (run_dir / HOLDER_NAME).read_text()
+    assert not (run_dir / HOLDER_NAME).exists()

@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from see_dml.config import CONFIG_DIR, ConfigError, flatten, validate_config
 from see_dml.evaluation import best_on_test, format_results, write_metrics
+from see_dml.rundir import LOCK_NAME, RunDirectoryLockedError, lock_run_dir
 
 # torch, Lightning, timm and faiss are imported where they are used: they take seconds to
 # load, and a mistyped key, option or value must fail (or --help answer) before that.
@@ -274,11 +276,26 @@ def check_accelerator(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the flat metrics written to ``metrics.json``."""
     validate_config(cfg)
+    check_accelerator(cfg)
+    with _run_dir_lock(Path(cfg.paths.run_dir)):
+        return _train_locked(cfg)
+
+
+def _run_dir_lock(run_dir: Path) -> AbstractContextManager[None]:
+    """The run directory's lock (:func:`see_dml.rundir.lock_run_dir`), taken by the global
+    rank zero only: DDP's other ranks run this script too, in the same directory."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0 or int(os.environ.get("NODE_RANK", "0") or 0) != 0:
+        return nullcontext()
+    return lock_run_dir(run_dir)
+
+
+def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    check_accelerator(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
@@ -357,7 +374,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 #: Errors of the user's making; their message names the key or file, and a traceback would
 #: only bury it (HYDRA_FULL_ERROR=1 shows it anyway). DatasetNotFoundError is a
 #: FileNotFoundError; a component's own option check arrives wrapped by Hydra's instantiate.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError,
+                                                 RunDirectoryLockedError)
 
 
 def _user_error(err: BaseException) -> bool:
@@ -382,7 +400,7 @@ def _remove_if_empty(run_dir: Path) -> None:
     if not run_dir.is_dir():
         return
     left = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"
-            and p.name != "config.yaml"]
+            and p.name not in ("config.yaml", LOCK_NAME)]
     if not left and not (run_dir / "checkpoints").exists():
         import shutil
 
@@ -402,7 +420,8 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {err}", file=sys.stderr)
         if _in_multirun():  # the sweep goes on with its other jobs and lists this one
             raise
-        _remove_if_empty(Path(cfg.paths.run_dir))
+        if not isinstance(err, RunDirectoryLockedError):  # the directory is another run's
+            _remove_if_empty(Path(cfg.paths.run_dir))
         sys.exit(2)
     # the sweeper's objective (e.g. for optuna): validation-selected test MAP@R
     return metrics.get("test/map@r")

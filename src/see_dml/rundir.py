@@ -1,0 +1,97 @@
+"""One run per run directory: a lock held for the life of a run.
+
+Two trainings given the same ``hydra.run.dir`` (or the same ``resume=`` twice) used to both
+succeed, each writing its own ``config.yaml``, checkpoints and metrics over the other's.
+:func:`lock_run_dir` takes an OS file lock (``filelock``: ``flock`` on Unix) on
+``<run dir>/.see_dml.lock`` and records its holder (pid, host, start time, command) beside it
+in ``.see_dml.lock.holder``; a second run there fails at once with
+:class:`RunDirectoryLockedError`, naming the holder.
+
+A lock of a process that died (SIGKILL, a node that went down) is released by the kernel
+with the process, so it never blocks a later run; the holder file it leaves is overwritten.
+On a filesystem without ``flock`` the holder file alone is the lock, and a holder whose pid
+is no longer alive on this host is taken for stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+LOCK_NAME = ".see_dml.lock"
+HOLDER_NAME = ".see_dml.lock.holder"
+
+
+class RunDirectoryLockedError(RuntimeError):
+    """Another live run holds this run directory; the message names it."""
+
+
+def _holder(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / HOLDER_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _describe(run_dir: Path, holder: dict[str, Any] | None) -> str:
+    who = "another run"
+    if holder:
+        who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+               f"{holder.get('started', '?')}")
+        if holder.get("command"):
+            who += f": {holder['command']}"
+    return (f"run directory '{run_dir}' is in use by {who}. Wait for that run to end, or "
+            "give this one another directory (a new run without resume=, or another "
+            "hydra.run.dir)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _write_holder(run_dir: Path) -> None:
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    (run_dir / HOLDER_NAME).write_text(json.dumps(info) + "\n")
+
+
+@contextmanager
+def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
+    """Hold ``run_dir`` (created if missing) for the ``with`` block; raise
+    :class:`RunDirectoryLockedError` at once when another live process holds it."""
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunDirectoryLockedError(_describe(run_dir, _holder(run_dir))) from None
+    except (NotImplementedError, OSError):  # no flock here (some network filesystems)
+        lock = None
+        holder = _holder(run_dir)
+        if (holder and holder.get("host") == socket.gethostname()
+                and holder.get("pid") != os.getpid() and _alive(int(holder.get("pid", 0)))):
+            raise RunDirectoryLockedError(_describe(run_dir, holder)) from None
+    try:
+        _write_holder(run_dir)
+        yield
+    finally:
+        (run_dir / HOLDER_NAME).unlink(missing_ok=True)
+        if lock is not None:  # the lock file stays: unlinking it would race a new run
+            lock.release()
