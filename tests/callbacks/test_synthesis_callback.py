@@ -313,16 +313,72 @@ def test_ee_with_a_pair_loss_uses_the_mined_pairs(make_cfg):
     torch.testing.assert_close(out["loss/metric"], expected)
 
 
-@pytest.mark.parametrize("cls", [EmbeddingExpansionCallback, SymmetricalSynthesisCallback])
-def test_pair_synthesis_is_differentiable(make_cfg, cls):
+@pytest.mark.parametrize("cls, kwargs, pairs", [
+    (EmbeddingExpansionCallback, {}, 6 * (4 * 3 // 2)),
+    (SymmetricalSynthesisCallback, {"formulation": "hardest_pair"}, 6 * (4 * 3 // 2)),
+    (SymmetricalSynthesisCallback, {}, 6 * 2),  # official: 2 disjoint pairs per class of 4
+])
+def test_pair_synthesis_is_differentiable(make_cfg, cls, kwargs, pairs):
     module, images, labels = _module_and_batch(make_cfg, "triplet")
-    cb = cls()
+    cb = cls(**kwargs)
     out = cb(module, module(images), labels)
-    pairs = 6 * (4 * 3 // 2)
     assert out[f"{cb.name}/synthetic"].item() == pairs * 2
     assert not any(k.startswith("see/") for k in out)
     out["loss/metric"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.head.parameters())
+
+
+def _symm_npair_by_hand(x: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+    """Symmetrical Synthesis + N-pair as the authors' code computes it, in float64 loops:
+    consecutive same-class pairs, both reflections, the max over the six point pairs."""
+    pairs = []
+    for c in sorted(set(labels.tolist())):
+        idx = [i for i in range(len(labels)) if labels[i] == c]
+        pairs += [(idx[k], idx[k + 1]) for k in range(0, len(idx) - 1, 2)]
+    pairs.sort()
+    pts = []
+    for i, j in pairs:
+        a, p = x[i], x[j]
+        pts.append([a, p, 2 * (a @ p) * a - p, 2 * (a @ p) * p - a])
+    combos = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    terms = []
+    for r, (i, _) in enumerate(pairs):
+        logits = torch.stack([max(pts[r][u] @ pts[c][v] for u, v in combos)
+                              for c in range(len(pairs))]) * scale
+        same = [c for c, (k, _) in enumerate(pairs) if labels[k] == labels[i]]
+        log_p = logits - torch.logsumexp(logits, dim=0)
+        terms.append(-sum(log_p[c] for c in same) / len(same))
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("loss", ["multi_similarity", "proxy_anchor"])
+def test_symmetric_official_is_the_authors_npair_by_hand(make_cfg, loss):
+    """``formulation=official`` (the default) is the authors' loss whatever ``loss=`` says:
+    the N-pair softmax over the max similarity of {anchor, positive, sym1, sym2}, checked
+    against a float64 hand computation; ``hardest_pair`` keeps the old formulation."""
+    cfg = make_cfg(f"loss={loss}", "synthesis=symmetric")
+    module = build_model(cfg, num_classes=10)
+    module.criterion.double()
+    d = int(cfg.model.embed_dim)
+    raw = torch.randn(7, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    raw.requires_grad_(True)
+    x = F.normalize(raw, dim=1)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 2])  # class 0: 3 samples, one left out
+    cb = build_synthesis_callback(cfg)
+    assert cb.formulation == "official" and cb.scale == 1.0
+    out = cb(module, x, labels)
+    for scale in (1.0, 4.0):
+        got = SymmetricalSynthesisCallback(scale=scale)(module, x, labels)["loss/metric"]
+        expected = _symm_npair_by_hand(x, labels, scale)
+        assert abs(got.item() - expected.item()) < 1e-12, (got, expected)
+        got_grad, = torch.autograd.grad(got, raw, retain_graph=True)
+        want_grad, = torch.autograd.grad(expected, raw, retain_graph=True)
+        torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-12)
+    assert out["symmetric/synthetic"].item() == 2 * 3
+    old = SymmetricalSynthesisCallback(formulation="hardest_pair")(module, x, labels)
+    assert abs(old["loss/metric"].item() - out["loss/metric"].item()) > 1e-6
+    with pytest.raises(ValueError, match="synthesis.formulation"):
+        SymmetricalSynthesisCallback(formulation="max")
 
 
 # -- Proxy Synthesis -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from see_dml.synthesis import (
     same_class_pairs,
     symmetrical_synthesis,
 )
+from see_dml.synthesis.symmetric import disjoint_class_pairs, symmetric_max_similarity
 
 
 def _unit(b: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -131,3 +132,26 @@ def test_mined_pairs_feed_a_pml_loss() -> None:
     )
     loss.backward()
     assert torch.isfinite(loss) and x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_disjoint_class_pairs_are_consecutive_within_a_class() -> None:
+    labels = torch.tensor([3, 1, 3, 1, 3, 2, 3, 1])
+    assert disjoint_class_pairs(labels).tolist() == [[0, 2], [1, 3], [4, 6]]
+    assert disjoint_class_pairs(torch.tensor([0, 1, 2])).shape == (0, 2)
+
+
+def test_symmetric_max_similarity_diagonal_and_an_entry() -> None:
+    """Entry (i, j) is the max over the six ordered point pairs (X_i, Y_j); on the diagonal
+    it is max(a·p, 2(a·p)² − 1, 4(a·p)³ − 3(a·p)) for unit a, p (written out)."""
+    a, p = _unit(4, 6, seed=1), _unit(4, 6, seed=2)
+    sim = symmetric_max_similarity(a, p)
+    c = (a * p).sum(dim=1)
+    s1, s2 = 2 * c[:, None] * a - p, 2 * c[:, None] * p - a
+    # a·s1 = a·s2 = p·s1 = p·s2 ... on the diagonal: a·s1 = c, a·s2 = 2c² - 1,
+    # p·s1 = 2c² - 1, p·s2 = c, s1·s2 = 4c³ - 3c
+    want_diag = torch.stack([c, 2 * c**2 - 1, 4 * c**3 - 3 * c]).amax(dim=0)
+    torch.testing.assert_close(sim.diagonal(), want_diag)
+    i, j = 0, 3
+    pts = [a, p, s1, s2]
+    want = max(float(pts[u][i] @ pts[v][j]) for u in range(4) for v in range(u + 1, 4))
+    assert abs(sim[i, j].item() - want) < 1e-12

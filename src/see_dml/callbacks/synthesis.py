@@ -37,6 +37,7 @@ from see_dml.synthesis import (
     select_threshold,
     select_top_fraction,
     spherical_expansion,
+    symmetric_npair_loss,
     symmetrical_synthesis,
 )
 
@@ -334,11 +335,40 @@ class EmbeddingExpansionCallback(HardPairSynthesisCallback):
 
 
 class SymmetricalSynthesisCallback(HardPairSynthesisCallback):
-    """Symmetrical Synthesis (Gu & Ko, AAAI 2020): each pair reflected about each other."""
+    """Symmetrical Synthesis (Gu & Ko, AAAI 2020): each pair reflected about each other.
 
-    def __init__(self, mining: str = "hardest", real_term: bool = False,
+    Args:
+        formulation: ``official`` (default): the authors' loss,
+            :func:`~see_dml.synthesis.symmetric_npair_loss` (per pair and other pair the
+            maximum similarity over the six pairs of {anchor, positive, sym1, sym2}, an
+            N-pair softmax over it); the configured loss is not used (only for
+            ``real_term``). ``hardest_pair``: the project's earlier formulation, the
+            reflections with EE's hardest-pair mining fed to the configured loss (see
+            :class:`HardPairSynthesisCallback`). docs/method.md.
+        scale: ``official``: logits are ``scale`` times the similarities (1: the inner
+            products of the embeddings as the model outputs them, as the authors').
+        mining, real_term, name, seed: see :class:`HardPairSynthesisCallback`
+            (``mining`` applies to ``hardest_pair`` only).
+    """
+
+    def __init__(self, formulation: str = "official", scale: float = 1.0,
+                 mining: str = "hardest", real_term: bool = False,
                  name: str = "symmetric", seed: int = 0) -> None:
         super().__init__(mining, real_term, name, seed)
+        if formulation not in ("official", "hardest_pair"):
+            raise ValueError("synthesis.formulation must be 'official' or 'hardest_pair', "
+                             f"got '{formulation}'")
+        self.formulation = formulation
+        self.scale = float(scale)
+
+    def loss(self, criterion: MetricLoss, embeddings: torch.Tensor, labels: torch.Tensor
+             ) -> tuple[torch.Tensor, int]:
+        if self.formulation == "hardest_pair":
+            return super().loss(criterion, embeddings, labels)
+        loss, pairs = symmetric_npair_loss(embeddings, labels, self.scale)
+        if not pairs:  # no same-class pair in the batch: the plain loss
+            return criterion(embeddings, labels), 0
+        return loss, 2 * pairs
 
     def synthesise(self, embeddings: torch.Tensor, labels: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

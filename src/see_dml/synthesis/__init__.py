@@ -6,7 +6,8 @@
 - :func:`expansion_fraction`, :func:`expansion_threshold`, :func:`select_top_fraction`,
   :func:`select_threshold`: which samples to expand at a given epoch;
 - :func:`embedding_expansion` (EE) and :func:`symmetrical_synthesis`, with their hard pair
-  mining :func:`hardest_negative_pairs`;
+  mining :func:`hardest_negative_pairs`, and Symmetrical Synthesis's own loss
+  :func:`symmetric_npair_loss`;
 - :func:`proxy_synthesis` (PS), mixup of embeddings and of their proxies.
 
 Callbacks and losses decide when to call these; nothing here holds state.
@@ -26,7 +27,7 @@ from see_dml.synthesis.schedule import (
     select_top_fraction,
 )
 from see_dml.synthesis.see import class_axes, random_expansion, spherical_expansion
-from see_dml.synthesis.symmetric import symmetrical_synthesis
+from see_dml.synthesis.symmetric import symmetric_npair_loss, symmetrical_synthesis
 
 __all__ = [
     "class_axes",
@@ -42,5 +43,6 @@ __all__ = [
     "select_threshold",
     "select_top_fraction",
     "spherical_expansion",
+    "symmetric_npair_loss",
     "symmetrical_synthesis",
 ]

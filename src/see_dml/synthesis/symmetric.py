@@ -3,8 +3,13 @@
 For a same-class pair of unit embeddings ``(a, p)`` the two synthetic points are ``p``
 reflected about the axis of ``a``, ``2(p·a)·a − p``, and ``a`` reflected about the axis of
 ``p``, ``2(p·a)·p − a``. Both are unit, keep the pair's cosine to their mirror axis and are
-hyper-parameter free; they are differentiable functions of the real embeddings. The hard
-pair mining is EE's (:func:`see_dml.synthesis.expansion.hardest_negative_pairs`).
+hyper-parameter free; they are differentiable functions of the real embeddings.
+
+The authors' loss (:func:`symmetric_npair_loss`, ``synthesis.formulation=official``) takes,
+for every (pair, other pair) entry, the maximum similarity over the six pairs of
+{anchor, positive, sym1, sym2} and feeds that matrix to an N-pair softmax. The older
+formulation here (``formulation=hardest_pair``) uses EE's hard-pair mining
+(:func:`see_dml.synthesis.expansion.hardest_negative_pairs`) with the configured loss.
 """
 
 from __future__ import annotations
@@ -13,7 +18,12 @@ import torch
 
 from see_dml.synthesis.expansion import same_class_pairs
 
-__all__ = ["symmetrical_synthesis"]
+__all__ = [
+    "disjoint_class_pairs",
+    "symmetric_max_similarity",
+    "symmetric_npair_loss",
+    "symmetrical_synthesis",
+]
 
 
 def symmetrical_synthesis(
@@ -37,3 +47,70 @@ def symmetrical_synthesis(
     syn = torch.stack([2 * cos * a - p, 2 * cos * p - a], dim=1).reshape(-1, embeddings.shape[1])
     syn_labels = labels[pairs[:, 0]].repeat_interleave(2)
     return syn, syn_labels, pairs.repeat_interleave(2, dim=0)
+
+
+def disjoint_class_pairs(labels: torch.Tensor) -> torch.Tensor:
+    """Consecutive disjoint same-class pairs: the N-pair batch inside a class-balanced one.
+
+    A class's samples, in batch order, are paired 1st with 2nd, 3rd with 4th, ...; an odd
+    last sample is left out. With 2 samples per class this is one (anchor, positive) pair per
+    class, the batch Symmetrical Synthesis's official code draws. ``(B,)`` → ``(P, 2)``,
+    rows ordered by the pair's first index.
+    """
+    rows = []
+    for value in torch.unique(labels):
+        idx = torch.nonzero(labels == value).flatten()
+        usable = (len(idx) // 2) * 2
+        rows.append(idx[:usable].reshape(-1, 2))
+    if not rows:
+        return torch.empty(0, 2, dtype=torch.long, device=labels.device)
+    pairs = torch.cat(rows)
+    return pairs[torch.argsort(pairs[:, 0])]
+
+
+def symmetric_max_similarity(anchor: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """The official similarity matrix of Symmetrical Synthesis (docs/method.md).
+
+    With ``sym1`` = the positive reflected about the anchor's axis and ``sym2`` = the anchor
+    reflected about the positive's axis, entry ``(i, j)`` is the maximum over the six
+    unordered pairs ``(X, Y)`` of ``{anchor, positive, sym1, sym2}`` (in that order, ``X``
+    before ``Y``) of ``X_i · Y_j``: pair ``i``'s point ``X`` against pair ``j``'s point ``Y``.
+
+    Args:
+        anchor, positive: ``(P, d)`` unit embeddings of ``P`` same-class pairs.
+
+    Returns:
+        ``(P, P)`` similarities, differentiable.
+    """
+    cos = (anchor * positive).sum(dim=1, keepdim=True)
+    sym1 = 2 * cos * anchor - positive
+    sym2 = 2 * cos * positive - anchor
+    points = [anchor, positive, sym1, sym2]
+    sims = [points[a] @ points[b].T for a in range(4) for b in range(a + 1, 4)]
+    return torch.stack(sims).amax(dim=0)
+
+
+def symmetric_npair_loss(
+    embeddings: torch.Tensor, labels: torch.Tensor, scale: float = 1.0
+) -> tuple[torch.Tensor, int]:
+    """Symmetrical Synthesis + N-pair loss as the authors' code computes it (docs/method.md).
+
+    The batch is split into disjoint same-class pairs (:func:`disjoint_class_pairs`); row
+    ``i`` of :func:`symmetric_max_similarity` times ``scale`` are the logits of a softmax
+    cross-entropy whose target spreads uniformly over the pairs of pair ``i``'s class
+    (itself included); the loss is the mean over pairs. Every other class stays in each
+    row's softmax.
+
+    Returns:
+        ``(loss, P)``: the 0-dim loss (0, attached to the graph, when the batch has no
+        same-class pair) and the number of pairs.
+    """
+    pairs = disjoint_class_pairs(labels)
+    if not len(pairs):
+        return embeddings.sum() * 0, 0
+    sim = symmetric_max_similarity(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]]) * scale
+    pair_labels = labels[pairs[:, 0]]
+    target = (pair_labels[:, None] == pair_labels[None, :]).to(sim.dtype)
+    target = target / target.sum(dim=1, keepdim=True)
+    loss = -(target * torch.log_softmax(sim, dim=1)).sum(dim=1).mean()
+    return loss, len(pairs)
