@@ -44,3 +44,23 @@ class PreemptOnce(SignalOnce):
 
     def __init__(self, marker: str, epoch: int = 1) -> None:
         super().__init__(marker, "SIGUSR2", epoch=epoch)
+
+
+class FileSizeLimitAt(Callback):
+    """From the start of epoch ``epoch`` on, once, a write past ``max_bytes`` of any file kills
+    this process (``RLIMIT_FSIZE`` with SIGXFSZ's default action, which Python ignores): the
+    kill lands at a fixed byte count of the next large file written, a checkpoint."""
+
+    def __init__(self, marker: str, max_bytes: int, epoch: int = 1) -> None:
+        self.marker = Path(marker)
+        self.max_bytes = max_bytes
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch and not self.marker.exists():
+            import resource
+
+            self.marker.write_text(str(os.getpid()))
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+            hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_bytes, hard))

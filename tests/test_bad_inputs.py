@@ -353,3 +353,16 @@ def test_lock_of_a_killed_run_is_not_stale(tmp_path):
     with lock_run_dir(run_dir):
         assert f'"pid": {os.getpid()}' in (run_dir / HOLDER_NAME).read_text()
     assert not (run_dir / HOLDER_NAME).exists()
+
+
+def test_damaged_last_checkpoint_without_an_intact_one_is_named(make_cfg, tmp_path):
+    from see_dml.checkpoint_io import DamagedCheckpointError
+
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 the first 69,632 bytes of a checkpoint")
+    (last.parent / "epoch000.ckpt").write_text("not one either")
+    with pytest.raises(DamagedCheckpointError, match=rf"'{last}' is damaged .*ckpt_path="):
+        train(make_cfg(f"paths.run_dir={run_dir}"))
+    assert not (run_dir / "config.yaml").exists()  # before anything is written

@@ -312,3 +312,59 @@ def test_cli_help_lists_the_config_groups():
     for line in ("loss: arcface, contrastive, multi_similarity", "synthesis: embedding_expansion",
                  "dataset: cars, cub, double_mnist, emoji_styles, inshop, mnist, sop"):
         assert line in proc.stdout
+
+
+# -- checkpoints are whole or absent --------------------------------------------------------
+_ATOMIC = ["trainer.limit_train_batches=4", "callbacks.embedding_export=null",
+           "test_final=false"]
+
+
+@pytest.mark.slow  # a training subprocess and two in-process ones: ~35 s
+def test_checkpoint_write_killed_at_a_fixed_byte_count_resumes_bit_exactly(make_cfg, tmp_path):
+    """A `python -m see_dml.train` killed while it writes its second epoch's checkpoint
+    (SIGXFSZ at 64 KiB of a larger file): the first epoch's last.ckpt is intact, nothing is
+    left in $TMPDIR, and the resumed run ends with the weights of an unbroken one."""
+    from conftest import FAST
+
+    train(make_cfg(*_ATOMIC, "trainer.max_epochs=2", f"paths.run_dir={tmp_path / 'a'}"))
+    assert (tmp_path / "a" / "checkpoints" / "last.ckpt").stat().st_size > 65536
+    run_dir, tmpdir = tmp_path / "b", tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    cmd = [sys.executable, "-m", "see_dml.train", *FAST, "dataset.images_per_class=20",
+           *_ATOMIC, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
+           f"paths.cache_dir={tmp_path.parent / 'see_dml_cache'}",
+           "+callbacks.kill._target_=preemption.FileSizeLimitAt",
+           f"+callbacks.kill.marker={tmp_path / 'marker'}", "+callbacks.kill.max_bytes=65536"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "TMPDIR": str(tmpdir)}
+    killed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr[-3000:]
+    ckpts = run_dir / "checkpoints"
+    partial = [p for p in ckpts.iterdir() if ".tmp-" in p.name]
+    assert [p.stat().st_size for p in partial] == [65536]  # the write it was killed in
+    assert [p for p in tmpdir.rglob("*") if p.is_file()] == []  # (wandb leaves empty dirs)
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 0
+    resumed = train(make_cfg(*_ATOMIC, "trainer.max_epochs=2", f"paths.run_dir={run_dir}"))
+    assert resumed["epochs"] == 2
+    assert not [p for p in ckpts.iterdir() if ".tmp-" in p.name]  # removed on resume
+    a, b = _final_weights(tmp_path / "a"), _final_weights(run_dir)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_damaged_last_checkpoint_is_named_and_the_newest_intact_one_resumed(make_cfg, tmp_path,
+                                                                            caplog):
+    import logging
+
+    train(make_cfg(*_ATOMIC, "trainer.max_epochs=2", f"paths.run_dir={tmp_path / 'a'}"))
+    run_dir = tmp_path / "b"
+    train(make_cfg(*_ATOMIC, "trainer.max_epochs=1", f"paths.run_dir={run_dir}"))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    with last.open("r+b") as f:  # a truncated write of another tool, a full disk
+        f.truncate(69632)
+    with caplog.at_level(logging.WARNING, logger="see_dml.checkpoint_io"):
+        resumed = train(make_cfg(*_ATOMIC, "trainer.max_epochs=2", f"paths.run_dir={run_dir}"))
+    assert f"'{last}' is damaged" in caplog.text and "epoch000.ckpt" in caplog.text
+    assert resumed["epochs"] == 2
+    a, b = _final_weights(tmp_path / "a"), _final_weights(run_dir)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

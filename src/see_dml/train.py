@@ -154,9 +154,15 @@ def _test_history(trainer: L.Trainer, model: DMLModule, last: Path | None
 
 
 def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
+    """``ckpt_path=auto``: ``last.ckpt`` when it exists; a damaged one is named, and the newest
+    intact checkpoint beside it is used (:func:`see_dml.checkpoint_io.find_resumable`)."""
     if ckpt_path != "auto":
         return ckpt_path
-    return str(last) if last is not None and last.exists() else None
+    if last is None or not last.exists():
+        return None
+    from see_dml.checkpoint_io import find_resumable
+
+    return str(find_resumable(last))
 
 
 #: Keys a resumed run may change: where things go, how long it trains, how it reports.
@@ -302,6 +308,10 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.run_dir)
     callbacks = build_callbacks(cfg)
     last_file = _last_checkpoint_file(callbacks)
+    if last_file is not None:  # what a killed checkpoint write left (the lock is ours)
+        from see_dml.checkpoint_io import remove_partial_checkpoints
+
+        remove_partial_checkpoints(last_file.parent)
     ckpt = _resolve_ckpt_path(cfg.get("ckpt_path"), last_file)
     if ckpt is not None:  # before anything in the run directory is touched
         check_resume_config(cfg, ckpt)
@@ -327,7 +337,11 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg)
     if not loggers:  # logger=none: LearningRateMonitor refuses to run without a logger
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
+    # every checkpoint whole or absent: written beside its target, fsync'ed, renamed
+    from see_dml.checkpoint_io import AtomicCheckpointIO
+
+    plugins = [*(instantiate(cfg.trainer.get("plugins")) or []), AtomicCheckpointIO()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, plugins=plugins,
                                      logger=loggers or False, **trainer_kwargs)
     _fit(trainer, model, dm, ckpt, cfg)
 
