@@ -366,3 +366,21 @@ def test_damaged_last_checkpoint_without_an_intact_one_is_named(make_cfg, tmp_pa
     with pytest.raises(DamagedCheckpointError, match=rf"'{last}' is damaged .*ckpt_path="):
         train(make_cfg(f"paths.run_dir={run_dir}"))
     assert not (run_dir / "config.yaml").exists()  # before anything is written
+
+
+def test_cli_index_build_onto_an_existing_index_exits_2(tmp_path, ckpt):
+    from see_dml.index import run as index_run
+
+    path = tmp_path / "gallery.faiss"
+    index_run(compose_config(["action=build", f"ckpt_path={ckpt}", "gallery=test",
+                              f"index.path={path}", "progress=false"], config_name="index"))
+    before = path.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "see_dml.index", "build", f"ckpt_path={ckpt}",
+                           "gallery=val", f"index.path={path}", f"paths.output_dir={tmp_path}",
+                           "progress=false"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: index.path='{path}' already exists") and \
+        "index.overwrite=true" in last
+    assert "Traceback" not in proc.stderr
+    assert path.read_bytes() == before

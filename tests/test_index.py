@@ -197,3 +197,18 @@ def test_cli_truncated_index_is_one_line(setup, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: index.path=") and "corrupt or truncated" in lines[-1]
     assert "Traceback" not in proc.stderr
+
+
+def test_build_onto_an_existing_index_needs_overwrite(setup, tmp_path):
+    from see_dml.config import ConfigError
+
+    path = tmp_path / "gallery.faiss"
+    common = [f"ckpt_path={setup['model']}", f"index.path={path}"]
+    _index("build", *common, f"gallery={setup['first']}")
+    before = path.read_bytes(), sidecar_path(path).read_text()
+    with pytest.raises(ConfigError, match=rf"index\.path='{path}' already exists "
+                                          rf"\({CLASSES * PER_CLASS} rows.*index\.overwrite=true"):
+        _index("build", *common, f"gallery={setup['more']}")
+    assert (path.read_bytes(), sidecar_path(path).read_text()) == before  # untouched
+    _index("build", *common, f"gallery={setup['more']}", "index.overwrite=true")
+    assert load_index(path).index.ntotal == 2 * PER_CLASS  # replaced, as asked

@@ -334,6 +334,22 @@ def _index_path(cfg: DictConfig) -> Path:
     return Path(str(path)).expanduser()
 
 
+def _refuse_overwrite(cfg: DictConfig, path: Path) -> None:
+    """``build`` onto an existing index (or its sidecar) only with ``index.overwrite=true``:
+    it replaces every row (a 2,006-row index became the 4 images of a test folder)."""
+    existing = [f for f in (path, sidecar_path(path)) if f.exists()]
+    if not existing or bool(OmegaConf.select(cfg, "index.overwrite", default=False)):
+        return
+    try:
+        rows = f"{load_index(path).index.ntotal:,} rows"
+    except IndexFileError:
+        rows = "unreadable"
+    raise ConfigError(
+        f"index.path='{path}' already exists ({rows}, {' and '.join(f.name for f in existing)})"
+        ": 'build' would replace it. Add images to it with 'index add', give another "
+        "index.path, or replace it with index.overwrite=true")
+
+
 def build_index(cfg: DictConfig) -> dict[str, Any]:
     """``python -m see_dml.index build``: embed ``cfg.gallery``, write the index and sidecar;
     return the sidecar (without its rows)."""
@@ -341,6 +357,7 @@ def build_index(cfg: DictConfig) -> dict[str, Any]:
     kind = str(cfg.index.kind)
     if kind not in KINDS:
         raise ConfigError(f"index.kind must be one of {', '.join(KINDS)}, got '{kind}'")
+    _refuse_overwrite(cfg, path)
     vectors, items, model = _embed_gallery(cfg)
     index = make_index(kind, vectors.shape[1], cfg.index.hnsw_m, cfg.index.ef_construction)
     index.add(vectors)
