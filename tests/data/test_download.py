@@ -267,6 +267,20 @@ def test_dropped_connection_leaves_no_file(tmp_path: Path, packed: dict[str, Pac
     assert not (tmp_path / "data" / "cub").exists()
 
 
+def test_unverified_non_archive_moved_aside(tmp_path: Path, server: _Server) -> None:
+    """A file host's HTML page instead of img.zip (no hash to catch it): not kept as img.zip."""
+    real = server.files["img.zip"]
+    server.files["img.zip"] = b"<html>Google Drive can't scan this file for viruses</html>"
+    try:
+        with pytest.raises(dl.DownloadError, match="cannot be unpacked"):
+            _run(tmp_path, "inshop", base_url=_url(server))
+    finally:
+        server.files["img.zip"] = real
+    downloads = tmp_path / "data" / "downloads"
+    assert not (downloads / "img.zip").exists()
+    assert len(list(downloads.glob("img.zip.bad-*"))) == 1
+
+
 def test_flags_translate_to_overrides() -> None:
     assert dl._translate_flags(["dataset=cars", "--archive", "/a/car_ims.tgz",
                                 "--archive=/b c/cars_annos.mat", "--sha256", "ab"]) == [

@@ -39,7 +39,7 @@ class CUB200(DatasetSource):
         "train": {"images": 5864, "classes": 100},
         "test": {"images": 5924, "classes": 100},
     }
-    download_url = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
+    download_url = "https://data.caltech.edu/records/65de6-vp158"
     layout = """\
 CUB_200_2011/
   images.txt                  <image id> <relative path>

@@ -401,12 +401,20 @@ def download(cfg: DictConfig, source: DatasetSource) -> int:
             print(f"{res.filename}: NOT verified (no hash known; pass +sha256.{res.key}=<hex> "
                   "to verify it)", file=sys.stderr)
         local.append((res, path, verified))
-    for res, path, _ in local:
+    for res, path, verified in local:
         digest = file_hash(path, "sha256")
         if record.get(res.filename) == digest:
             print(f"{res.filename}: already unpacked in {root}", file=sys.stderr)
             continue
-        n = unpack(path, res, root)
+        try:
+            n = unpack(path, res, root)
+        except DownloadError as err:
+            if verified or path.parent != download_dir:
+                raise
+            # Unverified and not an archive (an HTML page from a file host, say): not kept
+            # where the next run would take it for the file.
+            aside = move_aside(path, digest)
+            raise DownloadError(f"{err}; moved aside to {aside}") from err
         record[res.filename] = digest
         record_path.parent.mkdir(parents=True, exist_ok=True)
         record_path.write_text(json.dumps(record, indent=1) + "\n")
