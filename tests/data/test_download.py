@@ -281,6 +281,41 @@ def test_unverified_non_archive_moved_aside(tmp_path: Path, server: _Server) -> 
     assert len(list(downloads.glob("img.zip.bad-*"))) == 1
 
 
+def test_bad_copy_in_download_dir_replaced(tmp_path: Path, packed: dict[str, Packed],
+                                           server: _Server, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    _known_md5(monkeypatch, "cub", packed["cub"].md5("CUB_200_2011.tgz"))
+    downloads = tmp_path / "data" / "downloads"
+    downloads.mkdir(parents=True)
+    (downloads / "CUB_200_2011.tgz").write_bytes(b"half an archive")
+    before = server.requests["CUB_200_2011.tgz"]
+    assert _run(tmp_path, "cub", base_url=_url(server))[0] == 0
+    assert server.requests["CUB_200_2011.tgz"] - before == 1
+    assert "moved aside" in capsys.readouterr().err
+    assert len(list(downloads.glob("CUB_200_2011.tgz.bad-*"))) == 1
+
+
+def test_archive_list_two_files(tmp_path: Path, packed: dict[str, Packed], server: _Server,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Cars from two files fetched elsewhere; nothing is requested from the server."""
+    p = packed["cars"]
+    for fname, body in p.files.items():
+        (tmp_path / fname).write_bytes(body)
+    before = sum(server.requests.values())
+    status, root = _run(tmp_path, "cars",
+                        f"archive=[{tmp_path / 'car_ims.tgz'},{tmp_path / 'cars_annos.mat'}]",
+                        f"+sha256.images={p.sha256('car_ims.tgz')}",
+                        f"+sha256.annotations={p.sha256('cars_annos.mat')}")
+    out, _ = capsys.readouterr()
+    assert status == 0
+    _check_counts(_counts(out), p.counts)
+    assert sum(server.requests.values()) == before
+    with pytest.raises(dl.DownloadError, match="ambiguous"):
+        _run(tmp_path, "cars", f"sha256={p.sha256('car_ims.tgz')}")
+    with pytest.raises(dl.DownloadError, match="not a SHA-256"):
+        _run(tmp_path, "cars", "+sha256.images=abc")
+
+
 def test_flags_translate_to_overrides() -> None:
     assert dl._translate_flags(["dataset=cars", "--archive", "/a/car_ims.tgz",
                                 "--archive=/b c/cars_annos.mat", "--sha256", "ab"]) == [
@@ -290,7 +325,7 @@ def test_flags_translate_to_overrides() -> None:
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory: pytest.TempPathFactory,
              packed: dict[str, Packed]) -> dict[str, subprocess.CompletedProcess]:
-    """The command as typed, offline (``--archive``), three at once (each imports torch)."""
+    """The command as typed, offline (``--archive``), two at once (each imports torch)."""
     base = tmp_path_factory.mktemp("cli")
     archives = base / "fetched_elsewhere"
     archives.mkdir()
@@ -304,8 +339,6 @@ def cli_runs(tmp_path_factory: pytest.TempPathFactory,
                 "--sha256", sop_sha],
         # the recorded MD5 of the real CUB_200_2011.tgz: the fixture does not have it
         "cub_wrong": ["dataset=cub", f"archive={archives / 'CUB_200_2011.tgz'}"],
-        # no source for Cars: the manual route
-        "cars_manual": ["dataset=cars"],
     }
     env = {**os.environ, "SEE_DML_DOWNLOAD_BASE_URL": "", "OMP_NUM_THREADS": "1"}
     procs = {}
@@ -337,8 +370,9 @@ def test_cli_wrong_hash_one_line(cli_runs: dict) -> None:
     assert "Traceback" not in run.stderr
 
 
-def test_cli_no_source_prints_manual_route(cli_runs: dict) -> None:
-    run = cli_runs["cars_manual"]
-    assert run.returncode == 2
-    assert "no source" in run.stderr and "car_ims.tgz" in run.stderr
-    assert "d5c8f0aa497503f355e17dc7886c3f14" in run.stderr and "archive=" in run.stderr
+def test_no_source_prints_manual_route(tmp_path: Path) -> None:
+    with pytest.raises(dl.DownloadError) as info:
+        _run(tmp_path, "cars")
+    msg = str(info.value)
+    assert "no source" in msg and "car_ims.tgz" in msg and "archive=" in msg
+    assert "d5c8f0aa497503f355e17dc7886c3f14" in msg

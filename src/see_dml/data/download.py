@@ -275,22 +275,33 @@ def unpack(path: Path, res: Resource, root: Path) -> int:
 # --------------------------------------------------------------------------- the run
 
 
-def _hash_overrides(cfg_hash: Any, resources: Sequence[Resource]) -> dict[str, str]:
-    """``sha256=`` as ``{key: "sha256:<hex>"}``."""
+def _sha256_spec(value: Any, key: str) -> str:
+    text = str(value).strip().lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise DownloadError(f"sha256 for '{key}': {value!r} is not a SHA-256 (64 hex digits)")
+    return f"sha256:{text}"
+
+
+def _hash_overrides(cfg_hash: Any, resources: Sequence[Resource],
+                    archives: dict[str, Path]) -> dict[str, str]:
+    """``sha256=`` as ``{key: "sha256:<hex>"}``. A plain ``sha256=<hex>`` is for the
+    dataset's one file, or for the one file given by ``archive=``."""
     if cfg_hash is None or (isinstance(cfg_hash, DictConfig | dict) and not cfg_hash):
         return {}
-    if isinstance(cfg_hash, str):
-        if len(resources) != 1:
-            keys = ", ".join(r.key for r in resources)
+    if not isinstance(cfg_hash, DictConfig | dict):
+        keys = ([r.key for r in resources] if len(resources) == 1
+                else list(archives) if len(archives) == 1 else [])
+        if not keys:
             raise DownloadError(f"sha256=<hex> is ambiguous: this dataset has {len(resources)} "
-                                f"files; give +sha256.<key>=<hex> for keys {keys}")
-        return {resources[0].key: f"sha256:{cfg_hash.lower()}"}
+                                "files; give +sha256.<key>=<hex> for keys "
+                                + ", ".join(r.key for r in resources))
+        return {keys[0]: _sha256_spec(cfg_hash, keys[0])}
     known = {r.key for r in resources}
     unknown = sorted(set(cfg_hash) - known)
     if unknown:
         raise DownloadError(f"sha256 keys {unknown} are not files of this dataset "
                             f"(its keys: {sorted(known)})")
-    return {str(k): f"sha256:{str(v).lower()}" for k, v in cfg_hash.items()}
+    return {str(k): _sha256_spec(v, str(k)) for k, v in cfg_hash.items()}
 
 
 def _archives(cfg_archive: Any, resources: Sequence[Resource]) -> dict[str, Path]:
@@ -378,7 +389,7 @@ def download(cfg: DictConfig, source: DatasetSource) -> int:
     download_dir = (Path(str(cfg.download_dir)).expanduser() if cfg.download_dir
                     else root.parent / "downloads")
     archives = _archives(cfg.archive, files.resources)
-    overrides = _hash_overrides(cfg.sha256, files.resources)
+    overrides = _hash_overrides(cfg.sha256, files.resources, archives)
     base_url = str(cfg.base_url) if cfg.base_url else None
     print(f"{files.name}: {files.status}", file=sys.stderr)
     record_path = root / UNPACKED_RECORD
