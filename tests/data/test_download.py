@@ -142,6 +142,18 @@ def server(packed: dict[str, Packed]):
     srv.server_close()
 
 
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every transfer these tests start goes to 127.0.0.1, or the test fails."""
+    real = dl._downloader
+
+    def guarded(url: str, *args: object) -> object:
+        assert url.startswith("http://127.0.0.1:"), f"a test tried to fetch {url}"
+        return real(url, *args)
+
+    monkeypatch.setattr(dl, "_downloader", guarded)
+
+
 def _url(srv: _Server) -> str:
     return f"http://127.0.0.1:{srv.server_address[1]}"
 
