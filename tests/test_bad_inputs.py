@@ -384,3 +384,75 @@ def test_cli_index_build_onto_an_existing_index_exits_2(tmp_path, ckpt):
         "index.overwrite=true" in last
     assert "Traceback" not in proc.stderr
     assert path.read_bytes() == before
+
+
+# -- plots never cost the metrics -----------------------------------------------------------
+@pytest.mark.slow  # train, evaluate and retrieve on a CUB fixture: ~25 s
+def test_on_error_skip_is_honoured_by_every_plot_and_metrics_come_first(make_cfg, tmp_path,
+                                                                        monkeypatch, caplog):
+    """A listed image that cannot be read, with dataset.on_error=skip: training, testing, the
+    retrieval grid (train's, evaluate's and retrieve's) all skip it, and a plot that fails
+    for another reason costs nothing but itself."""
+    import json
+
+    import see_dml.plots as plots
+    from dataset_fixtures import corrupt_image, make_fixture
+    from see_dml.evaluate import evaluate
+
+    fx = make_fixture("cub", tmp_path / "data", n_classes=4, per_class=4)
+    gone = corrupt_image(fx.images["test"][1])  # (a file not on disk: the loader refuses)
+    cfg = make_cfg("dataset=cub", f"paths.data_dir={tmp_path / 'data'}",
+                   "dataset.val_fraction=0", "dataset.strict_counts=false",
+                   "dataset.on_error=skip", "data.transforms.image_size=32",
+                   "data.transforms.resize=36", "data.batch_size=8", "data.m_per_class=2",
+                   "data.eval_batch_size=16", "test_final=false",
+                   "callbacks.embedding_export.projection=pca")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no room for a plot")
+
+    monkeypatch.setattr(plots, "plot_recall_curve", broken)
+    with caplog.at_level(logging.WARNING):
+        train(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    assert "test/map@r" in json.loads((run_dir / "metrics.json").read_text())
+    assert (run_dir / "retrieval_grid_test.png").exists()
+    assert str(gone) in caplog.text and "could not draw recall_at_k.png" in caplog.text
+
+    seen = []
+
+    def grid_after_metrics(*args, **kwargs):
+        seen.append((tmp_path / "eval" / "metrics.json").exists())
+        raise RuntimeError("grid too large")
+
+    monkeypatch.setattr(plots, "plot_retrieval_examples", grid_after_metrics)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    evaluate(compose_config([f"ckpt_path={ckpt}", f"paths.run_dir={tmp_path / 'eval'}",
+                             "plots.enabled=true", "plots.projection=pca", "progress=false"],
+                            config_name="evaluate"))
+    assert seen == [True] and (tmp_path / "eval" / "metrics.json").exists()
+    monkeypatch.undo()
+    report = _retrieve(tmp_path, str(ckpt), "test", "test", "k=3")
+    assert len(report["results"]) == len(fx.images["test"])
+    assert (tmp_path / "out" / "retrieval_grid.png").exists()
+
+
+def test_retrieve_grid_is_capped_whatever_k(tmp_path, ckpt, monkeypatch):
+    """k=100000: retrieval.json holds every neighbour, the grid only grid_k columns."""
+    import see_dml.plots as plots
+
+    drawn = []
+    real = plots.retrieval_grid
+
+    def spy(queries, neighbours, *args, **kwargs):
+        drawn.append((len(queries), max(len(row) for row in neighbours)))
+        return real(queries, neighbours, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "retrieval_grid", spy)
+    report = _retrieve(tmp_path, ckpt, "test", "test", "k=100000", "grid_queries=4")
+    assert report["k"] == len(report["results"][0]["neighbours"]) > 10
+    assert drawn == [(4, 10)]
+    _retrieve(tmp_path, ckpt, "test", "test", "k=100000", "grid_queries=2", "grid_k=3")
+    assert drawn[-1] == (2, 3)
+    with pytest.raises(ConfigError, match="grid_k must be a positive integer"):
+        _retrieve(tmp_path, ckpt, "test", "test", "grid_k=0")

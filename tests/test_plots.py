@@ -120,3 +120,21 @@ def test_retrieval_examples_from_a_knn_result(tmp_path):
     # Well-separated clusters: every neighbour is of the query's class (green only).
     assert _pixels(tmp_path / "ex.png", RIGHT) > 0
     assert _pixels(tmp_path / "ex.png", WRONG) == 0
+
+
+def test_retrieval_examples_follow_the_datasets_on_error_policy(tmp_path):
+    """An unreadable image file: named with on_error=fail, a blank cell with skip."""
+    from see_dml.data.base import UnreadableImageError
+
+    emb, labels = unit_clusters(per_class=3)
+    paths = []
+    for i in range(len(emb)):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (20, 20), (i, 0, 0)).save(paths[-1])
+    paths[1].write_text("not an image")
+    result = retrieve(emb, labels, k=2)
+    with pytest.raises(UnreadableImageError, match="1.png"):
+        plot_retrieval_examples(result, paths, None, n_queries=len(emb), k=2)
+    fig = plot_retrieval_examples(result, paths, None, path=tmp_path / "grid.png",
+                                  n_queries=len(emb), k=2, on_error="skip")
+    assert isinstance(fig, Figure) and (tmp_path / "grid.png").exists()

@@ -239,19 +239,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     result = evaluate_embeddings(split, embedded, dm.source.recall_ks,
                                  knn_backend=cfg.get("knn_backend", "auto"),
                                  compute_nmi=bool(cfg.get("nmi", False)))
-    done = report(result, dm, out_dir, ReportOptions(
-        export=bool(cfg.export.enabled), format=cfg.export.format,
-        plots=bool(cfg.plots.enabled), projection=cfg.plots.projection,
-        grid_queries=cfg.plots.grid_queries, grid_k=cfg.plots.grid_k), row_name=ckpt_file.name)
-
     sizes = {s.name: len(s.indices) for s in result.splits}
     query = result.query
     title = (f"{dm.source.name} {split}: " + (
         f"{sizes[names[0]]} query vs {sizes[names[1]]} gallery images" if result.gallery else
         f"{sizes[names[0]]} images, {len(set(query.labels.tolist()))} classes, all vs all"))
-    summary = {**done.metrics, "ckpt_path": str(ckpt_file.resolve()),
+    summary = {**result.prefixed_metrics(), "ckpt_path": str(ckpt_file.resolve()),
                "dataset": dm.source.name, "split": split, "num_images": sizes}
-    write_metrics(out_dir, summary)
+    write_metrics(out_dir, summary)  # before any export or plot: nothing there costs them
+    done = report(result, dm, out_dir, ReportOptions(
+        export=bool(cfg.export.enabled), format=cfg.export.format,
+        plots=bool(cfg.plots.enabled), projection=cfg.plots.projection,
+        grid_queries=cfg.plots.grid_queries, grid_k=cfg.plots.grid_k), row_name=ckpt_file.name)
     (out_dir / "metrics.md").write_text(f"# {title}\n\n{done.table}\n")
     print(f"\n{title}\n{done.table}")
     print(f"Output directory: {out_dir.resolve()}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -243,23 +243,32 @@ def _plots(result: EvaluationResult, dm: RetrievalDataModule, out: Path,
 
     name, query, gallery = dm.source.name, result.query, result.gallery
     figures = {}
+    draw: dict[str, tuple[Path, Callable[[Path], Figure]]] = {}
     if options.projection not in (None, "none"):
-        path = out / f"projection_{query.name}.png"
-        figures["projection"] = (plot_projection(
+        draw["projection"] = (out / f"projection_{query.name}.png", lambda path: plot_projection(
             query.embeddings, query.labels, path, options.projection,  # type: ignore[arg-type]
-            title=f"{name} {query.name}: {options.projection}"), path)
-    path = out / "recall_at_k.png"
-    figures["recall_at_k"] = (plot_recall_curve(
-        result.prefixed_metrics(), path, title=f"{name} {result.prefix}: Recall@K"), path)
-    # The metrics' own neighbours; rows map to split items through the indices, so a
-    # shortened evaluation (limit_test_batches) shows the right images too.
-    path = out / f"retrieval_grid_{query.name}.png"
-    figures["retrieval_grid"] = (plot_retrieval_examples(
-        result.knn, _items_at(dm.eval_dataset(query.name).split.items, query.indices),
-        _items_at(dm.eval_dataset(gallery.name).split.items, gallery.indices)
-        if gallery else None, gallery.labels if gallery else None, path,
-        n_queries=options.grid_queries, k=options.grid_k,
-        image_mode=dm.source.image_mode), path)
+            title=f"{name} {query.name}: {options.projection}"))
+    draw["recall_at_k"] = (out / "recall_at_k.png", lambda path: plot_recall_curve(
+        result.prefixed_metrics(), path, title=f"{name} {result.prefix}: Recall@K"))
+
+    def grid(path: Path) -> Figure:
+        # The metrics' own neighbours; rows map to split items through the indices, so a
+        # shortened evaluation (limit_test_batches) shows the right images too. Unreadable
+        # images follow the dataset's on_error policy, as in training and testing.
+        return plot_retrieval_examples(
+            result.knn, _items_at(dm.eval_dataset(query.name).split.items, query.indices),
+            _items_at(dm.eval_dataset(gallery.name).split.items, gallery.indices)
+            if gallery else None, gallery.labels if gallery else None, path,
+            n_queries=options.grid_queries, k=options.grid_k,
+            image_mode=dm.source.image_mode, on_error=getattr(dm.source, "on_error", "fail"))
+
+    draw["retrieval_grid"] = (out / f"retrieval_grid_{query.name}.png", grid)
+    for key, (path, plot) in draw.items():
+        try:
+            figures[key] = (plot(path), path)
+        except Exception as err:  # noqa: BLE001 - a plot is never worth the metrics
+            log.warning("could not draw %s (%s: %s); the metrics and the other files are "
+                        "written", path.name, type(err).__name__, err)
     return figures
 
 

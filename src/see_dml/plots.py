@@ -8,6 +8,7 @@ training job and figures are freed with their last reference. ``savefig`` render
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,10 +20,12 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from PIL import Image
 
-from see_dml.data.base import load_image
+from see_dml.data.base import UnreadableImageError, load_image
 
 if TYPE_CHECKING:
     from see_dml.metrics import RetrievalResult
+
+log = logging.getLogger(__name__)
 
 ProjectionMethod = Literal["pca", "tsne", "umap"]
 ImageLike = Image.Image | np.ndarray
@@ -157,12 +160,26 @@ def plot_recall_curve(metrics: Mapping[str, float], path: str | Path | None = No
 
 
 # -- retrieval grid -------------------------------------------------------------------------
-def split_image(items: Sequence[Path | str] | np.ndarray, index: int, mode: str = "RGB"
-                ) -> Image.Image:
-    """The raw (untransformed) image ``index`` of a split's ``items`` (paths or an array)."""
+#: Side of the blank cell drawn for an unreadable image under ``on_error=skip``.
+_BLANK_PX = 64
+
+
+def split_image(items: Sequence[Path | str] | np.ndarray, index: int, mode: str = "RGB",
+                on_error: str = "fail") -> Image.Image:
+    """The raw (untransformed) image ``index`` of a split's ``items`` (paths or an array).
+
+    An unreadable file raises :class:`UnreadableImageError` naming it; with
+    ``on_error="skip"`` (the dataset's policy, ``dataset.on_error``) it is logged and drawn
+    as a blank grey cell instead (the grid shows the neighbours the metrics counted)."""
     if isinstance(items, np.ndarray):
         return Image.fromarray(items[int(index)]).convert(mode)
-    return load_image(items[int(index)], mode)
+    try:
+        return load_image(items[int(index)], mode)
+    except UnreadableImageError as err:
+        if on_error != "skip":
+            raise
+        log.warning("%s; dataset.on_error=skip: drawn as a blank cell", err)
+        return Image.new("RGB", (_BLANK_PX, _BLANK_PX), (200, 200, 200)).convert(mode)
 
 
 def border_colour(query_label: object, neighbour_label: object) -> str:
@@ -260,7 +277,7 @@ def plot_retrieval_examples(result: RetrievalResult, query_items: Sequence | np.
                             reference_items: Sequence | np.ndarray | None,
                             reference_labels: np.ndarray | None = None,
                             path: str | Path | None = None, *, n_queries: int = 8, k: int = 5,
-                            image_mode: str = "RGB") -> Figure:
+                            image_mode: str = "RGB", on_error: str = "fail") -> Figure:
     """A :func:`retrieval_grid` of ``n_queries`` evenly spaced queries of a kNN result.
 
     Args:
@@ -270,6 +287,7 @@ def plot_retrieval_examples(result: RetrievalResult, query_items: Sequence | np.
         reference_labels: (R,) reference labels; default the query labels (all-vs-all).
         n_queries, k: grid rows and neighbours per row.
         image_mode: PIL mode of the dataset's images (``L`` for digits).
+        on_error: the dataset's policy for unreadable images (see :func:`split_image`).
     """
     ref_items = query_items if reference_items is None else reference_items
     ref_labels = result.query_labels if reference_labels is None else reference_labels
@@ -278,8 +296,8 @@ def plot_retrieval_examples(result: RetrievalResult, query_items: Sequence | np.
     k = min(k, result.k)
     idx = result.indices[rows, :k]
     return retrieval_grid(
-        [split_image(query_items, r, image_mode) for r in rows],
-        [[split_image(ref_items, j, image_mode) for j in row] for row in idx],
+        [split_image(query_items, r, image_mode, on_error) for r in rows],
+        [[split_image(ref_items, j, image_mode, on_error) for j in row] for row in idx],
         path,
         query_labels=[result.query_labels[r] for r in rows],
         neighbour_labels=[[ref_labels[j] for j in row] for row in idx],

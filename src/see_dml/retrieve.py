@@ -70,15 +70,10 @@ class ImageSet:
 
     def display_image(self, i: int) -> Image.Image:
         """The raw image ``i`` (RGB, untransformed) for the grid."""
-        import numpy as np
-
-        from see_dml.data.base import load_image
         from see_dml.plots import split_image
 
-        items = self.dataset.split.items
-        if isinstance(items, np.ndarray):
-            return split_image(items, i, "RGB")
-        return load_image(items[i], "RGB")
+        # an unreadable file follows the dataset's on_error, as embedding it did
+        return split_image(self.dataset.split.items, i, "RGB", self.dataset.on_error)
 
 
 def list_images(path: Path) -> tuple[list[Path], list[str | None]]:
@@ -203,6 +198,7 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     k = cfg.k
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
+    _grid_k(cfg)
     check_knn_backend(cfg)
     from see_dml.index import IndexedGallery, load_index
 
@@ -210,7 +206,6 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     from see_dml.export import embed_split, model_identity, resolve_device
     from see_dml.metrics import knn_search
     from see_dml.metrics.knn import l2_normalised
-    from see_dml.plots import retrieval_grid
 
     device = resolve_device(cfg.get("device", "auto"))
     module, ckpt_cfg = load_module_from_checkpoint(ckpt_path, device)
@@ -256,22 +251,48 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     report = {"ckpt_path": str(Path(ckpt_path).resolve()), "query": query.source,
               "gallery": gallery.source, "k": k_used, "results": results}
     (out_dir / "retrieval.json").write_text(json.dumps(report, indent=2))
-    rows = list(range(min(len(results), cfg.grid_queries)))
-    retrieval_grid(
-        [query.display_image(i) for i in rows],
-        [[gallery.display_image(int(j)) for j in indices[i]] for i in rows],
-        out_dir / "retrieval_grid.png",
-        query_labels=[query.labels[i] for i in rows],
-        neighbour_labels=[[gallery.labels[int(j)] for j in indices[i]] for i in rows],
-        scores=scores[rows],
-        query_titles=[Path(query.ids[i]).name + (f"\nclass {query.labels[i]}"
-                                                 if query.labels[i] is not None else "")
-                      for i in rows])
+    _draw_grid(cfg, query, gallery, indices, scores, out_dir / "retrieval_grid.png")
     print(f"\nTop {k_used} of {len(gallery.ids)} gallery images ({gallery.source}) for "
           f"{len(query.ids)} queries ({query.source}):")
     print(_markdown(results, cfg.print_queries))
     print(f"Output directory: {out_dir.resolve()}")
     return report
+
+
+def _grid_k(cfg: DictConfig) -> int:
+    cols = OmegaConf.select(cfg, "grid_k", default=10)
+    if not isinstance(cols, int) or isinstance(cols, bool) or cols < 1:
+        raise ConfigError(f"grid_k must be a positive integer, got {cols!r}")
+    return cols
+
+
+def _draw_grid(cfg: DictConfig, query: ImageSet, gallery: Any, indices: Any, scores: Any,
+               path: Path) -> None:
+    """``retrieval_grid.png``: ``grid_queries`` rows of the query and its first ``grid_k``
+    neighbours (whatever ``k`` is: the images drawn, and the memory, stay bounded). A grid
+    that cannot be drawn is a warning: ``retrieval.json`` is written already."""
+    from see_dml.plots import retrieval_grid
+
+    cols = _grid_k(cfg)
+    rows = list(range(min(len(query.ids), cfg.grid_queries)))
+    if not rows:
+        return
+    cols = min(cols, indices.shape[1])
+    try:
+        retrieval_grid(
+            [query.display_image(i) for i in rows],
+            [[gallery.display_image(int(j)) for j in indices[i, :cols]] for i in rows],
+            path,
+            query_labels=[query.labels[i] for i in rows],
+            neighbour_labels=[[gallery.labels[int(j)] for j in indices[i, :cols]]
+                              for i in rows],
+            scores=scores[rows, :cols],
+            query_titles=[Path(query.ids[i]).name + (f"\nclass {query.labels[i]}"
+                                                     if query.labels[i] is not None else "")
+                          for i in rows])
+    except Exception as err:  # noqa: BLE001 - the grid is never worth the results
+        log.warning("could not draw %s (%s: %s); retrieval.json is written", path.name,
+                    type(err).__name__, err)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="retrieve", version_base="1.3")
