@@ -116,7 +116,8 @@ def render(table: str, costs: list[Cost], rates: dict[str, float]) -> str:
              "|---|---|---|---|---|---|---|"]
     total: float | None = 0.0
     for c in costs:
-        h = c.gpu_hours(rates.get(c.backbone))
+        # a rate given for the architecture (resnet50) serves its tagged weights too
+        h = c.gpu_hours(rates.get(c.backbone, rates.get(c.backbone.split(".")[0])))
         total = None if h is None or total is None else total + h
         lines.append(f"| {c.setting} | {c.runs} | {c.gpus} | {c.epochs} "
                      f"| {c.train_images / 1e6:.2f} | {c.eval_images / 1e6:.2f} | {hours(h)} |")

@@ -47,6 +47,46 @@ def test_cls_pooling_reads_the_first_token_only():
     assert not torch.allclose(head(changed), out, atol=1e-3)
 
 
+def test_distilled_pooling_is_the_class_token_in_training_and_the_mean_in_eval():
+    """The SEE authors' distilled DeiT (timm 0.4.12, classifiers reset): in training the
+    body returns (class, distillation) tokens and their head takes the class token; in eval
+    it returns their mean (docs/method.md)."""
+    torch.manual_seed(0)
+    head = EmbeddingHead(24, 16, pooling="distilled", layer_norm=True, num_prefix_tokens=2)
+    x = torch.randn(5, 10, 24)
+    cls_head = EmbeddingHead(24, 16, pooling="cls", layer_norm=True)
+    cls_head.load_state_dict(head.state_dict())
+    head.train()
+    torch.testing.assert_close(head(x), cls_head(x))
+    head.eval()
+    mean = x.clone()
+    mean[:, 0] = (x[:, 0] + x[:, 1]) / 2
+    torch.testing.assert_close(head(x), cls_head(mean))
+    with pytest.raises(ValueError, match=r"pooling=distilled needs a distilled ViT"):
+        EmbeddingHead(24, 16, pooling="distilled", num_prefix_tokens=1)(x)
+    with pytest.raises(ValueError, match=r"pooling=distilled needs a token backbone"):
+        EmbeddingHead(8, 4, pooling="distilled")(torch.randn(2, 8, 3, 3))
+
+
+def test_distilled_pooling_on_a_distilled_deit():
+    """End to end on a real distilled DeiT (tiny, random weights): its two prefix tokens reach
+    the head, which embeds the class token in training and the mean in eval."""
+    from see_dml.models import Backbone
+
+    torch.manual_seed(0)
+    backbone = Backbone("deit_tiny_distilled_patch16_224", in_chans=3).eval()
+    assert backbone.num_prefix_tokens == 2
+    head = EmbeddingHead(backbone.num_features, 8, pooling="distilled", layer_norm=True,
+                         num_prefix_tokens=backbone.num_prefix_tokens)
+    with torch.no_grad():
+        tokens = backbone(torch.randn(2, 3, 224, 224))
+        train_emb, eval_emb = head.train()(tokens), head.eval()(tokens)
+        timm_mean = backbone.timm_pool(tokens)  # timm's own pooling: the mean in both modes
+    torch.testing.assert_close(eval_emb, head(timm_mean))
+    assert not torch.allclose(train_emb, eval_emb, atol=1e-4)
+    torch.testing.assert_close(train_emb, head.train()(tokens[:, 0]))
+
+
 @pytest.mark.parametrize("pooling", ["avg", "max", "avg+max"])
 def test_token_pooling_leaves_out_the_prefix_tokens(pooling):
     """avg / max over a ViT's tokens pool the patch tokens, as timm's own pooling does: the

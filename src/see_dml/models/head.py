@@ -14,8 +14,10 @@ class EmbeddingHead(nn.Module):
         in_features: backbone channels / token width.
         embed_dim: embedding size.
         pooling: ``avg``, ``max``, ``avg+max`` (GAP + GMP, summed, as Proxy-Anchor's
-            ResNet head), ``cls`` (first token of a ViT) or ``model`` (done by the backbone:
-            the head then receives ``(B, C)``).
+            ResNet head), ``cls`` (first token of a ViT), ``distilled`` (a distilled DeiT as
+            the SEE authors' code embeds it with timm 0.4.12: the class token in training,
+            the mean of the class and distillation tokens in eval; docs/method.md) or
+            ``model`` (done by the backbone: the head then receives ``(B, C)``).
         layer_norm: LayerNorm without affine parameters before the projection (SEE recipe).
         init: ``orthogonal`` (SEE recipe) or ``kaiming`` for the projection weight.
         num_prefix_tokens: class / register tokens in front of a ViT's patch tokens
@@ -23,7 +25,7 @@ class EmbeddingHead(nn.Module):
             as timm's own ViT pooling does.
     """
 
-    POOLINGS = ("avg", "max", "avg+max", "cls", "model")
+    POOLINGS = ("avg", "max", "avg+max", "cls", "distilled", "model")
 
     def __init__(self, in_features: int, embed_dim: int, pooling: str = "avg+max",
                  layer_norm: bool = False, init: str = "orthogonal",
@@ -52,14 +54,20 @@ class EmbeddingHead(nn.Module):
         if x.dim() == 3:  # (B, N, C) tokens
             if self.pooling == "cls":
                 return x[:, 0]
+            if self.pooling == "distilled":
+                if x.shape[1] < 2 or self.num_prefix_tokens < 2:
+                    raise ValueError("model.head.pooling=distilled needs a distilled ViT "
+                                     "(class and distillation tokens), e.g. "
+                                     "deit_small_distilled_patch16_224")
+                return x[:, 0] if self.training else (x[:, 0] + x[:, 1]) / 2
             x = x[:, self.num_prefix_tokens:]  # patch tokens only
             if self.pooling == "max":
                 return x.amax(1)
             if self.pooling == "avg+max":
                 return x.mean(1) + x.amax(1)
             return x.mean(1)
-        if self.pooling == "cls":
-            raise ValueError("model.head.pooling=cls needs a token backbone (ViT)")
+        if self.pooling in ("cls", "distilled"):
+            raise ValueError(f"model.head.pooling={self.pooling} needs a token backbone (ViT)")
         avg = x.mean((2, 3))
         if self.pooling == "avg":
             return avg
