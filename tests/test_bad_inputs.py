@@ -46,9 +46,6 @@ from see_dml.train import build_datamodule, train
     (["test_epochs.start=-1"], "test_epochs.start"),
     (["+optimizer.betaz=[0.9,0.99]"], "~optimizer.betaz"),
     (["scheduler=step", "+scheduler.T_max=5"], "~scheduler.T_max"),
-    # the Emoji-Styles recipe's cosine scheduler, with scheduler=step merged into it
-    (["dataset=emoji_styles", "model=efficientnet_lite0", "scheduler=step"],
-     "CosineAnnealingLR takes no gamma, step_size"),
     (["scheduler=step", "scheduler._target_=torch.optim.lr_scheduler.NoSuchLR"],
      "scheduler._target_"),
 ])
@@ -456,3 +453,34 @@ def test_retrieve_grid_is_capped_whatever_k(tmp_path, ckpt, monkeypatch):
     assert drawn[-1] == (2, 3)
     with pytest.raises(ConfigError, match="grid_k must be a positive integer"):
         _retrieve(tmp_path, ckpt, "test", "test", "grid_k=0")
+
+
+# -- resume= --------------------------------------------------------------------------------
+def test_resume_of_a_folder_that_is_no_run_is_refused(make_cfg, tmp_path):
+    from see_dml.train import NotARunError
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    with pytest.raises(NotARunError, match=rf"resume='{folder}' is not a run directory"):
+        train(make_cfg(f"resume={folder}", f"paths.run_dir={folder}"))
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["missing", "other folder"])
+def test_cli_resume_of_no_run_exits_2_leaving_nothing(tmp_path, kind):
+    target = tmp_path / ("nope" if kind == "missing" else "mine")
+    if kind != "missing":
+        target.mkdir()
+        (target / "notes.txt").write_text("the user's own file\n")
+    proc = subprocess.run([sys.executable, "-m", "see_dml.train", f"resume={target}",
+                           f"paths.output_dir={tmp_path / 'out'}"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: resume='{target}' is not a run directory")
+    assert "Traceback" not in proc.stderr
+    if kind == "missing":
+        assert not target.exists()
+    else:  # Hydra's files of the attempt removed, the user's kept
+        assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    assert not (tmp_path / "out").exists()

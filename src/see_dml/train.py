@@ -282,9 +282,30 @@ def check_accelerator(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the flat metrics written to ``metrics.json``."""
     validate_config(cfg)
+    check_resume_dir(cfg)
     check_accelerator(cfg)
     with _run_dir_lock(Path(cfg.paths.run_dir)):
         return _train_locked(cfg)
+
+
+class NotARunError(ConfigError):
+    """``resume=`` names a directory that no training ran in."""
+
+
+def check_resume_dir(cfg: DictConfig) -> None:
+    """:class:`NotARunError` when ``resume=<dir>`` is not a run directory (no ``config.yaml``,
+    no ``checkpoints/``): a typo, or another folder, would else train from scratch there.
+    Hydra has made the directory by now, so existing is no sign."""
+    resume = cfg.get("resume")
+    if resume is None:
+        return
+    path = Path(str(resume)).expanduser()
+    if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():
+        return
+    raise NotARunError(
+        f"resume='{resume}' is not a run directory (no config.yaml or checkpoints/ in it): "
+        "give a directory a training printed as 'Run directory: ...', or leave resume out "
+        "to start a new run")
 
 
 def _run_dir_lock(run_dir: Path) -> AbstractContextManager[None]:
@@ -421,6 +442,27 @@ def _remove_if_empty(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _remove_hydra_output() -> None:
+    """Remove the ``.hydra/resume-<time>_<run uid>`` folder Hydra wrote for this process
+    (``.hydra`` too when that leaves it empty) and its job log when nothing was logged."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from see_dml.config import _RUN_UID
+
+    if not HydraConfig.initialized():
+        return
+    import shutil
+
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir) / ".hydra"
+    for ours in hydra_dir.glob(f"resume-*_{_RUN_UID}"):
+        shutil.rmtree(ours, ignore_errors=True)
+    if hydra_dir.is_dir() and not any(hydra_dir.iterdir()):
+        hydra_dir.rmdir()
+    job_log = hydra_dir.parent / f"{HydraConfig.get().job.name}.log"
+    if job_log.is_file() and job_log.stat().st_size == 0:  # opened by Hydra, nothing in it
+        job_log.unlink()
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from see_dml._noise import quiet_third_party
@@ -434,6 +476,8 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {err}", file=sys.stderr)
         if _in_multirun():  # the sweep goes on with its other jobs and lists this one
             raise
+        if isinstance(err, NotARunError):  # Hydra's files of this attempt go with it
+            _remove_hydra_output()
         if not isinstance(err, RunDirectoryLockedError):  # the directory is another run's
             _remove_if_empty(Path(cfg.paths.run_dir))
         sys.exit(2)
