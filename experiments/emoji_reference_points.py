@@ -3,8 +3,8 @@ frozen backbone's ImageNet features.
 
     python experiments/emoji_reference_points.py [override ...]
 
-Overrides are those of ``python -m see_dml.train`` (default: ``dataset=emoji_styles
-model=efficientnet_lite0``; e.g. ``dataset.image_size=96``). The test images go through the
+Overrides are those of ``python -m see_dml.train`` (default: ``experiment=emoji_styles_lite0``;
+e.g. ``dataset.image_size=96``). The test images go through the
 same evaluation transform as training uses; every test image is a query against the rest of
 the test half (all-vs-all). Rows: the rendered pixels (RGB in [0, 1], flattened), the
 backbone's feature map average-pooled (``gap``, timm's own pooling) and average + max pooled
@@ -41,8 +41,7 @@ def backbone_features(backbone: torch.nn.Module, loader) -> dict[str, np.ndarray
 
 
 def main(overrides: list[str]) -> dict[str, dict[str, float]]:
-    cfg = compose(["dataset=emoji_styles", "model=efficientnet_lite0", "paths.run_dir=.",
-                   *overrides])
+    cfg = compose(["experiment=emoji_styles_lite0", "paths.run_dir=.", *overrides])
     source = instantiate(cfg.dataset)
     backbone = build_backbone(cfg, source.image_mode)
     dm = build_datamodule(cfg, backbone, source)

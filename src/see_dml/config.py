@@ -276,9 +276,9 @@ def check_recipe_dataset(cfg: DictConfig) -> None:
 def check_factory_keys(cfg: DictConfig, key: str) -> None:
     """Every key of the ``optimizer`` / ``scheduler`` node is an argument of its ``_target_``.
 
-    Hydra merges a node from every config that sets it, so a recipe's cosine scheduler with
-    ``scheduler=step`` on top is a ``StepLR`` target carrying ``T_max`` as well; without this
-    check that fails only when training starts, inside Lightning.
+    A misspelt ``+optimizer.betaz`` or a node merged from two configs that each set keys of
+    it (an experiment's node with ``scheduler=<option>`` on top) would otherwise fail only
+    when training starts, inside Lightning.
     """
     node = cfg.get(key)
     if not isinstance(node, DictConfig) or "_target_" not in node:
@@ -298,8 +298,8 @@ def check_factory_keys(cfg: DictConfig, key: str) -> None:
     if unknown:
         raise ConfigError(
             f"{key}: {node._target_} takes no {', '.join(unknown)}: a misspelt key, or a "
-            f"node merged from two configs (say, a recipe's {key} with {key}=<option> on "
-            f"top). Drop the extra keys with ~{key}.{unknown[0]}, or set the whole node")
+            f"node merged from two configs (say, an experiment's {key} with {key}=<option> "
+            f"on top). Drop the extra keys with ~{key}.{unknown[0]}, or set the whole node")
 
 
 def check_knn_backend(cfg: DictConfig) -> None:
