@@ -368,3 +368,29 @@ def test_damaged_last_checkpoint_is_named_and_the_newest_intact_one_resumed(make
     a, b = _final_weights(tmp_path / "a"), _final_weights(run_dir)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_command_keeps_every_override_hydra_ones_too(tmp_path):
+    """A loss from hydra.searchpath resumes only with it: the printed command keeps every
+    override the run was given, but places the run with resume= alone."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from see_dml.config import compose
+    from see_dml.train import resume_command
+
+    given = ["seed=3", "loss.loss.margin=0.2", f"ckpt_path={tmp_path / 'x.ckpt'}",
+             "hydra.searchpath=[file:///my/losses]", "hydra.job.chdir=false",
+             f"hydra.run.dir={tmp_path / 'run'}", f"paths.run_dir={tmp_path / 'run'}"]
+    cfg = compose([*given, "hydra.mode=RUN"], hydra=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        words = shlex.split(resume_command(cfg))
+    finally:
+        HydraConfig.instance().cfg = None
+    assert words[1:3] == ["-m", "see_dml.train"]
+    assert set(words[3:]) == {"hydra.searchpath=[file:///my/losses]", "hydra.job.chdir=false",
+                              "seed=3", "loss.loss.margin=0.2",
+                              f"paths.run_dir={tmp_path / 'run'}",
+                              f"resume={(tmp_path / 'run').resolve()}"}

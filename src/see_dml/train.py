@@ -205,14 +205,22 @@ def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:
             "the run's own settings (its config.yaml), or start a new run with ckpt_path=null")
 
 
+#: Hydra overrides that place one run of a sweep (or are Hydra's own): the resumed run gets
+#: its place from ``resume=``.
+_PLACEMENT = ("hydra.mode=", "hydra.run.dir=", "hydra.sweep.dir=", "hydra.sweep.subdir=",
+              "hydra.job.num=", "hydra.job.id=")
+
+
 def resume_command(cfg: DictConfig) -> str:
     """The command that resumes (or extends, with a larger ``trainer.max_epochs``) this run
-    in its own directory: the run's command-line overrides plus ``resume=<run dir>``."""
+    in its own directory: every command-line override of the run, ``hydra.*`` ones too (a
+    loss found through ``hydra.searchpath`` resumes only with it), plus ``resume=<run dir>``."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = [o for o in HydraConfig.get().overrides.task
-                     if not o.startswith(("resume=", "ckpt_path=", "hydra.run.dir="))]
+        given = HydraConfig.get().overrides
+        overrides = [*(o for o in given.hydra if not o.startswith(_PLACEMENT)),
+                     *(o for o in given.task if not o.startswith(("resume=", "ckpt_path=")))]
     except ValueError:  # called outside a Hydra app (tests, notebooks)
         overrides = []
     run_dir = str(Path(cfg.paths.run_dir).resolve())
