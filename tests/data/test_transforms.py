@@ -75,3 +75,18 @@ def test_native_size_is_read_from_in_memory_data(make_cfg, monkeypatch):
     assert dm.transform_cfg.native_size == (28, 56)
     odd = Image.new("L", (33, 33))
     assert tuple(dm.datasets["test"].transform(odd).shape) == (1, 28, 56)
+
+
+@pytest.mark.parametrize("name, mode", [("bicubic", "BICUBIC"), ("bilinear", "BILINEAR")])
+def test_natural_transforms_use_the_configured_interpolation(name, mode):
+    """data.transforms.interpolation reaches the train crop and the eval resize (bilinear:
+    Proxy-Anchor's ResNet-50 transforms, PIL's default; docs/method.md)."""
+    from torchvision import transforms as T
+
+    train, test = build_transforms("natural", TransformConfig(interpolation=name),
+                                   (0.5,) * 3, (0.5,) * 3)
+    crop = next(t for t in train.transforms if isinstance(t, T.RandomResizedCrop))
+    resize = next(t for t in test.transforms if isinstance(t, T.Resize))
+    assert crop.interpolation == resize.interpolation == getattr(T.InterpolationMode, mode)
+    with pytest.raises(ValueError, match="data.transforms.interpolation"):
+        build_transforms("natural", TransformConfig(interpolation="nearest"), (0.5,), (0.5,))

@@ -100,6 +100,11 @@ def test_setting_has_its_dataset_values_and_see_is_the_only_difference(make_cfg,
     if model == "resnet50":
         assert (on.trainer.max_epochs, on.model.warmup_epochs, on.model.freeze_bn,
                 on.optimizer.lr, on.scheduler.step_size, on.scheduler.gamma) == RESNET[dataset]
+        # Proxy-Anchor's train.py: clip_grad_value_(..., 10) on the model and the proxies;
+        # its transforms leave torchvision's default, PIL's bilinear interpolation
+        assert (on.trainer.gradient_clip_val, on.trainer.gradient_clip_algorithm) == (10, "value")
+        assert on.data.transforms.interpolation == "bilinear"
+        assert on.data.batch_size == 120 and on.data.sampler == "random"
     else:
         # the authors' code: the class token; for the distilled DeiT-S the class token in
         # training and the mean of class and distillation tokens in eval (timm 0.4.12);

@@ -1,7 +1,8 @@
 """Train and eval transforms, per the field's recipe.
 
-Natural images: train ``RandomResizedCrop(size, scale, bicubic)`` + horizontal flip, eval
-``Resize(resize)`` + ``CenterCrop(size)``. Digits: a small random shift for training (no
+Natural images: train ``RandomResizedCrop(size, scale)`` + horizontal flip, eval
+``Resize(resize)`` + ``CenterCrop(size)``, both with ``interpolation`` (bicubic, the SEE
+authors' ViT recipe; bilinear, PIL's default that Proxy-Anchor's ResNet-50 code uses). Digits: a small random shift for training (no
 flip: a mirrored digit is not a digit), none for evaluation. Icons (rendered drawings on
 white, e.g. emoji): a small random shift and scale with white fill, never a flip or a colour
 change, whatever ``hflip`` says (left/right hands and arrows, red/blue hearts are different
@@ -20,6 +21,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
+INTERPOLATIONS = {"bicubic": T.InterpolationMode.BICUBIC,
+                  "bilinear": T.InterpolationMode.BILINEAR}
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class TransformConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     hflip: bool = True
     augment_digits: bool = True  # digits: small random rotation / shift / scale when training
+    interpolation: str = "bicubic"  # natural images' resizing: bicubic | bilinear
     # (height, width) of the dataset's images where they all share one (digits, icons); set
     # by the DataModule, not by config: the size the eval transform resizes any image to
     native_size: tuple[int, int] | None = None
@@ -82,12 +86,15 @@ def build_transforms(image_kind: str, cfg: TransformConfig, mean: Sequence[float
         raise ValueError(f"unknown image kind '{image_kind}' (natural, digits or icons)")
     size = cfg.image_size or 224
     resize = cfg.resize or size
-    bicubic = T.InterpolationMode.BICUBIC
-    train = [T.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), interpolation=bicubic)]
+    if cfg.interpolation not in INTERPOLATIONS:
+        raise ValueError(f"data.transforms.interpolation must be one of "
+                         f"{', '.join(INTERPOLATIONS)}; got '{cfg.interpolation}'")
+    mode = INTERPOLATIONS[cfg.interpolation]
+    train = [T.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), interpolation=mode)]
     if cfg.hflip:
         train.append(T.RandomHorizontalFlip())
     return (
         T.Compose([*train, T.ToTensor(), normalize]),
-        T.Compose([T.Resize(resize, interpolation=bicubic), T.CenterCrop(size), T.ToTensor(),
+        T.Compose([T.Resize(resize, interpolation=mode), T.CenterCrop(size), T.ToTensor(),
                    normalize]),
     )
