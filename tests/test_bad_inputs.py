@@ -484,3 +484,17 @@ def test_cli_resume_of_no_run_exits_2_leaving_nothing(tmp_path, kind):
     else:  # Hydra's files of the attempt removed, the user's kept
         assert [p.name for p in target.iterdir()] == ["notes.txt"]
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_on_a_dataset_of_another_image_mode_is_named(tmp_path, ckpt):
+    """A Double-MNIST (1-channel) model on CUB's RGB images: one line, before any data is
+    read (it used to die in conv2d)."""
+    cfg = compose_config([f"ckpt_path={ckpt}", f"paths.run_dir={tmp_path / 'eval'}",
+                          "dataset=cub", f"dataset.root={tmp_path / 'no_cub_needed'}",
+                          "progress=false"], config_name="evaluate")
+    with pytest.raises(ConfigError, match=r"takes 1-channel images \(trained on DoubleMNIST\)"
+                                          r", but CUB200's are 3-channel \(RGB\)"):
+        evaluate(cfg)
+    with pytest.raises(ConfigError, match="takes 1-channel images"):
+        _retrieve(tmp_path, ckpt, "test", "test", "dataset=cub",
+                  f"dataset.root={tmp_path / 'no_cub_needed'}")

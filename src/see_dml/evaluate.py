@@ -175,6 +175,25 @@ def resolve_dataset_config(cfg: DictConfig, ckpt_cfg: DictConfig) -> DictConfig:
     return dataset
 
 
+def check_image_mode(module: DMLModule, source: Any) -> None:
+    """:class:`ConfigError` when the network takes another number of channels than
+    ``source``'s images have (a CUB model on Double-MNIST, or back): else ``conv2d`` fails
+    deep inside the first batch."""
+    weights = next((p for p in module.backbone.parameters() if p.ndim == 4), None)
+    mode = getattr(source, "image_mode", None)
+    if weights is None or mode is None:
+        return
+    takes, gives = int(weights.shape[1]), 1 if mode == "L" else 3
+    if takes != gives:
+        trained = ((getattr(module, "config", None) or {}).get("dataset") or {}).get(
+            "_target_", "?")
+        raise ConfigError(
+            f"the checkpoint's network takes {takes}-channel images (trained on "
+            f"{str(trained).rsplit('.', 1)[-1]}), but {type(source).__name__}'s are "
+            f"{gives}-channel ({mode}): evaluate it on a dataset of its own image mode "
+            "(leave dataset= out for the checkpoint's own)")
+
+
 def build_eval_datamodule(run_cfg: DictConfig, module: DMLModule, *, setup: bool = True,
                           batch_size: int | None = None, num_workers: int | None = None
                           ) -> RetrievalDataModule:
@@ -182,6 +201,7 @@ def build_eval_datamodule(run_cfg: DictConfig, module: DMLModule, *, setup: bool
     from hydra.utils import instantiate
 
     source = instantiate(run_cfg.dataset)
+    check_image_mode(module, source)
     dm: RetrievalDataModule = instantiate(run_cfg.data, source=source, _convert_="all")
     dm.set_normalization(module.backbone.mean, module.backbone.std)
     if batch_size is not None:
