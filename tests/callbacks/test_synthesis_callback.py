@@ -286,18 +286,60 @@ def test_ee_loss_is_the_hphn_triplet_by_hand(make_cfg):
     assert (a2 >= 6).sum() >= 3  # several anchors' negative pairs start at a synthetic point
     ee = build_synthesis_callback(cfg)
     assert isinstance(ee, EmbeddingExpansionCallback) and not ee.real_term
+    # EE's own values (its main.py): margin 1e-5, 2 points per pair, neighbouring pairs
+    assert (ee.margin, ee.n_points, ee.pairs) == (1e-5, 2, "neighbours")
+    assert module.criterion.loss.margin != ee.margin  # not the configured triplet's margin
     out = ee(module, x, labels)
     assert "loss/synthetic" not in out and "loss/real" not in out
-    expected = _ee_by_hand(x, labels, n=2, margin=module.criterion.loss.margin)
+    expected = _ee_by_hand(x, labels, n=2, margin=1e-5)
     assert abs(out["loss/metric"].item() - expected.item()) < 1e-12, (out, expected)
     got_grad, = torch.autograd.grad(out["loss/metric"], raw, retain_graph=True)
     want_grad, = torch.autograd.grad(expected, raw, retain_graph=True)
     torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-12)
     assert out["embedding_expansion/synthetic"].item() == 3 * 2
     # the extra real-only term is an option, the plain loss of the real embeddings
-    with_real = EmbeddingExpansionCallback(real_term=True)(module, x, labels)
+    with_real = EmbeddingExpansionCallback(real_term=True, margin=1e-5)(module, x, labels)
     torch.testing.assert_close(with_real["loss/metric"], out["loss/metric"])
     torch.testing.assert_close(with_real["loss/real"], module.criterion(x, labels))
+
+
+def test_ee_by_hand_with_four_per_class_pairs_neighbours_only(make_cfg):
+    """With 4 images a class EE pairs (1st, 2nd) and (3rd, 4th) only (its code), and an
+    anchor's group is its own pair's points; ``pairs=all`` gives the C(4, 2) version."""
+    cfg = make_cfg("loss=triplet", "synthesis=embedding_expansion")
+    module = build_model(cfg, num_classes=10)
+    module.criterion.double()
+    x = F.normalize(torch.randn(8, 4, dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(8)), dim=1)
+    labels = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    ee = build_synthesis_callback(cfg)
+    got = ee(module, x, labels)["loss/metric"]
+    # neighbours within a class in batch order: class 0 = rows 0, 2, 4, 6 -> (0, 2), (4, 6)
+    order = torch.tensor([0, 2, 4, 6, 1, 3, 5, 7])
+    inverse = torch.argsort(order)
+    # the by-hand loss over the pairs (2q, 2q + 1) of the class-sorted batch
+    xs, ys = x[order], labels[order]
+    points, owner, point_labels = [], [], []
+    for q in range(4):
+        i, j = 2 * q, 2 * q + 1
+        for k in (1, 2):
+            points.append(F.normalize((k * xs[i] + (3 - k) * xs[j]) / 3, dim=0))
+            owner.append({i, j})
+            point_labels.append(ys[i])
+    all_x = torch.cat([xs, torch.stack(points)])
+    all_y = torch.cat([ys, torch.stack(point_labels)])
+    terms = []
+    for a in range(8):
+        d_ap = max((xs[a] - xs[p]).norm() for p in range(8) if p != a and ys[p] == ys[a])
+        group = [a] + [8 + q for q, o in enumerate(owner) if a in o]
+        d_an = min((all_x[g] - all_x[q]).norm() for g in group for q in range(len(all_x))
+                   if all_y[q] != ys[a])
+        terms.append(torch.relu(d_ap - d_an + 1e-5))
+    expected = torch.stack(terms)[inverse].mean()
+    assert abs(got.item() - expected.item()) < 1e-12, (got, expected)
+    every = EmbeddingExpansionCallback(pairs="all", margin=1e-5)(module, x, labels)
+    assert every["embedding_expansion/synthetic"].item() == 2 * 6 * 2
+    assert abs(every["loss/metric"].item() - _ee_by_hand(x, labels, 2, 1e-5).item()) < 1e-12
 
 
 def test_ee_with_a_pair_loss_uses_the_mined_pairs(make_cfg):
@@ -314,7 +356,8 @@ def test_ee_with_a_pair_loss_uses_the_mined_pairs(make_cfg):
 
 
 @pytest.mark.parametrize("cls, kwargs, pairs", [
-    (EmbeddingExpansionCallback, {}, 6 * (4 * 3 // 2)),
+    (EmbeddingExpansionCallback, {}, 6 * 2),  # neighbouring pairs: 2 per class of 4
+    (EmbeddingExpansionCallback, {"pairs": "all"}, 6 * (4 * 3 // 2)),
     (SymmetricalSynthesisCallback, {"formulation": "hardest_pair"}, 6 * (4 * 3 // 2)),
     (SymmetricalSynthesisCallback, {}, 6 * 2),  # official: 2 disjoint pairs per class of 4
 ])

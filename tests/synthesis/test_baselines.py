@@ -38,7 +38,8 @@ def test_same_class_pairs_are_all_unordered_pairs() -> None:
 def test_ee_points_are_chord_division_points(n: int) -> None:
     x = _unit(6, 8)
     labels = torch.tensor([0, 0, 1, 1, 1, 2])
-    raw, raw_labels, pair_index = embedding_expansion(x, labels, n, normalize=False)
+    raw, raw_labels, pair_index = embedding_expansion(x, labels, n, normalize=False,
+                                                      pairs="all")
     assert raw.shape == (4 * n, 8)  # pairs (0,1), (2,3), (2,4), (3,4)
     assert torch.equal(pair_index[::n], same_class_pairs(labels))
     assert torch.equal(raw_labels, labels[pair_index[:, 0]])
@@ -50,7 +51,7 @@ def test_ee_points_are_chord_division_points(n: int) -> None:
     torch.testing.assert_close(raw, xj + t * (xi - xj))
     assert ((t > 0) & (t < 1)).all()
 
-    syn, syn_labels, _ = embedding_expansion(x, labels, n)
+    syn, syn_labels, _ = embedding_expansion(x, labels, n, pairs="all")
     assert torch.equal(syn_labels, raw_labels)
     torch.testing.assert_close(syn, F.normalize(raw, dim=1))
 
@@ -155,3 +156,16 @@ def test_symmetric_max_similarity_diagonal_and_an_entry() -> None:
     pts = [a, p, s1, s2]
     want = max(float(pts[u][i] @ pts[v][j]) for u in range(4) for v in range(u + 1, 4))
     assert abs(sim[i, j].item() - want) < 1e-12
+
+
+def test_ee_pairs_neighbours_as_its_code() -> None:
+    """EE's code pairs a class's samples 1st-2nd, 3rd-4th, ... (16 pairs for 32 a class),
+    not all C(m, 2) pairs: the default; ``pairs=all`` keeps every pair."""
+    x = _unit(8, 5)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    syn, syn_labels, pair_index = embedding_expansion(x, labels, 2)
+    assert pair_index[::2].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert syn.shape == (4 * 2, 5)
+    assert embedding_expansion(x, labels, 2, pairs="all")[0].shape == (2 * 6 * 2, 5)
+    with pytest.raises(ValueError, match="synthesis.pairs"):
+        embedding_expansion(x, labels, 2, pairs="ring")

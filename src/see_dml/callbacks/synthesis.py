@@ -268,15 +268,17 @@ class HardPairSynthesisCallback(SynthesisCallback):
         real_term: also add the plain loss of the real embeddings (``loss/real``); not in
             the papers, off by default.
         name, seed: see :class:`SynthesisCallback`.
+        margin: the HPHN triplet's margin (``loss=triplet``); ``None``: the loss's own.
     """
 
     def __init__(self, mining: str = "hardest", real_term: bool = False, name: str = "pairs",
-                 seed: int = 0) -> None:
+                 seed: int = 0, margin: float | None = None) -> None:
         super().__init__(name, seed)
         if mining not in ("hardest", "none"):
             raise ValueError(f"synthesis.mining must be 'hardest' or 'none', got '{mining}'")
         self.mining = mining
         self.real_term = bool(real_term)
+        self.margin = None if margin is None else float(margin)
 
     def synthesise(self, embeddings: torch.Tensor, labels: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -295,7 +297,8 @@ class HardPairSynthesisCallback(SynthesisCallback):
         indices = hardest_negative_pairs(embeddings, labels, syn, syn_labels, pair_index)
         if isinstance(criterion.loss, TripletMarginLoss):
             loss = criterion.loss
-            return hphn_triplet_loss(all_emb, indices, loss.distance, loss.margin,
+            margin = loss.margin if self.margin is None else self.margin
+            return hphn_triplet_loss(all_emb, indices, loss.distance, margin,
                                      smooth=loss.smooth_loss), len(syn)
         if criterion.tuple_kind != "pair":
             raise ValueError(f"synthesis.mining=hardest needs a pair loss or the triplet loss; "
@@ -319,19 +322,27 @@ class EmbeddingExpansionCallback(HardPairSynthesisCallback):
 
     Args:
         n_points: internal division points per pair (EE's default 2).
+        pairs: ``neighbours`` (EE's code: a class's samples paired 1st-2nd, 3rd-4th, ...) or
+            ``all`` (every same-class pair). docs/method.md.
+        margin: the HPHN triplet's margin; ``None``: ``loss.loss.margin``. EE's script
+            trains with 1e-5 (conf/synthesis/embedding_expansion.yaml).
         mining, real_term, name, seed: see :class:`HardPairSynthesisCallback`.
     """
 
     def __init__(self, n_points: int = 2, mining: str = "hardest", real_term: bool = False,
-                 name: str = "embedding_expansion", seed: int = 0) -> None:
-        super().__init__(mining, real_term, name, seed)
+                 name: str = "embedding_expansion", seed: int = 0, pairs: str = "neighbours",
+                 margin: float | None = None) -> None:
+        super().__init__(mining, real_term, name, seed, margin)
         if n_points < 1:
             raise ValueError(f"synthesis.n_points must be >= 1, got {n_points}")
+        if pairs not in ("neighbours", "all"):
+            raise ValueError(f"synthesis.pairs must be 'neighbours' or 'all', got '{pairs}'")
         self.n_points = n_points
+        self.pairs = pairs
 
     def synthesise(self, embeddings: torch.Tensor, labels: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return embedding_expansion(embeddings, labels, self.n_points)
+        return embedding_expansion(embeddings, labels, self.n_points, pairs=self.pairs)
 
 
 class SymmetricalSynthesisCallback(HardPairSynthesisCallback):

@@ -3,10 +3,10 @@
 EE synthesises, for every same-class pair ``(x_i, x_j)`` of the batch, the ``n`` internal
 division points of the chord between them, L2-normalised and labelled like the pair. Unlike
 SEE the points are differentiable functions of the real embeddings: gradients reach the
-backbone through them, as in the original. The original pairs fixed neighbours of a
-2-per-class batch (both orders, which give the same points); here every unordered pair
-``i < j`` of a class is used, which is the same set for 2 samples per class and the natural
-generalisation for more.
+backbone through them, as in the original. The original pairs neighbours of a class
+(batch positions 2k and 2k + 1, both orders, which give the same points): ``pairs=neighbours``
+(default) does the same; ``pairs=all`` uses every unordered pair ``i < j`` of a class (the
+same set for 2 samples per class).
 
 The mining (:func:`hardest_negative_pairs`) follows EE's ``HPHNTripletLoss``: each real
 anchor forms a group with the synthetic points of its pairs, and the hardest negative pair
@@ -19,7 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["embedding_expansion", "hardest_negative_pairs", "same_class_pairs"]
+__all__ = [
+    "disjoint_class_pairs",
+    "embedding_expansion",
+    "hardest_negative_pairs",
+    "same_class_pairs",
+]
 
 IndicesTuple = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -30,11 +35,32 @@ def same_class_pairs(labels: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(torch.triu(same, diagonal=1))
 
 
+def disjoint_class_pairs(labels: torch.Tensor) -> torch.Tensor:
+    """Consecutive disjoint same-class pairs: the N-pair batch inside a class-balanced one.
+
+    A class's samples, in batch order, are paired 1st with 2nd, 3rd with 4th, ...; an odd
+    last sample is left out. With 2 samples per class this is one (anchor, positive) pair per
+    class, the batch Symmetrical Synthesis's official code draws; for more it is EE's
+    neighbouring pairs (its code pairs batch positions 2k and 2k + 1 of a class).
+    ``(B,)`` → ``(P, 2)``, rows ordered by the pair's first index.
+    """
+    rows = []
+    for value in torch.unique(labels):
+        idx = torch.nonzero(labels == value).flatten()
+        usable = (len(idx) // 2) * 2
+        rows.append(idx[:usable].reshape(-1, 2))
+    if not rows:
+        return torch.empty(0, 2, dtype=torch.long, device=labels.device)
+    pairs = torch.cat(rows)
+    return pairs[torch.argsort(pairs[:, 0])]
+
+
 def embedding_expansion(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     n_points: int = 2,
     normalize: bool = True,
+    pairs: str = "neighbours",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EE's synthetic points: ``n`` internal division points of every same-class chord.
 
@@ -46,6 +72,9 @@ def embedding_expansion(
         labels: ``(B,)`` their labels.
         n_points: ``n >= 1`` points per pair (EE's default 2).
         normalize: project the points back onto the sphere (EE's ``l2_norm``, default on).
+        pairs: ``neighbours`` (EE's code: a class's samples paired 1st-2nd, 3rd-4th, ...,
+            :func:`disjoint_class_pairs`; 16 pairs for 32 per class) or ``all`` (every
+            unordered same-class pair ``i < j``, C(m, 2) per class).
 
     Returns:
         ``syn`` ``(P·n, d)`` with pair ``p``'s points at rows ``p·n .. p·n + n − 1`` in order
@@ -54,18 +83,21 @@ def embedding_expansion(
     """
     if n_points < 1:
         raise ValueError(f"n_points must be >= 1, got {n_points}")
-    pairs = same_class_pairs(labels)
+    if pairs not in ("neighbours", "all"):
+        raise ValueError(f"synthesis.pairs must be 'neighbours' or 'all', got '{pairs}'")
+    pick = disjoint_class_pairs if pairs == "neighbours" else same_class_pairs
+    pairs_index = pick(labels)
     d = embeddings.shape[1]
     weight = torch.arange(1, n_points + 1, device=embeddings.device, dtype=embeddings.dtype)
     weight = weight / (n_points + 1)  # k/(n+1): the share of x_i in point k
-    xi = embeddings[pairs[:, 0]][:, None, :]
-    xj = embeddings[pairs[:, 1]][:, None, :]
+    xi = embeddings[pairs_index[:, 0]][:, None, :]
+    xj = embeddings[pairs_index[:, 1]][:, None, :]
     points = weight[None, :, None] * xi + (1 - weight)[None, :, None] * xj  # (P, n, d)
     syn = points.reshape(-1, d)
     if normalize:
         syn = F.normalize(syn, dim=1)
-    syn_labels = labels[pairs[:, 0]].repeat_interleave(n_points)
-    return syn, syn_labels, pairs.repeat_interleave(n_points, dim=0)
+    syn_labels = labels[pairs_index[:, 0]].repeat_interleave(n_points)
+    return syn, syn_labels, pairs_index.repeat_interleave(n_points, dim=0)
 
 
 @torch.no_grad()

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from see_dml.synthesis.expansion import same_class_pairs
+from see_dml.synthesis.expansion import disjoint_class_pairs, same_class_pairs
 
 __all__ = [
-    "disjoint_class_pairs",
     "symmetric_max_similarity",
     "symmetric_npair_loss",
     "symmetrical_synthesis",
@@ -47,25 +46,6 @@ def symmetrical_synthesis(
     syn = torch.stack([2 * cos * a - p, 2 * cos * p - a], dim=1).reshape(-1, embeddings.shape[1])
     syn_labels = labels[pairs[:, 0]].repeat_interleave(2)
     return syn, syn_labels, pairs.repeat_interleave(2, dim=0)
-
-
-def disjoint_class_pairs(labels: torch.Tensor) -> torch.Tensor:
-    """Consecutive disjoint same-class pairs: the N-pair batch inside a class-balanced one.
-
-    A class's samples, in batch order, are paired 1st with 2nd, 3rd with 4th, ...; an odd
-    last sample is left out. With 2 samples per class this is one (anchor, positive) pair per
-    class, the batch Symmetrical Synthesis's official code draws. ``(B,)`` → ``(P, 2)``,
-    rows ordered by the pair's first index.
-    """
-    rows = []
-    for value in torch.unique(labels):
-        idx = torch.nonzero(labels == value).flatten()
-        usable = (len(idx) // 2) * 2
-        rows.append(idx[:usable].reshape(-1, 2))
-    if not rows:
-        return torch.empty(0, 2, dtype=torch.long, device=labels.device)
-    pairs = torch.cat(rows)
-    return pairs[torch.argsort(pairs[:, 0])]
 
 
 def symmetric_max_similarity(anchor: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
