@@ -498,3 +498,28 @@ def test_checkpoint_on_a_dataset_of_another_image_mode_is_named(tmp_path, ckpt):
     with pytest.raises(ConfigError, match="takes 1-channel images"):
         _retrieve(tmp_path, ckpt, "test", "test", "dataset=cub",
                   f"dataset.root={tmp_path / 'no_cub_needed'}")
+
+
+# -- W&B ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("mode", "offline"), [(None, True), ("offline", True),
+                                               ("online", False), ("disabled", False)])
+def test_wandb_follows_wandb_mode(monkeypatch, mode, offline):
+    if mode is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", mode)
+    assert compose_config(["logger=wandb"]).logger.wandb.offline is offline
+
+
+def test_wandb_online_without_a_key_is_one_error_saying_what_to_do(make_cfg, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no W&B settings
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = make_cfg("logger=wandb")
+    assert cfg.logger.wandb.offline is False
+    with pytest.raises(ConfigError, match=r"W&B online \(WANDB_MODE=online, logger=wandb\) did "
+                                          r"not start after \d+ s: .*API key.*wandb login.*"
+                                          r"WANDB_MODE=offline"):
+        train(cfg)
+    assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()

@@ -56,6 +56,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)
     if not OmegaConf.has_resolver("gpus_per_node"):
         OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node)
+    if not OmegaConf.has_resolver("wandb_offline"):
+        OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
     if not OmegaConf.has_resolver("class_name"):
         # ${class_name:${dataset._target_}}: CUB200 (run names, e.g. W&B's)
         OmegaConf.register_new_resolver("class_name", class_name)
@@ -72,6 +74,12 @@ def gpus_per_node(devices: Any) -> int:
     if isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
         return int(devices)
     return int(os.environ.get("SEE_DML_GPUS_PER_NODE", "1"))
+
+
+def wandb_offline() -> bool:
+    """``${wandb_offline:}``, W&B's ``offline`` flag: offline unless the environment says
+    otherwise (``WANDB_MODE=online``, or ``disabled``: W&B then follows ``WANDB_MODE``)."""
+    return os.environ.get("WANDB_MODE", "offline") in ("offline", "dryrun", "")
 
 
 def class_name(path: Any) -> str:

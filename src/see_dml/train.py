@@ -107,6 +107,33 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
             if c is not None and "_target_" in c]
 
 
+def start_online_loggers(loggers: list[Any]) -> None:
+    """Start an online W&B run now, so that no API key or no network is one
+    :class:`ConfigError` saying what to do and how long it waited, before training (and not
+    a traceback from inside ``trainer.fit``)."""
+    if "wandb" not in sys.modules:  # only WandbLogger imports it
+        return
+    import time
+
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger) or getattr(logger, "_offline", True):
+            continue
+        start = time.monotonic()
+        try:
+            _ = logger.experiment
+        except wandb.errors.Error as err:
+            waited = time.monotonic() - start
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"W&B online (WANDB_MODE={os.environ.get('WANDB_MODE', 'online')}, "
+                f"logger=wandb) did not start after {waited:.0f} s: {first}. Log in with "
+                "`wandb login` (or set WANDB_API_KEY) and check the network, or run offline "
+                "with WANDB_MODE=offline and upload later with `wandb sync`") from err
+
+
 def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -364,6 +391,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
             if isinstance(cb, ModelCheckpoint):
                 cb.monitor, cb.save_top_k = None, 1
     loggers = build_loggers(cfg)
+    start_online_loggers(loggers)
     if not loggers:  # logger=none: LearningRateMonitor refuses to run without a logger
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     # every checkpoint whole or absent: written beside its target, fsync'ed, renamed
