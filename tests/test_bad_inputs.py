@@ -282,6 +282,9 @@ def test_retrieve_user_images_of_mixed_sizes_and_modes(tmp_path, ckpt):
 @pytest.mark.parametrize(("module", "args", "message"), [
     ("see_dml.evaluate", ["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' does not exist"),
     ("see_dml.retrieve", ["ckpt_path=/no/such.ckpt", "query=test"], "ckpt_path='/no/such.ckpt'"),
+    ("see_dml.index", ["build", "ckpt_path=/no/such.ckpt", "index.path=x.faiss"],
+     "ckpt_path='/no/such.ckpt'"),
+    ("see_dml.export", ["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt'"),
 ])
 def test_cli_exits_2_with_one_error_line(tmp_path, module, args, message):
     proc = subprocess.run([sys.executable, "-m", module, *args,
@@ -290,6 +293,24 @@ def test_cli_exits_2_with_one_error_line(tmp_path, module, args, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
     assert "Traceback" not in proc.stderr
+    # no run directory left behind (it used to stay, holding Hydra's files alone)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_cli_config_error_does_not_load_lightning(tmp_path):
+    """A mistyped value is answered without importing Lightning (seconds) or torch."""
+    probe = ("import atexit, runpy, sys\n"
+             "atexit.register(lambda: print('loaded:', 'lightning' in sys.modules,\n"
+             "                              'torch' in sys.modules, file=sys.stderr))\n"
+             "sys.argv = ['train', 'model.embed_dim=0', f'paths.output_dir={sys.argv[1]}']\n"
+             "runpy.run_module('see_dml.train', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-2].startswith("error: model.embed_dim must be a positive integer")
+    assert lines[-1] == "loaded: False False"
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
 # -- run directory --------------------------------------------------------------------------

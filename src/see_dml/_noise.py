@@ -62,4 +62,19 @@ def run_cli(task: Callable[[Any], T], cfg: Any,
         return task(cfg)
     except errors as err:
         print(f"error: {err}", file=sys.stderr)
+        _remove_empty_run_dir(cfg)
         sys.exit(2)
+
+
+def _remove_empty_run_dir(cfg: Any) -> None:
+    """A tool run that failed before writing anything leaves no run directory (as train)."""
+    from contextlib import suppress
+
+    from omegaconf import OmegaConf
+
+    from see_dml.rundir import remove_if_empty
+
+    with suppress(Exception):  # an unresolvable path: nothing of ours to remove
+        run_dir = OmegaConf.select(cfg, "paths.run_dir", default=None)
+        if run_dir:
+            remove_if_empty(run_dir)

@@ -95,3 +95,19 @@ def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
         (run_dir / HOLDER_NAME).unlink(missing_ok=True)
         if lock is not None:  # the lock file stays: unlinking it would race a new run
             lock.release()
+
+
+def remove_if_empty(run_dir: str | Path) -> bool:
+    """Remove ``run_dir`` when a failed run left nothing in it but Hydra's files (``.hydra``,
+    its job log, ``config.yaml``, the lock); return whether it did."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    left = [p for p in run_dir.iterdir() if p.name not in (".hydra", "config.yaml", LOCK_NAME)
+            and p.suffix != ".log"]
+    if left:
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True

@@ -429,7 +429,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(best_on_test(history))
     if test_every_epoch and not history:
         log.warning("test_every_epoch=true but no epoch was tested: no best_on_test/...")
-    write_metrics(run_dir, metrics)
+    write_metrics(run_dir, metrics, trainer)  # with its provenance (code, libraries, devices)
 
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
         # W&B prints its sync hints when its run finishes: before our last lines, not after
@@ -452,9 +452,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError,
 def _user_error(err: BaseException) -> bool:
     from hydra.errors import InstantiationException
 
-    from see_dml.callbacks.guards import DivergenceError
-
-    if isinstance(err, (*USER_ERRORS, DivergenceError)):
+    if isinstance(err, USER_ERRORS):
+        return True
+    # the guard's module imports Lightning (seconds): only a run that loaded it can raise it
+    guards = sys.modules.get("see_dml.callbacks.guards")
+    if guards is not None and isinstance(err, guards.DivergenceError):
         return True
     return isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError)
 
