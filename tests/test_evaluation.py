@@ -86,8 +86,12 @@ def test_write_metrics_and_table(tmp_path):
                "test/r_precision": 0.3, "epochs": 2}
     path = write_metrics(tmp_path / "run", metrics)
     assert path == tmp_path / "run" / "metrics.json"
-    assert json.loads(path.read_text()) == metrics
-    assert list(json.loads(path.read_text())) == sorted(metrics)
+    saved = json.loads(path.read_text())
+    # the metrics, and what produced them (code, libraries, devices: tests/test_provenance.py)
+    assert {k: v for k, v in saved.items() if not k.startswith("provenance/")} == metrics
+    assert {k for k in saved if k.startswith("provenance/")} >= {"provenance/commit",
+                                                                "provenance/device"}
+    assert list(saved) == sorted(saved)
     assert format_results(metrics).splitlines() == [
         "| weights | R@1 | R@2 | MAP@R | R-Prec |", "|---|---|---|---|---|",
         "| selected (val) | 50.00 | 75.00 | 25.00 | 30.00 |"]

@@ -266,7 +266,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         f"{sizes[names[0]]} images, {len(set(query.labels.tolist()))} classes, all vs all"))
     summary = {**result.prefixed_metrics(), "ckpt_path": str(ckpt_file.resolve()),
                "dataset": dm.source.name, "split": split, "num_images": sizes}
-    write_metrics(out_dir, summary)  # before any export or plot: nothing there costs them
+    write_metrics(out_dir, summary, device)  # before any export or plot: nothing there costs them
     done = report(result, dm, out_dir, ReportOptions(
         export=bool(cfg.export.enabled), format=cfg.export.format,
         plots=bool(cfg.plots.enabled), projection=cfg.plots.projection,

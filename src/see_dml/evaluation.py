@@ -331,10 +331,16 @@ def format_results(metrics: Mapping[str, Any], rows: Mapping[str, str] | None = 
     return "\n".join(lines)
 
 
-def write_metrics(out_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
-    """``<out_dir>/metrics.json``: the flat metrics of a run, keys sorted. Train and evaluate
-    both write it here."""
+def write_metrics(out_dir: str | Path, metrics: Mapping[str, Any],
+                  devices: tuple[str, int] | Any = None) -> Path:
+    """``<out_dir>/metrics.json``: the flat metrics of a run, keys sorted, with what produced
+    it (:func:`see_dml.provenance.provenance`: code version, library versions, ``devices``
+    as ``(kind, count)``, a ``torch.device`` or the trainer). Train and evaluate both write
+    it here."""
+    from see_dml.provenance import provenance
+
     path = Path(out_dir) / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(metrics), indent=2, sort_keys=True))
+    path.write_text(json.dumps({**provenance(devices), **dict(metrics)}, indent=2,
+                               sort_keys=True))
     return path
