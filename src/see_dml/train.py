@@ -452,9 +452,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError,
 def _user_error(err: BaseException) -> bool:
     from hydra.errors import InstantiationException
 
-    from see_dml.callbacks.guards import DivergenceError
-
-    if isinstance(err, (*USER_ERRORS, DivergenceError)):
+    if isinstance(err, USER_ERRORS):
+        return True
+    # the guard's module imports Lightning (seconds): only a run that loaded it can raise it
+    guards = sys.modules.get("see_dml.callbacks.guards")
+    if guards is not None and isinstance(err, guards.DivergenceError):
         return True
     return isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError)
 
