@@ -544,3 +544,38 @@ def test_wandb_online_without_a_key_is_one_error_saying_what_to_do(make_cfg, tmp
                                           r"WANDB_MODE=offline"):
         train(cfg)
     assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()
+
+
+# -- the machine's errors: a full disk, a place that may not be written ---------------------
+def test_full_disk_is_one_line_naming_the_file(capsys):
+    import errno
+
+    from see_dml._noise import run_cli
+
+    def task(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoints/last.ckpt")
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(task, None, (ConfigError,))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: No space left on device '/runs/x/checkpoints/last.ckpt': free some space, or "
+        "write elsewhere (paths.output_dir=..., the tool's output=...)"]
+
+    def bug(cfg):
+        raise OSError(errno.EBADF, "Bad file descriptor")  # a bug: traced as ever
+
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        run_cli(bug, None, (ConfigError,))
+
+
+def test_cli_export_to_a_place_that_may_not_be_written_exits_2(tmp_path, ckpt):
+    target = "/sys/see_dml_test/model.onnx"  # EPERM even for root
+    proc = subprocess.run([sys.executable, "-m", "see_dml.export", f"ckpt_path={ckpt}",
+                           f"output={target}", f"paths.output_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "/sys/see_dml_test" in last and "output=" in last
+    assert "Traceback" not in proc.stderr
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

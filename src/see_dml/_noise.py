@@ -6,7 +6,9 @@ narrow (one message) and says why hiding it loses nothing.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -64,6 +66,34 @@ def run_cli(task: Callable[[Any], T], cfg: Any,
         print(f"error: {err}", file=sys.stderr)
         _remove_empty_run_dir(cfg)
         sys.exit(2)
+    except OSError as err:
+        line = io_error_line(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        _remove_empty_run_dir(cfg)
+        sys.exit(2)
+
+
+#: Errors of the machine, not the program: a full disk, a quota, a read-only or forbidden
+#: place; ``{errno: what to do}``.
+_IO_HINTS = {
+    errno.ENOSPC: "free some space, or write elsewhere (paths.output_dir=..., the tool's "
+                  "output=...)",
+    errno.EDQUOT: "free some of your quota, or write elsewhere (paths.output_dir=...)",
+    errno.EROFS: "write elsewhere (paths.output_dir=..., the tool's output=...)",
+    errno.EACCES: "write where you may (paths.output_dir=..., the tool's output=...)",
+    errno.EPERM: "write where you may (paths.output_dir=..., the tool's output=...)",
+}
+
+
+def io_error_line(err: BaseException) -> str | None:
+    """One line for an :class:`OSError` of a full disk, a quota or a place that may not be
+    written (naming the file and what to do), else None: that one is a bug to trace."""
+    if not isinstance(err, OSError) or err.errno not in _IO_HINTS:
+        return None
+    where = f" '{err.filename}'" if err.filename else ""
+    return f"{err.strerror or os.strerror(err.errno)}{where}: {_IO_HINTS[err.errno]}"
 
 
 def _remove_empty_run_dir(cfg: Any) -> None:

@@ -509,9 +509,12 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except Exception as err:
-        if not _user_error(err) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        from see_dml._noise import io_error_line
+
+        line = str(err) if _user_error(err) else io_error_line(err)
+        if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {line}", file=sys.stderr)
         if _in_multirun():  # the sweep goes on with its other jobs and lists this one
             raise
         if isinstance(err, NotARunError):  # Hydra's files of this attempt go with it
