@@ -579,3 +579,32 @@ def test_cli_export_to_a_place_that_may_not_be_written_exits_2(tmp_path, ckpt):
     assert last.startswith("error: ") and "/sys/see_dml_test" in last and "output=" in last
     assert "Traceback" not in proc.stderr
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_truncated_jpeg_met_in_training_names_the_file_and_data_check(make_cfg, tmp_path):
+    from dataset_fixtures import make_fixture, truncate_image
+
+    fx = make_fixture("cub", tmp_path / "data", n_classes=4, per_class=4)
+    bad = truncate_image(fx.images["train"][2])
+    cfg = make_cfg("dataset=cub", f"paths.data_dir={tmp_path / 'data'}",
+                   "dataset.val_fraction=0", "dataset.strict_counts=false",
+                   "data.transforms.image_size=32", "data.transforms.resize=36",
+                   "data.batch_size=8", "data.m_per_class=2", "data.eval_batch_size=16",
+                   "callbacks.embedding_export=null", "test_final=false")
+    with pytest.raises(UnreadableImageError) as err:
+        train(cfg)
+    for part in (str(bad), "python -m see_dml.data.check", "dataset.on_error=skip"):
+        assert part in str(err.value)
+
+
+def test_an_unreadable_image_from_a_dataloader_worker_is_one_line():
+    from see_dml._noise import data_error_line
+
+    wrapped = UnreadableImageError(  # as torch re-raises a worker's exception
+        "Caught UnreadableImageError in DataLoader worker process 0.\nOriginal Traceback "
+        "(most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+        "see_dml.data.base.UnreadableImageError: cannot read image '/d/a.jpg': truncated. "
+        "Find every such file with python -m see_dml.data.check")
+    assert data_error_line(wrapped) == ("cannot read image '/d/a.jpg': truncated. Find every "
+                                        "such file with python -m see_dml.data.check")
+    assert data_error_line(ValueError("x")) is None

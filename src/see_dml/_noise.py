@@ -67,7 +67,7 @@ def run_cli(task: Callable[[Any], T], cfg: Any,
         _remove_empty_run_dir(cfg)
         sys.exit(2)
     except OSError as err:
-        line = io_error_line(err)
+        line = data_error_line(err) or io_error_line(err)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
@@ -85,6 +85,20 @@ _IO_HINTS = {
     errno.EACCES: "write where you may (paths.output_dir=..., the tool's output=...)",
     errno.EPERM: "write where you may (paths.output_dir=..., the tool's output=...)",
 }
+
+
+def data_error_line(err: BaseException) -> str | None:
+    """One line for an image that cannot be read (``UnreadableImageError``, also when a
+    DataLoader worker raised it and wrapped its traceback into the message), else None."""
+    base = sys.modules.get("see_dml.data.base")  # only a run that loaded data can raise it
+    if base is None or not isinstance(err, base.UnreadableImageError):
+        return None
+    text = str(err).strip()
+    if "Original Traceback" in text:  # torch's worker exception: the original is last
+        text = text.splitlines()[-1]
+        head, sep, rest = text.partition(": ")
+        text = rest if sep and "." in head and " " not in head else text
+    return text
 
 
 def io_error_line(err: BaseException) -> str | None:

@@ -509,9 +509,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except Exception as err:
-        from see_dml._noise import io_error_line
+        from see_dml._noise import data_error_line, io_error_line
 
-        line = str(err) if _user_error(err) else io_error_line(err)
+        line = str(err) if _user_error(err) else (data_error_line(err) or io_error_line(err))
         if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {line}", file=sys.stderr)

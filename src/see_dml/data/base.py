@@ -184,9 +184,12 @@ class RetrievalDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         try:
             image = self._load(index)
-        except UnreadableImageError:
+        except UnreadableImageError as err:
             if self.on_error == "fail":
-                raise
+                raise UnreadableImageError(
+                    f"{err}. Find every such file with python -m see_dml.data.check "
+                    "dataset=<the same> (and replace them), or set dataset.on_error=skip to "
+                    "use the class's next image instead") from err
             if index not in self.skipped:
                 log.warning("skipping unreadable image %s", self.split.items[index])
                 self.skipped.add(index)
