@@ -608,3 +608,18 @@ def test_an_unreadable_image_from_a_dataloader_worker_is_one_line():
     assert data_error_line(wrapped) == ("cannot read image '/d/a.jpg': truncated. Find every "
                                         "such file with python -m see_dml.data.check")
     assert data_error_line(ValueError("x")) is None
+
+
+def test_lightnings_usual_load_from_checkpoint_works(ckpt):
+    from see_dml.module import DMLModule
+
+    model = DMLModule.load_from_checkpoint(ckpt)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    with torch.no_grad():
+        out = model(torch.zeros(2, 1, 28, 56))
+    assert out.shape == (2, 16) and torch.allclose(out.norm(dim=1), torch.ones(2))
+    with pytest.raises(TypeError, match="takes no hparams_file or __init__ arguments"):
+        DMLModule.load_from_checkpoint(ckpt, embed_dim=8)

@@ -142,6 +142,27 @@ class DMLModule(L.LightningModule):
             self.head.compile()
 
     # -- model ----------------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None,
+                             hparams_file: Any = None, strict: bool | None = None,
+                             **kwargs: Any) -> DMLModule:
+        """Lightning's usual call, ``DMLModule.load_from_checkpoint(path)``: the module its
+        checkpoint describes (backbone, head and loss rebuilt from the config the checkpoint
+        stores, see :func:`see_dml.evaluate.load_module_from_checkpoint`), in eval mode, on
+        ``map_location`` (a device; default the CPU). Lightning's own version calls
+        ``__init__`` with the saved hyperparameters, which this module does not save (its
+        arguments are built modules)."""
+        if hparams_file is not None or kwargs:
+            given = ["hparams_file"] * (hparams_file is not None) + sorted(kwargs)
+            raise TypeError("DMLModule.load_from_checkpoint rebuilds the model from the config "
+                            "the checkpoint stores: it takes no hparams_file or __init__ "
+                            f"arguments (got {', '.join(given)})")
+        from see_dml.evaluate import load_module_from_checkpoint
+
+        device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
+        module, _ = load_module_from_checkpoint(checkpoint_path, device)
+        return module
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images -> ``(B, embed_dim)`` unit embeddings."""
         features = self.backbone(images)
