@@ -77,3 +77,27 @@ def test_pyproject_license_is_an_spdx_string():
                                    Path(__file__).parents[1] / "pyproject.toml")
     assert not [w for w in caught if "license" in str(w.message).lower()]
     assert dist.metadata.license_expression == "MIT"
+
+
+def test_lightning_lines_are_printed_once_under_hydras_logging():
+    """``import lightning`` adds its own console handler beside the root's (Hydra's): every
+    INFO line came twice. With a root handler, Lightning's is dropped."""
+    import logging
+
+    import lightning  # noqa: F401 - the import adds the handler
+
+    from see_dml._noise import one_lightning_console
+
+    logger = logging.getLogger("lightning")
+    extra = logging.StreamHandler()
+    extra.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))  # Lightning's own
+    logger.addHandler(extra)
+    root_handler = logging.NullHandler()
+    logging.getLogger().addHandler(root_handler)
+    try:
+        one_lightning_console()
+        assert extra not in logger.handlers
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+        if extra in logger.handlers:
+            logger.removeHandler(extra)

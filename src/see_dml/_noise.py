@@ -43,6 +43,20 @@ class _DropLines(logging.Filter):
         return not any(s in message for s in self.substrings)
 
 
+def one_lightning_console() -> None:
+    """Print Lightning's log lines once. ``import lightning`` gives its ``lightning`` logger a
+    console handler of its own (``INFO: ...``) and lets the lines propagate to the root's,
+    which Hydra has set up (the console and the job's log file): every line came twice.
+    Where the root has handlers, Lightning's is removed. Call after importing Lightning."""
+    if not logging.getLogger().handlers or "lightning" not in sys.modules:
+        return
+    logger = logging.getLogger("lightning")
+    for handler in list(logger.handlers):
+        fmt = getattr(handler.formatter, "_fmt", None)
+        if type(handler) is logging.StreamHandler and fmt == "%(levelname)s: %(message)s":
+            logger.removeHandler(handler)
+
+
 def quiet_third_party() -> None:
     """Install the filters of :data:`WARNINGS` and :data:`LOG_LINES` (idempotent)."""
     for pattern in WARNINGS:

@@ -101,8 +101,11 @@ def load_module_from_checkpoint(path: str | Path, device: str | torch.device = "
         resolved run config it was trained with.
     """
     ckpt = read_checkpoint(path)
+    from see_dml._noise import one_lightning_console
     from see_dml.export import resolve_device
     from see_dml.train import build_model
+
+    one_lightning_console()
 
     cfg = OmegaConf.create(ckpt["see_dml_config"])
     check_config_layout(cfg, path)

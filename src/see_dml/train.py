@@ -358,6 +358,9 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from see_dml._noise import one_lightning_console
+
+    one_lightning_console()
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
