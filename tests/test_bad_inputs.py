@@ -623,3 +623,12 @@ def test_lightnings_usual_load_from_checkpoint_works(ckpt):
     assert out.shape == (2, 16) and torch.allclose(out.norm(dim=1), torch.ones(2))
     with pytest.raises(TypeError, match="takes no hparams_file or __init__ arguments"):
         DMLModule.load_from_checkpoint(ckpt, embed_dim=8)
+
+
+def test_proxy_synthesis_with_a_loss_without_proxies_is_a_config_error(make_cfg):
+    """A ConfigError (one 'error:' line from the CLI), not a ValueError traceback."""
+    cfg = make_cfg("synthesis=proxy_synthesis", "loss=multi_similarity",
+                   "callbacks.embedding_export=null")
+    with pytest.raises(ConfigError, match="synthesis=proxy_synthesis mixes proxies, but "
+                                          "loss=multi_similarity has none"):
+        train(cfg)

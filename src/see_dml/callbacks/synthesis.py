@@ -412,7 +412,9 @@ class ProxySynthesisCallback(SynthesisCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         criterion: MetricLoss = pl_module.criterion  # type: ignore[assignment]
         if criterion.kind != "proxy":
-            raise ValueError(f"synthesis=proxy_synthesis mixes proxies, but loss="
+            from see_dml.config import ConfigError  # one 'error:' line, not a traceback
+
+            raise ConfigError(f"synthesis=proxy_synthesis mixes proxies, but loss="
                              f"{criterion.name} has none; use loss=proxy_anchor, norm_softmax "
                              "or arcface")
         super().setup(trainer, pl_module, stage)
