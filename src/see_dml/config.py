@@ -202,6 +202,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_learning_rate(cfg)
     check_see_effect(cfg)
     check_recipe_dataset(cfg)
+    check_protocol(cfg)
     check_monitors(cfg)
     check_test_epochs(cfg)
     for key in ("optimizer", "scheduler"):
@@ -255,6 +256,21 @@ def check_test_epochs(cfg: DictConfig) -> None:
         value = epochs.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"test_epochs.{key} must be an integer >= {low}, got {value!r}")
+
+
+def check_protocol(cfg: DictConfig) -> None:
+    """``protocol`` (conf/protocol/) is ``held_out`` or ``authors``, and an ``authors`` run
+    trains on every training class: its numbers stand beside published ones, which did."""
+    protocol = cfg.get("protocol", "held_out")
+    if protocol not in ("held_out", "authors"):
+        raise ConfigError(f"protocol must be held_out or authors (conf/protocol/), got "
+                          f"'{protocol}'")
+    val_fraction = OmegaConf.select(cfg, "dataset.val_fraction", default=0.0) or 0.0
+    if protocol == "authors" and val_fraction > 0:
+        raise ConfigError(
+            f"protocol=authors trains on every training class, but dataset.val_fraction="
+            f"{val_fraction} holds some out: drop the dataset.val_fraction override, or use "
+            "protocol=held_out (the validation classes choose the checkpoint)")
 
 
 def check_recipe_dataset(cfg: DictConfig) -> None:

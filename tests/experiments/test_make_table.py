@@ -124,13 +124,13 @@ T_975_1 = 12.706205  # scipy.stats.t.ppf(0.975, 1)
 
 
 def _paper_run(root: Path, dataset: str, seed: int, r1: float, *, see: bool,
-               best_on_test: bool = True) -> Path:
+               best_on_test: bool = True, protocol: str = "authors") -> Path:
     """A run of the sweep. Under each checkpoint's prefix R@K is R@1 + 2 points for each K
     further down the dataset's list of Ks and MAP@R is R@1 / 2; the final epoch's R@1 is 1
     point below the validation-selected one, the best on test 2 (no SEE) or 3 (SEE) above."""
     run_dir = root / f"{list(SWEEP).index(dataset)}_{dataset}" / f"{'see' if see else 'none'}{seed}"
     run_dir.mkdir(parents=True)
-    cfg = {"seed": seed, "paths": {"run_dir": str(run_dir)},
+    cfg = {"seed": seed, "paths": {"run_dir": str(run_dir)}, "protocol": protocol,
            "dataset": {"_target_": f"see_dml.data.x.{dataset}", "seed": seed},
            "model": {"backbone": {"name": "deit_small_distilled_patch16_224"}, "embed_dim": 128},
            "loss": {"name": "proxy_anchor"}, "see": {"enabled": see, "n_points": 8},
@@ -188,8 +188,9 @@ def test_paper_layout_puts_datasets_side_by_side(tmp_path, capsys):
     assert heading == ("Checkpoint: validation-selected: best val/map@r on held-out training "
                        "classes (`--checkpoint val`, `test/*` in metrics.json). Recall@K and "
                        "MAP@R in %, mean ± std over 2 seeds.")
-    # CUB before SOP; each dataset's first four Ks, MAP@R, published R@1, ours - it, SEE - none
-    group = ["MAP@R", "R@1 paper", "ΔR@1 paper", "ΔR@1"]
+    # CUB before SOP; each dataset's first four Ks, MAP@R, SEE - none (no published R@1: these
+    # are validation-selected numbers, not the authors' best epoch on test)
+    group = ["MAP@R", "ΔR@1"]
     assert header == ["method", "backbone / dim",
                       *(f"CUB {c}" for c in ["R@1", "R@2", "R@4", "R@8", *group]),
                       *(f"SOP {c}" for c in ["R@1", "R@10", "R@100", "R@1000", *group])]
@@ -203,16 +204,14 @@ def test_paper_layout_puts_datasets_side_by_side(tmp_path, capsys):
     assert see["CUB MAP@R"] == "37.75 ± 1.06"
     # SOP: no SEE 80, 81 -> 80.50 ± 0.71; SEE R@1000 = R@1 + 6: 88, 91
     assert plain["SOP R@1"] == "80.50 ± 0.71" and see["SOP R@1000"] == "89.50 ± 2.12"
-    # published (reporting/published.yaml, DeiT-S / 128 + SEE): CUB 75.1, SOP 83.0
-    assert (see["CUB R@1 paper"], see["CUB ΔR@1 paper"]) == ("75.1", "+0.40")
-    assert (see["SOP R@1 paper"], see["SOP ΔR@1 paper"]) == ("83.0", "+0.50")
-    assert [plain[f"{d} {c}"] for d in ("CUB", "SOP") for c in group[1:]] == ["–"] * 6
+    assert [plain[f"{d} ΔR@1"] for d in ("CUB", "SOP")] == ["–"] * 2
     # SEE - none by seed: CUB 4, 5 -> +4.50 [-1.85, +10.85]; SOP 2, 4 -> +3.00 [-9.71, +15.71]
     assert see["CUB ΔR@1"] == _interval([4, 5]) == "+4.50 [-1.85, +10.85]"
     assert see["SOP ΔR@1"] == _interval([2, 4]) == "+3.00 [-9.71, +15.71]"
     assert "ΔR@1: R@1 minus that of the none line" in after
-    assert "10.1007/978-981-97-2253-2_11" in after
-    assert "ours: the checkpoint selected on validation classes" in after
+    assert after.startswith("Protocol: the authors' (every training class trains")
+    assert "R@1 paper: not shown beside 2 row(s) with a published number" in after
+    assert "--checkpoint best_on_test" in after
     assert (tmp_path / "results_paper.md").read_text() == markdown + "\n"
     assert not (tmp_path / "results.md").exists()
     csv = (tmp_path / "results_paper.csv").read_text().splitlines()
@@ -233,9 +232,13 @@ def test_checkpoint_option_chooses_the_metrics_and_says_so(tmp_path, capsys):
     see = rows["SEE"]
     # best on test, SEE = 3 points above: CUB 77, 80; no SEE 2 above: SEE - none 5, 6
     assert see["CUB R@1"] == "78.50 ± 2.12" and see["CUB R@4"] == "82.50 ± 2.12"
-    assert see["CUB ΔR@1 paper"] == "+3.40"
+    # published (reporting/published.yaml, DeiT-S / 128 + SEE): CUB 75.1, SOP 83.0
+    assert (see["CUB R@1 paper"], see["CUB ΔR@1 paper"]) == ("75.1", "+3.40")
+    assert (see["SOP R@1 paper"], see["SOP ΔR@1 paper"]) == ("83.0", "+3.50")
+    assert rows["none"]["CUB R@1 paper"] == "–"
+    assert "10.1007/978-981-97-2253-2_11" in after
     assert see["CUB ΔR@1"] == _interval([5, 6]) == "+5.50 [-0.85, +11.85]"
-    assert "ours: best epoch on the test classes)" in after
+    assert "ours: the authors' protocol, best epoch on the test classes)" in after
     # the long layout honours it too, and names it above the table
     markdown = make_table.main([str(tmp_path), "--layout", "long", "--checkpoint", "final"])
     heading, table = markdown.split("\n\n")[:2]
@@ -279,14 +282,15 @@ def test_long_layout_keeps_the_old_table(tmp_path):
     table, *notes = markdown.split("\n\n")  # no checkpoint line: the default one
     header, _, *lines = table.splitlines()
     assert _cells(header) == ["dataset", "backbone", "dim", "loss", "synthesis", "epochs",
-                              "seeds", "R@1", "R@1 paper", "ΔR@1 paper", "MAP@R", "RP",
+                              "seeds", "R@1", "MAP@R", "RP",
                               "R@1 final", "MAP@R final", "ΔMAP@R", "ΔR@1"]
     rows = [_cells(line) for line in lines]
     assert [(r[0], r[4], r[5]) for r in rows] == [
         ("CUB200", "SEE", "100"), ("CUB200", "none", "100"),
         ("StanfordOnlineProducts", "SEE", "150"), ("StanfordOnlineProducts", "none", "150")]
-    assert rows[0][7:10] == ["75.50 ± 2.12", "75.1", "+0.40"]
-    assert rows[0][12] == "74.50 ± 2.12" and rows[0][-1] == "+4.50 [-1.85, +10.85]"
+    assert rows[0][7:9] == ["75.50 ± 2.12", "37.75 ± 1.06"]
+    assert rows[0][10] == "74.50 ± 2.12" and rows[0][-1] == "+4.50 [-1.85, +10.85]"
+    assert notes[0].startswith("Protocol: the authors'")
     assert (tmp_path / "results.md").exists() and (tmp_path / "results.png").exists()
     assert not (tmp_path / "results_paper.md").exists()
 
@@ -356,11 +360,31 @@ def test_paper_plot_draws_our_r1_and_marks_the_published_one(tmp_path, monkeypat
 
     monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy_bar)
     monkeypatch.setattr(matplotlib.axes.Axes, "scatter", spy_scatter)
-    make_table.main([str(tmp_path)])
+    make_table.main([str(tmp_path), "--checkpoint", "best_on_test"])
     assert (tmp_path / "results_paper.png").stat().st_size > 0
     # a panel per dataset (its title is set after its bars), a bar per method: the means of
-    # the table (CUB: none 70 and 72, SEE 74 and 77; SOP: none 80 and 81, SEE 82 and 85)
+    # the table (best on test: CUB none 72 and 74, SEE 77 and 80; SOP none 82 and 83, SEE 85
+    # and 88)
     heights = [(label, [round(h, 2) for h in hs]) for _, label, hs in bars]
-    assert heights == [("none", [71.0]), ("SEE", [75.5]), ("none", [80.5]), ("SEE", [83.5])]
+    assert heights == [("none", [73.0]), ("SEE", [78.5]), ("none", [82.5]), ("SEE", [86.5])]
     # the published R@1 of DeiT-S / 128 with SEE: CUB 75.1, SOP 83.0
     assert [[round(v, 2) for v in t] for t in ticks] == [[75.1], [83.0]]
+
+
+def test_published_numbers_stand_only_beside_the_authors_protocol(tmp_path):
+    """Runs that held out validation classes (protocol=held_out) are not the authors' run:
+    even at --checkpoint best_on_test the published column stays empty and says why."""
+    for seed, (plain, see) in enumerate(SWEEP["CUB200"]):
+        _paper_run(tmp_path, "CUB200", seed, plain, see=False, protocol="held_out")
+        _paper_run(tmp_path, "CUB200", seed, see, see=True, protocol="held_out")
+    markdown = make_table.main([str(tmp_path), "--layout", "long", "--checkpoint",
+                                "best_on_test"])
+    heading, table, *notes = markdown.split("\n\n")
+    assert "R@1 paper" not in table
+    assert notes[0].startswith("Protocol: ours (held-out validation classes choose")
+    assert "not shown beside 1 row(s)" in notes[1] and "protocol=authors" in notes[1]
+    # runs from before the protocol key: no validation classes + every-epoch test = authors'
+    cfg = {"dataset": {"val_fraction": 0.0}, "test_every_epoch": True}
+    assert make_table.run_protocol(cfg) == "authors"
+    assert make_table.run_protocol({"dataset": {"val_fraction": 0.1},
+                                    "test_every_epoch": True}) == "held_out"

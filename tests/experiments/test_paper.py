@@ -169,7 +169,7 @@ def _fast_dev_run(make_cfg, setting: str, data_dir: Path) -> dict:
     cfg = make_cfg(f"experiment=paper/{setting}", *TINY["resnet50" if model == "resnet50"
                                                         else "vit"], *deit,
                    "model.backbone.pretrained=false", f"paths.data_dir={data_dir}",
-                   "dataset.strict_counts=false", "dataset.val_fraction=0.2",
+                   "dataset.strict_counts=false",
                    "see.p_min=0.4", "see.n_points=4", "+trainer.fast_dev_run=true",
                    "trainer.devices=1", "trainer.strategy=auto", "trainer.precision=32-true",
                    "data.num_workers=0", "data.pin_memory=false", "data.batch_size=8",
@@ -192,14 +192,15 @@ def _run(root: Path, name: str, seed: int, recall: float, *, see: bool,
          backbone: str = "deit_small_distilled_patch16_224", dim: int = 128) -> None:
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    cfg = {"seed": seed, "paths": {"run_dir": str(run_dir)},
+    cfg = {"seed": seed, "paths": {"run_dir": str(run_dir)}, "protocol": "authors",
            "dataset": {"_target_": "see_dml.data.cub.CUB200", "seed": seed},
            "model": {"backbone": {"name": backbone}, "embed_dim": dim},
            "loss": {"name": "proxy_anchor"}, "see": {"enabled": see, "n_points": 8},
            "synthesis": None, "trainer": {"max_epochs": 100}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (run_dir / "metrics.json").write_text(json.dumps({"test/recall@1": recall,
-                                                      "test/map@r": recall / 2}))
+    (run_dir / "metrics.json").write_text(json.dumps({
+        prefix + key: value for prefix in ("test/", "best_on_test/")
+        for key, value in (("recall@1", recall), ("map@r", recall / 2))}))
 
 
 def test_make_table_prints_published_r1_and_paired_see_difference(tmp_path, capsys):
@@ -207,9 +208,11 @@ def test_make_table_prints_published_r1_and_paired_see_difference(tmp_path, caps
     for seed, (plain, see) in enumerate([(0.70, 0.74), (0.72, 0.77)]):
         _run(tmp_path, f"none{seed}", seed, plain, see=False)
         _run(tmp_path, f"see{seed}", seed, see, see=True)
-    _run(tmp_path, "r50", 0, 0.68, see=False, backbone="resnet50", dim=512)
-    make_table.main([str(tmp_path)])
-    lines = capsys.readouterr().out.splitlines()
+    _run(tmp_path, "r50", 0, 0.68, see=False, backbone="resnet50.tv_in1k", dim=512)
+    make_table.main([str(tmp_path), "--checkpoint", "best_on_test"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Checkpoint: best epoch on the test classes")
+    lines = out[2:]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[header.index("R@1") + 1:header.index("R@1") + 3] == ["R@1 paper",
                                                                        "ΔR@1 paper"]
@@ -225,12 +228,16 @@ def test_make_table_prints_published_r1_and_paired_see_difference(tmp_path, caps
     assert see[col["ΔR@1"]] == "+4.50 [-1.85, +10.85]"
     plain = rows[("deit_small_distilled_patch16_224", "none")]  # no published row without SEE
     assert (plain[col["R@1 paper"]], plain[col["ΔR@1 paper"]]) == ("–", "–")
-    r50 = rows[("resnet50", "none")]  # Proxy-Anchor's BN-Inception row stands in, named
+    r50 = rows[("resnet50.tv_in1k", "none")]  # Proxy-Anchor's BN-Inception row stands in, named
     assert (r50[col["R@1 paper"]], r50[col["ΔR@1 paper"]]) == ("68.4 (bn_inception)", "-0.40")
     notes = "\n".join(lines[5:])
     assert "10.1007/978-981-97-2253-2_11" in notes and "arxiv.org/abs/2003.13911" in notes
-    make_table.main([str(tmp_path), "--published", "none"])
+    make_table.main([str(tmp_path), "--checkpoint", "best_on_test", "--published", "none"])
     assert "R@1 paper" not in capsys.readouterr().out
+    # validation-selected numbers are not the authors' number: no published column
+    make_table.main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| R@1 paper |" not in out and "not shown beside 2 row(s)" in out
 
 
 @pytest.mark.slow  # a subprocess sweep of 8 one-epoch ResNet-50 trainings at 32 px: ~2 min
@@ -250,7 +257,7 @@ def test_a_table_sweeps_on_fixtures_and_renders_beside_the_published_numbers(tmp
            "model.backbone.pretrained=false", "data.transforms.image_size=32",
            "data.transforms.resize=36", f"paths.data_dir={data_dir}",
            f"paths.cache_dir={tmp_path / 'cache'}", "dataset.strict_counts=false",
-           "dataset.val_fraction=0.2", "see.p_min=0.4", "see.n_points=4",
+           "see.p_min=0.4", "see.n_points=4",
            "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "trainer.devices=1",
            "trainer.accelerator=cpu",
            "trainer.strategy=auto", "trainer.enable_progress_bar=false",
@@ -262,7 +269,8 @@ def test_a_table_sweeps_on_fixtures_and_renders_beside_the_published_numbers(tmp
     assert len(runs) == 8  # 4 settings x SEE off/on
     assert all("best_on_test/recall@1" in json.loads(r.read_text()) for r in runs)
     table = subprocess.run([sys.executable, str(REPO / "experiments" / "make_table.py"),
-                            str(sweep)], capture_output=True, text=True, timeout=120)
+                            str(sweep), "--checkpoint", "best_on_test"],
+                           capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
     lines = [line for line in table.stdout.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -271,7 +279,7 @@ def test_a_table_sweeps_on_fixtures_and_renders_beside_the_published_numbers(tmp
     assert groups == ["CUB", "Cars", "SOP", "In-Shop"]
     rows = {cells[0]: cells for cells in
             ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
-    assert set(rows) == {"none", "SEE"} and rows["SEE"][1] == "resnet50 / 512"
+    assert set(rows) == {"none", "SEE"} and rows["SEE"][1] == "resnet50.tv_in1k / 512"
     # the published R@1 with SEE (69.3, 88.5, 80.3, 92.8), ours minus it, per dataset
     for dataset, published in zip(groups, (69.3, 88.5, 80.3, 92.8)):
         ours = rows["SEE"][header.index(f"{dataset} R@1")]
@@ -281,3 +289,22 @@ def test_a_table_sweeps_on_fixtures_and_renders_beside_the_published_numbers(tmp
         assert float(delta) == pytest.approx(float(ours.split()[0]) - published, abs=0.011)
     for name in ("results_paper.md", "results_paper.csv"):
         assert (sweep / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("setting", ["deit_small_128_cub", "resnet50_512_sop"])
+def test_paper_settings_follow_the_authors_protocol_unless_told(setting):
+    """The authors' run trains on every training class and reports the best epoch on test;
+    protocol=held_out is the same recipe with validation classes choosing the checkpoint."""
+    authors = compose([f"experiment=paper/{setting}"])
+    assert authors.protocol == "authors"
+    assert authors.dataset.val_fraction == 0.0 and authors.test_every_epoch
+    held_out = compose([f"experiment=paper/{setting}", "protocol=held_out"])
+    assert held_out.protocol == "held_out" and held_out.dataset.val_fraction == 0.1
+    assert compose([]).protocol == "held_out"  # every other run: ours
+    with pytest.raises(ConfigError, match="dataset.val_fraction=0.2"):
+        validate_config(compose([f"experiment=paper/{setting}",
+                                 "dataset.val_fraction=0.2"]))
+    other = compose([])
+    other.protocol = "ours"
+    with pytest.raises(ConfigError, match="protocol must be held_out or authors"):
+        validate_config(other)
