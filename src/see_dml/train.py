@@ -197,6 +197,9 @@ RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "
                      "trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar",
                      "data.num_workers", "data.eval_batch_size", "tags", "test_final", "nmi",
                      "knn_backend", "model.compile", "test_every_epoch", "test_epochs")
+#: Keys added to the config after runs were made, with the value that does what the code
+#: did before them: a checkpoint without the key resumes when the key has that value.
+ADDED_KEYS = {"protocol": "held_out", "data.transforms.interpolation": "bicubic"}
 
 
 def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:
@@ -220,6 +223,7 @@ def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:
         return  # a checkpoint from elsewhere: Lightning itself checks what it can
     old = flatten(before)
     new = flatten(OmegaConf.to_container(cfg, resolve=True))
+    old = {**{k: v for k, v in ADDED_KEYS.items() if k not in old and k in new}, **old}
     differ = sorted(k for k in old.keys() | new.keys()
                     if old.get(k, "<absent>") != new.get(k, "<absent>")
                     and not k.startswith(RESUMABLE_CHANGES))
