@@ -351,9 +351,9 @@ def test_cli_second_run_in_a_held_run_directory_exits_2(tmp_path, held_run_dir):
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f"error: run directory '{run_dir}' is in use by pid {pid} ")
     assert "Traceback" not in proc.stderr
-    # the holder's directory is neither removed nor written into
+    # the holder's directory is neither removed nor written into (Hydra's files included)
     assert (run_dir / "config.yaml").read_text() == "the first run's config\n"
-    assert not (run_dir / "checkpoints").exists()
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / ".hydra").exists()
 
 
 def test_lock_of_a_killed_run_is_not_stale(tmp_path):

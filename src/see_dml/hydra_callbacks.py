@@ -37,6 +37,30 @@ def sweep_summary(sweep_dir: str | Path) -> list[str]:
     return lines
 
 
+class RunDirectoryInUse(Callback):
+    """Refuse a run whose ``hydra.run.dir`` another live run holds (see
+    :mod:`see_dml.rundir`) before Hydra writes its ``.hydra`` files over that run's: one
+    ``error:`` line, status 2. The run's own lock, taken in ``train``, closes the race."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import sys
+
+        from omegaconf import OmegaConf
+
+        from see_dml.rundir import held_by_another
+
+        if OmegaConf.select(config, "task_name") != "train":
+            return
+        try:
+            run_dir = OmegaConf.select(config, "hydra.run.dir")
+        except Exception:  # noqa: BLE001 - an unresolvable dir is Hydra's to report
+            return
+        message = held_by_another(run_dir) if run_dir else None
+        if message:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+
 class RunDirectories(Callback):
     """Print every job's run directory and numbers when a multirun ends."""
 

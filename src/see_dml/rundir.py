@@ -69,6 +69,25 @@ def _write_holder(run_dir: Path) -> None:
     (run_dir / HOLDER_NAME).write_text(json.dumps(info) + "\n")
 
 
+def held_by_another(run_dir: str | Path) -> str | None:
+    """The error message when a live process holds ``run_dir`` now, else None; creates
+    nothing (Hydra's ``on_run_start`` asks, before it writes its files there)."""
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    if not (run_dir / LOCK_NAME).is_file():
+        return None
+    lock = FileLock(str(run_dir / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return _describe(run_dir, _holder(run_dir))
+    except (NotImplementedError, OSError):
+        return None  # no flock here: lock_run_dir decides
+    lock.release()
+    return None
+
+
 @contextmanager
 def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
     """Hold ``run_dir`` (created if missing) for the ``with`` block; raise
