@@ -632,3 +632,25 @@ def test_proxy_synthesis_with_a_loss_without_proxies_is_a_config_error(make_cfg)
     with pytest.raises(ConfigError, match="synthesis=proxy_synthesis mixes proxies, but "
                                           "loss=multi_similarity has none"):
         train(cfg)
+
+
+@pytest.mark.parametrize("variable", ["LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"])
+def test_ddps_other_ranks_do_not_take_the_run_directory_lock(held_run_dir, monkeypatch,
+                                                             variable):
+    """DDP's other ranks run the script in the directory their rank zero holds."""
+    from contextlib import nullcontext
+
+    from omegaconf import OmegaConf
+
+    from see_dml.hydra_callbacks import RunDirectoryInUse
+    from see_dml.train import _run_dir_lock
+
+    run_dir, _ = held_run_dir
+    monkeypatch.setenv(variable, "1")
+    assert isinstance(_run_dir_lock(run_dir), nullcontext)
+    RunDirectoryInUse().on_run_start(OmegaConf.create(  # no SystemExit
+        {"task_name": "train", "hydra": {"run": {"dir": str(run_dir)}}}))
+    monkeypatch.setenv(variable, "0")
+    with pytest.raises(SystemExit):
+        RunDirectoryInUse().on_run_start(OmegaConf.create(
+            {"task_name": "train", "hydra": {"run": {"dir": str(run_dir)}}}))

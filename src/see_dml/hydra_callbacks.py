@@ -47,9 +47,10 @@ class RunDirectoryInUse(Callback):
 
         from omegaconf import OmegaConf
 
-        from see_dml.rundir import held_by_another
+        from see_dml.rundir import held_by_another, is_rank_zero
 
-        if OmegaConf.select(config, "task_name") != "train":
+        # DDP's other ranks start in the directory their rank zero holds
+        if OmegaConf.select(config, "task_name") != "train" or not is_rank_zero():
             return
         try:
             run_dir = OmegaConf.select(config, "hydra.run.dir")

@@ -69,6 +69,21 @@ def _write_holder(run_dir: Path) -> None:
     (run_dir / HOLDER_NAME).write_text(json.dumps(info) + "\n")
 
 
+#: The environment variables that give a process's rank (Lightning's rank_zero_only reads
+#: the first four; NODE_RANK: the node of a multi-node run started by hand).
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "NODE_RANK")
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the global rank zero by its environment: DDP's other ranks
+    (Lightning's subprocess launcher, SLURM tasks) run the script, and Hydra, too."""
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "0") or "0"
+        if value.isdigit() and int(value) != 0:
+            return False
+    return True
+
+
 def held_by_another(run_dir: str | Path) -> str | None:
     """The error message when a live process holds ``run_dir`` now, else None; creates
     nothing (Hydra's ``on_run_start`` asks, before it writes its files there)."""

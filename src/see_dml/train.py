@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from see_dml.config import CONFIG_DIR, ConfigError, flatten, validate_config
 from see_dml.evaluation import best_on_test, format_results, write_metrics
-from see_dml.rundir import LOCK_NAME, RunDirectoryLockedError, lock_run_dir
+from see_dml.rundir import LOCK_NAME, RunDirectoryLockedError, is_rank_zero, lock_run_dir
 
 # torch, Lightning, timm and faiss are imported where they are used: they take seconds to
 # load, and a mistyped key, option or value must fail (or --help answer) before that.
@@ -352,7 +352,7 @@ def _run_dir_lock(run_dir: Path) -> AbstractContextManager[None]:
     rank zero only: DDP's other ranks run this script too, in the same directory."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank != 0 or int(os.environ.get("NODE_RANK", "0") or 0) != 0:
+    if rank_zero_only.rank != 0 or not is_rank_zero():
         return nullcontext()
     return lock_run_dir(run_dir)
 
