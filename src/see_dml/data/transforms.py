@@ -2,8 +2,9 @@
 
 Natural images: train ``RandomResizedCrop(size, scale)`` + horizontal flip, eval
 ``Resize(resize)`` + ``CenterCrop(size)``, both with ``interpolation`` (bicubic, the SEE
-authors' ViT recipe; bilinear, PIL's default that Proxy-Anchor's ResNet-50 code uses). Digits: a small random shift for training (no
-flip: a mirrored digit is not a digit), none for evaluation. Icons (rendered drawings on
+authors' ViT recipe; bilinear, PIL's default that Proxy-Anchor's ResNet-50 code uses).
+Digits: a small random shift for training (no flip: a mirrored digit is not a digit), none
+for evaluation. Icons (rendered drawings on
 white, e.g. emoji): a small random shift and scale with white fill, never a flip or a colour
 change, whatever ``hflip`` says (left/right hands and arrows, red/blue hearts are different
 classes), none for evaluation. Normalisation matches the backbone (timm's pretrained config:
