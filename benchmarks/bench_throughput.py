@@ -71,7 +71,7 @@ from see_dml.config import compose  # noqa: E402
 
 #: backbone family -> (its timm name, setting at 128/512-d, setting at 384-d)
 FAMILIES = {
-    "resnet50": ("resnet50", "resnet50_512_cub", "resnet50_512_cub"),
+    "resnet50": ("resnet50.tv_in1k", "resnet50_512_cub", "resnet50_512_cub"),
     "deit_small": ("deit_small_distilled_patch16_224", "deit_small_128_cub", "deit_small_384_cub"),
     "vit_small_dino": ("vit_small_patch16_224.dino", "vit_small_dino_128_cub",
                        "vit_small_dino_384_cub"),

@@ -544,6 +544,11 @@ def test_wandb_online_without_a_key_is_one_error_saying_what_to_do(make_cfg, tmp
                                           r"WANDB_MODE=offline"):
         train(cfg)
     assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()
+    # wandb keeps the online settings of this attempt in a process-wide singleton: later
+    # in-process offline runs would start online (no API key) without this
+    import wandb
+
+    wandb.teardown()
 
 
 # -- the machine's errors: a full disk, a place that may not be written ---------------------

@@ -34,13 +34,13 @@ def test_resnet50_throughput_json_shape(tmp_path, monkeypatch):
     data = json.loads(out.read_text())
     assert set(data) == {"device", "rates", "details"}
     assert data["device"].startswith("cpu")
-    assert list(data["rates"]) == ["resnet50"]  # the timm name budget.py keys its rates by
-    rate = data["rates"]["resnet50"]
+    assert list(data["rates"]) == ["resnet50.tv_in1k"]  # the timm name budget.py keys rates by
+    rate = data["rates"]["resnet50.tv_in1k"]
     assert isinstance(rate, float) and math.isfinite(rate) and rate > 0
     (row,) = data["details"]
     # the paper setting as composed, with the benchmark's overrides
     assert (row["setting"], row["backbone"], row["embed_dim"]) == (
-        "resnet50_512_cub", "resnet50", 512)
+        "resnet50_512_cub", "resnet50.tv_in1k", 512)
     assert (row["batch"], row["image_size"], row["precision"]) == (4, 32, "32-true")
     assert row["steps"] == 2 and len(row["step_ms"]) == 2
     # SEE at the top fraction 0.4: round(0.4 x 4) = 2 samples x 8 points

@@ -12,12 +12,12 @@ RECIPE = OmegaConf.load(CONFIG_DIR / "experiment" / "emoji_styles_lite0.yaml")
 
 
 def recipe_values(cfg) -> dict:
-    """The composed values at the keys the recipe sets (its defaults list aside)."""
+    """The composed values at the keys the recipe sets (its defaults list and name aside)."""
     flat = {}
 
     def walk(node, prefix=""):
         for key, value in node.items():
-            if key == "defaults":
+            if key in ("defaults", "task_name"):
                 continue
             if OmegaConf.is_dict(value):
                 walk(value, f"{prefix}{key}.")

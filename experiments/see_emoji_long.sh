@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The Emoji-Styles long-schedule grid (conf/experiment/see_emoji_long.yaml) as one process per
+# run, so that every run loads the code as it is when it starts, and rerunnable: a finished
+# run (metrics.json) is skipped, a started one resumes exactly (resume=<run dir>), the others
+# start. Run it as two workers side by side on the 2 cores:
+#   OMP_NUM_THREADS=1 nohup bash experiments/see_emoji_long.sh 0 2 > grid0.log 2>&1 &
+#   OMP_NUM_THREADS=1 nohup bash experiments/see_emoji_long.sh 1 2 > grid1.log 2>&1 &
+# Report: python -m see_dml.reporting geometry $GRID; python experiments/make_table.py $GRID
+set -u
+worker=${1:-0}; workers=${2:-1}
+GRID=${GRID:-/work/runs/grid}
+PY=${PY:-.venv/bin/python}
+# the first two runs were jobs of the first launch (multiruns), kept where they ran
+declare -A dirs=([128_0_none]=$GRID/seeds01/0 [128_2_none]=$GRID/seeds23/0)
+jobs=()
+for dim in 128 32; do for seed in 0 1 2 3; do for arm in none see; do
+  jobs+=("${dim}_${seed}_${arm}")
+done; done; done
+i=0
+for job in "${jobs[@]}"; do
+  if (( i++ % workers != worker )); then continue; fi
+  IFS=_ read -r dim seed arm <<< "$job"
+  dir=${dirs[$job]:-$GRID/runs/d${dim}_s${seed}_${arm}}
+  args=(experiment=see_emoji_long "model.embed_dim=$dim" "seed=$seed" "synthesis=$arm"
+        "paths.output_dir=$GRID")
+  if [[ -f $dir/metrics.json ]]; then
+    echo "$(date -Is) done already: $job ($dir)"; continue
+  elif [[ -f $dir/config.yaml ]]; then
+    echo "$(date -Is) resuming: $job ($dir)"
+    "$PY" -m see_dml.train "${args[@]}" "resume=$dir"
+  else
+    echo "$(date -Is) starting: $job ($dir)"
+    "$PY" -m see_dml.train "${args[@]}" "hydra.run.dir=$dir"
+  fi
+  echo "$(date -Is) exit $?: $job"
+done
