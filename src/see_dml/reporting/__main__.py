@@ -10,9 +10,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = ("table", "geometry")
     if not argv or argv[0] not in commands:
+        asked = argv[:1] in (["-h"], ["--help"])  # --help: to stdout, status 0
         print(f"usage: python -m see_dml.reporting {{{','.join(commands)}}} <folders> ... "
-              "(--help after the command for its options)", file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+              "(--help after the command for its options)",
+              file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     if argv[0] == "table":
         from see_dml.reporting.tables import main as table
 
