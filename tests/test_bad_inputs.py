@@ -279,6 +279,16 @@ def test_retrieve_user_images_of_mixed_sizes_and_modes(tmp_path, ckpt):
 
 
 # -- exit status of the CLIs ----------------------------------------------------------------
+def _cli_error_line(module: str, *args: str, timeout: int = 120) -> str:
+    """Run ``python -m <module> <args>``; assert it failed as a user error (status 2, no
+    traceback) and return its last stderr line, the one 'error:' line."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(("module", "args", "message"), [
     ("see_dml.evaluate", ["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt' does not exist"),
     ("see_dml.retrieve", ["ckpt_path=/no/such.ckpt", "query=test"], "ckpt_path='/no/such.ckpt'"),
@@ -287,12 +297,8 @@ def test_retrieve_user_images_of_mixed_sizes_and_modes(tmp_path, ckpt):
     ("see_dml.export", ["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt'"),
 ])
 def test_cli_exits_2_with_one_error_line(tmp_path, module, args, message):
-    proc = subprocess.run([sys.executable, "-m", module, *args,
-                           f"paths.output_dir={tmp_path}"], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
-    assert "Traceback" not in proc.stderr
+    last = _cli_error_line(module, *args, f"paths.output_dir={tmp_path}")
+    assert last.startswith(f"error: {message}")
     # no run directory left behind (it used to stay, holding Hydra's files alone)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
@@ -344,13 +350,9 @@ def test_second_run_in_a_held_run_directory_fails_naming_the_holder(make_cfg, he
 
 def test_cli_second_run_in_a_held_run_directory_exits_2(tmp_path, held_run_dir):
     run_dir, pid = held_run_dir
-    proc = subprocess.run([sys.executable, "-m", "see_dml.train", f"hydra.run.dir={run_dir}",
-                           f"paths.cache_dir={tmp_path / 'cache'}"], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"error: run directory '{run_dir}' is in use by pid {pid} ")
-    assert "Traceback" not in proc.stderr
+    last = _cli_error_line("see_dml.train", f"hydra.run.dir={run_dir}",
+                           f"paths.cache_dir={tmp_path / 'cache'}")
+    assert last.startswith(f"error: run directory '{run_dir}' is in use by pid {pid} ")
     # the holder's directory is neither removed nor written into (Hydra's files included)
     assert (run_dir / "config.yaml").read_text() == "the first run's config\n"
     assert not (run_dir / "checkpoints").exists() and not (run_dir / ".hydra").exists()
@@ -393,14 +395,11 @@ def test_cli_index_build_onto_an_existing_index_exits_2(tmp_path, ckpt):
     index_run(compose_config(["action=build", f"ckpt_path={ckpt}", "gallery=test",
                               f"index.path={path}", "progress=false"], config_name="index"))
     before = path.read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "see_dml.index", "build", f"ckpt_path={ckpt}",
-                           "gallery=val", f"index.path={path}", f"paths.output_dir={tmp_path}",
-                           "progress=false"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
+    last = _cli_error_line("see_dml.index", "build", f"ckpt_path={ckpt}", "gallery=val",
+                           f"index.path={path}", f"paths.output_dir={tmp_path}",
+                           "progress=false")
     assert last.startswith(f"error: index.path='{path}' already exists") and \
         "index.overwrite=true" in last
-    assert "Traceback" not in proc.stderr
     assert path.read_bytes() == before
 
 
@@ -493,13 +492,9 @@ def test_cli_resume_of_no_run_exits_2_leaving_nothing(tmp_path, kind):
     if kind != "missing":
         target.mkdir()
         (target / "notes.txt").write_text("the user's own file\n")
-    proc = subprocess.run([sys.executable, "-m", "see_dml.train", f"resume={target}",
-                           f"paths.output_dir={tmp_path / 'out'}"], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"error: resume='{target}' is not a run directory")
-    assert "Traceback" not in proc.stderr
+    last = _cli_error_line("see_dml.train", f"resume={target}",
+                           f"paths.output_dir={tmp_path / 'out'}")
+    assert last.startswith(f"error: resume='{target}' is not a run directory")
     if kind == "missing":
         assert not target.exists()
     else:  # Hydra's files of the attempt removed, the user's kept
@@ -576,13 +571,9 @@ def test_full_disk_is_one_line_naming_the_file(capsys):
 
 def test_cli_export_to_a_place_that_may_not_be_written_exits_2(tmp_path, ckpt):
     target = "/sys/see_dml_test/model.onnx"  # EPERM even for root
-    proc = subprocess.run([sys.executable, "-m", "see_dml.export", f"ckpt_path={ckpt}",
-                           f"output={target}", f"paths.output_dir={tmp_path}"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
+    last = _cli_error_line("see_dml.export", f"ckpt_path={ckpt}", f"output={target}",
+                           f"paths.output_dir={tmp_path}", timeout=300)
     assert last.startswith("error: ") and "/sys/see_dml_test" in last and "output=" in last
-    assert "Traceback" not in proc.stderr
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
