@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # else Lightning's DDP on a CPU resets the threads to cores / processes
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("WANDB_SILENT", "true")
-    from see_dml._noise import quiet_third_party
+    from see_dml.cli import quiet_third_party
 
     quiet_third_party()
     device = torch.device(args.device)

@@ -20,9 +20,10 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import FAST, compose_config
-from see_dml.config import ConfigError, validate_config, warn_ignored_keys
-from see_dml.data.base import DatasetNotFoundError, RetrievalDataset, Split, UnreadableImageError
-from see_dml.evaluate import CheckpointError, evaluate, read_checkpoint
+from see_dml.config import validate_config, warn_ignored_keys
+from see_dml.data.base import RetrievalDataset, Split
+from see_dml.errors import CheckpointError, ConfigError, DatasetNotFoundError, UnreadableImageError
+from see_dml.evaluate import evaluate, read_checkpoint
 from see_dml.retrieve import retrieve_images
 from see_dml.train import build_datamodule, train
 
@@ -339,7 +340,7 @@ def held_run_dir(tmp_path: Path):
 
 
 def test_second_run_in_a_held_run_directory_fails_naming_the_holder(make_cfg, held_run_dir):
-    from see_dml.rundir import RunDirectoryLockedError
+    from see_dml.errors import RunDirectoryLockedError
 
     run_dir, pid = held_run_dir
     with pytest.raises(RunDirectoryLockedError, match=rf"'{run_dir}' is in use by pid {pid} "):
@@ -477,7 +478,7 @@ def test_retrieve_grid_is_capped_whatever_k(tmp_path, ckpt, monkeypatch):
 
 # -- resume= --------------------------------------------------------------------------------
 def test_resume_of_a_folder_that_is_no_run_is_refused(make_cfg, tmp_path):
-    from see_dml.train import NotARunError
+    from see_dml.errors import NotARunError
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -550,13 +551,13 @@ def test_wandb_online_without_a_key_is_one_error_saying_what_to_do(make_cfg, tmp
 def test_full_disk_is_one_line_naming_the_file(capsys):
     import errno
 
-    from see_dml._noise import run_cli
+    from see_dml.cli import run_cli
 
     def task(cfg):
         raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoints/last.ckpt")
 
     with pytest.raises(SystemExit) as stop:
-        run_cli(task, None, (ConfigError,))
+        run_cli(task, None)
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: No space left on device '/runs/x/checkpoints/last.ckpt': free some space, or "
@@ -566,7 +567,7 @@ def test_full_disk_is_one_line_naming_the_file(capsys):
         raise OSError(errno.EBADF, "Bad file descriptor")  # a bug: traced as ever
 
     with pytest.raises(OSError, match="Bad file descriptor"):
-        run_cli(bug, None, (ConfigError,))
+        run_cli(bug, None)
 
 
 def test_cli_export_to_a_place_that_may_not_be_written_exits_2(tmp_path, ckpt):
@@ -594,7 +595,7 @@ def test_truncated_jpeg_met_in_training_names_the_file_and_data_check(make_cfg, 
 
 
 def test_an_unreadable_image_from_a_dataloader_worker_is_one_line():
-    from see_dml._noise import data_error_line
+    from see_dml.errors import data_error_line
 
     wrapped = UnreadableImageError(  # as torch re-raises a worker's exception
         "Caught UnreadableImageError in DataLoader worker process 0.\nOriginal Traceback "

@@ -16,9 +16,8 @@ from PIL import Image
 
 from conftest import FAST, compose_config
 from dataset_fixtures import make_fixture
-from see_dml.config import ConfigError
+from see_dml.errors import CheckpointError, ConfigError
 from see_dml.evaluate import (
-    CheckpointError,
     evaluate,
     load_module_from_checkpoint,
     read_checkpoint,

@@ -14,7 +14,8 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import FAST, compose_config
-from see_dml.index import IndexFileError, load_index, run, sidecar_path
+from see_dml.errors import IndexFileError
+from see_dml.index import load_index, run, sidecar_path
 from see_dml.retrieve import retrieve_images
 from see_dml.train import build_model
 
@@ -200,7 +201,7 @@ def test_cli_truncated_index_is_one_line(setup, tmp_path):
 
 
 def test_build_onto_an_existing_index_needs_overwrite(setup, tmp_path):
-    from see_dml.config import ConfigError
+    from see_dml.errors import ConfigError
 
     path = tmp_path / "gallery.faiss"
     common = [f"ckpt_path={setup['model']}", f"index.path={path}"]

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import FAST, compose_config
-from see_dml.config import ConfigError
+from see_dml.errors import ConfigError
 from see_dml.export import export_model, export_onnx
 from see_dml.train import build_model
 

@@ -124,7 +124,7 @@ def test_retrieval_examples_from_a_knn_result(tmp_path):
 
 def test_retrieval_examples_follow_the_datasets_on_error_policy(tmp_path):
     """An unreadable image file: named with on_error=fail, a blank cell with skip."""
-    from see_dml.data.base import UnreadableImageError
+    from see_dml.errors import UnreadableImageError
 
     emb, labels = unit_clusters(per_class=3)
     paths = []

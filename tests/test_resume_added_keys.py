@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from see_dml.config import ConfigError
+from see_dml.errors import ConfigError
 from see_dml.train import ADDED_KEYS, check_resume_config
 
 

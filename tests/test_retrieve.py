@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import FAST, compose_config
-from see_dml.config import ConfigError
+from see_dml.errors import ConfigError
 from see_dml.plots import RIGHT, UNKNOWN
 from see_dml.retrieve import list_images, retrieve_images
 from see_dml.train import train

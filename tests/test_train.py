@@ -15,7 +15,8 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from see_dml.config import ConfigError, validate_config
+from see_dml.config import validate_config
+from see_dml.errors import ConfigError
 from see_dml.train import train
 
 LOSSES = ["proxy_anchor", "multi_similarity", "contrastive", "triplet", "norm_softmax",

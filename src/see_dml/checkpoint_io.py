@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from see_dml.config import ConfigError
+from see_dml.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

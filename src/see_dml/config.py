@@ -18,6 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from see_dml.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -162,10 +164,6 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, list):
         return {prefix[:-1]: json.dumps(node, sort_keys=True)}
     return {prefix[:-1]: node}
-
-
-class ConfigError(ValueError):
-    """A config that cannot work; the message names the key."""
 
 
 def _positive_int(cfg: DictConfig, key: str) -> int:

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from see_dml.config import CONFIG_DIR, ConfigError, check_knn_backend, warn_ignored_keys
+from see_dml.config import CONFIG_DIR, check_knn_backend, warn_ignored_keys
+from see_dml.errors import CheckpointError, ConfigError
 
 # torch, Lightning, timm and faiss are imported where they are used: they take seconds to
 # load, and a mistyped ckpt_path or split should fail before that, not after.
@@ -49,10 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or not written by ``see_dml.train``."""
 
 
 # -- checkpoint -> model --------------------------------------------------------------------
@@ -101,7 +98,7 @@ def load_module_from_checkpoint(path: str | Path, device: str | torch.device = "
         resolved run config it was trained with.
     """
     ckpt = read_checkpoint(path)
-    from see_dml._noise import one_lightning_console
+    from see_dml.cli import one_lightning_console
     from see_dml.export import resolve_device
     from see_dml.train import build_model
 
@@ -280,18 +277,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-#: Errors of the user's making; their message names the key or file. DatasetNotFoundError
-#: is a FileNotFoundError (caught without importing the data package, which loads torch);
-#: a diverged checkpoint's NaN embeddings raise the guard's DivergenceError, a
-#: FloatingPointError.
-USER_ERRORS = (CheckpointError, ConfigError, FileNotFoundError, FloatingPointError)
-
-
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from see_dml._noise import run_cli
+    from see_dml.cli import run_cli
 
-    return run_cli(evaluate, cfg, USER_ERRORS).get(f"{cfg.split}/map@r")
+    return run_cli(evaluate, cfg).get(f"{cfg.split}/map@r")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def evaluate_embeddings(prefix: str,
         norms = np.linalg.norm(np.nan_to_num(part.embeddings), axis=1)
         bad = ~np.isfinite(part.embeddings).all(axis=1) | (norms < 0.5)
         if bad.any():
-            from see_dml.callbacks.guards import DivergenceError
+            from see_dml.errors import DivergenceError
 
             raise DivergenceError(
                 f"{int(bad.sum())} of {len(bad)} '{part.name}' embeddings are NaN, inf or zero: "

@@ -37,7 +37,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from see_dml.config import CONFIG_DIR, ConfigError, warn_ignored_keys
+from see_dml.config import CONFIG_DIR, warn_ignored_keys
+from see_dml.errors import ConfigError
 
 if TYPE_CHECKING:
     from see_dml.data.datamodule import RetrievalDataModule
@@ -318,10 +319,9 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from see_dml._noise import run_cli
-    from see_dml.evaluate import USER_ERRORS
+    from see_dml.cli import run_cli
 
-    run_cli(export_model, cfg, USER_ERRORS)
+    run_cli(export_model, cfg)
 
 
 if __name__ == "__main__":

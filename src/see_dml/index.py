@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from see_dml.config import CONFIG_DIR, ConfigError, warn_ignored_keys
+from see_dml.config import CONFIG_DIR, warn_ignored_keys
+from see_dml.errors import ConfigError, IndexFileError
 
 if TYPE_CHECKING:
     import faiss
@@ -51,10 +52,6 @@ KINDS = ("flat", "hnsw")
 SIDECAR_VERSION = 1
 _SIDECAR_KEYS = ("version", "kind", "embed_dim", "count", "config_hash", "index_sha256",
                  "items", "preprocessing")
-
-
-class IndexFileError(ValueError):
-    """A saved index that is missing, corrupt, truncated, or made by another model."""
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -430,10 +427,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="index", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from see_dml._noise import run_cli
-    from see_dml.evaluate import USER_ERRORS
+    from see_dml.cli import run_cli
 
-    run_cli(run, cfg, (*USER_ERRORS, IndexFileError))
+    run_cli(run, cfg)
 
 
 def cli() -> None:

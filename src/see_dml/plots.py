@@ -20,7 +20,8 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from PIL import Image
 
-from see_dml.data.base import UnreadableImageError, load_image
+from see_dml.data.base import load_image
+from see_dml.errors import UnreadableImageError
 
 if TYPE_CHECKING:
     from see_dml.metrics import RetrievalResult

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from see_dml.config import CONFIG_DIR, ConfigError, check_knn_backend, warn_ignored_keys
+from see_dml.config import CONFIG_DIR, check_knn_backend, warn_ignored_keys
+from see_dml.errors import ConfigError
 from see_dml.evaluate import (
-    USER_ERRORS,
     build_eval_datamodule,
     check_ckpt_path,
     load_module_from_checkpoint,
@@ -297,10 +297,9 @@ def _draw_grid(cfg: DictConfig, query: ImageSet, gallery: Any, indices: Any, sco
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="retrieve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from see_dml._noise import run_cli
-    from see_dml.index import IndexFileError
+    from see_dml.cli import run_cli
 
-    run_cli(retrieve_images, cfg, (*USER_ERRORS, IndexFileError))
+    run_cli(retrieve_images, cfg)
 
 
 if __name__ == "__main__":

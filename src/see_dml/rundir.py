@@ -25,12 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from see_dml.errors import RunDirectoryLockedError
+
 LOCK_NAME = ".see_dml.lock"
 HOLDER_NAME = ".see_dml.lock.holder"
-
-
-class RunDirectoryLockedError(RuntimeError):
-    """Another live run holds this run directory; the message names it."""
 
 
 def _holder(run_dir: Path) -> dict[str, Any] | None:

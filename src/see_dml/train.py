@@ -22,9 +22,16 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.config import CONFIG_DIR, ConfigError, flatten, validate_config
+from see_dml.config import CONFIG_DIR, flatten, validate_config
+from see_dml.errors import (
+    USER_ERROR_STATUS,
+    ConfigError,
+    NotARunError,
+    RunDirectoryLockedError,
+    user_error_line,
+)
 from see_dml.evaluation import best_on_test, format_results, write_metrics
-from see_dml.rundir import LOCK_NAME, RunDirectoryLockedError, is_rank_zero, lock_run_dir
+from see_dml.rundir import LOCK_NAME, is_rank_zero, lock_run_dir
 
 # torch, Lightning, timm and faiss are imported where they are used: they take seconds to
 # load, and a mistyped key, option or value must fail (or --help answer) before that.
@@ -327,10 +334,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train_locked(cfg)
 
 
-class NotARunError(ConfigError):
-    """``resume=`` names a directory that no training ran in."""
-
-
 def check_resume_dir(cfg: DictConfig) -> None:
     """:class:`NotARunError` when ``resume=<dir>`` is not a run directory (no ``config.yaml``,
     no ``checkpoints/``): a typo, or another folder, would else train from scratch there.
@@ -362,7 +365,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from see_dml._noise import one_lightning_console
+    from see_dml.cli import one_lightning_console
 
     one_lightning_console()
     L.seed_everything(cfg.seed, workers=True)
@@ -449,25 +452,6 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-#: Errors of the user's making; their message names the key or file, and a traceback would
-#: only bury it (HYDRA_FULL_ERROR=1 shows it anyway). DatasetNotFoundError is a
-#: FileNotFoundError; a component's own option check arrives wrapped by Hydra's instantiate.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError,
-                                                 RunDirectoryLockedError)
-
-
-def _user_error(err: BaseException) -> bool:
-    from hydra.errors import InstantiationException
-
-    if isinstance(err, USER_ERRORS):
-        return True
-    # the guard's module imports Lightning (seconds): only a run that loaded it can raise it
-    guards = sys.modules.get("see_dml.callbacks.guards")
-    if guards is not None and isinstance(err, guards.DivergenceError):
-        return True
-    return isinstance(err, InstantiationException) and isinstance(err.__cause__, ValueError)
-
-
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -510,15 +494,13 @@ def _remove_hydra_output() -> None:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from see_dml._noise import quiet_third_party
+    from see_dml.cli import quiet_third_party
 
     quiet_third_party()
     try:
         metrics = train(cfg)
     except Exception as err:
-        from see_dml._noise import data_error_line, io_error_line
-
-        line = str(err) if _user_error(err) else (data_error_line(err) or io_error_line(err))
+        line = user_error_line(err)
         if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {line}", file=sys.stderr)
@@ -528,7 +510,7 @@ def main(cfg: DictConfig) -> float | None:
             _remove_hydra_output()
         if not isinstance(err, RunDirectoryLockedError):  # the directory is another run's
             _remove_if_empty(Path(cfg.paths.run_dir))
-        sys.exit(2)
+        sys.exit(USER_ERROR_STATUS)
     # the sweeper's objective (e.g. for optuna): validation-selected test MAP@R
     return metrics.get("test/map@r")
 

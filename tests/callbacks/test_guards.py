@@ -9,7 +9,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from see_dml.callbacks.guards import DivergenceError, NonFiniteGuard
+from see_dml.callbacks.guards import NonFiniteGuard
+from see_dml.errors import DivergenceError
 from see_dml.module import DMLModule
 from see_dml.train import build_backbone, build_datamodule, build_model, train
 

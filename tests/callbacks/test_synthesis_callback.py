@@ -20,7 +20,8 @@ from see_dml.callbacks.synthesis import (
     build_synthesis_callback,
     split_mixed_tuples,
 )
-from see_dml.config import CONFIG_DIR, ConfigError, validate_config
+from see_dml.config import CONFIG_DIR, validate_config
+from see_dml.errors import ConfigError
 from see_dml.synthesis import class_axes, other_class_partners
 from see_dml.train import build_model, train
 

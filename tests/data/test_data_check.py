@@ -90,7 +90,7 @@ def test_cli_corrupted_image_fails_naming_it(cli_runs: dict[str, CliRun]) -> Non
     run = cli_runs["corrupted"]
     assert run.fixture is not None
     bad = run.fixture.images["test"][2]
-    assert run.returncode != 0
+    assert run.returncode == 2
     assert str(bad) in run.stdout and str(bad) in run.stderr
     # The counts are still reported, last.
     assert run.counts()["test"] == run.fixture.counts["test"]
@@ -98,7 +98,7 @@ def test_cli_corrupted_image_fails_naming_it(cli_runs: dict[str, CliRun]) -> Non
 
 def test_cli_missing_root_fails_naming_it(cli_runs: dict[str, CliRun]) -> None:
     run = cli_runs["missing"]
-    assert run.returncode != 0
+    assert run.returncode == 2
     assert "no_such_folder" in run.stderr and "images.txt" in run.stderr
     assert "Traceback" not in run.stderr
 

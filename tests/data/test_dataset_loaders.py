@@ -27,16 +27,12 @@ from dataset_fixtures import (
     make_inshop,
     make_sop,
 )
-from see_dml.data.base import (
-    DatasetCountError,
-    DatasetNotFoundError,
-    DatasetSource,
-    UnreadableImageError,
-)
+from see_dml.data.base import DatasetSource
 from see_dml.data.cars import Cars196
 from see_dml.data.cub import CUB200
 from see_dml.data.inshop import InShop, item_label
 from see_dml.data.sop import StanfordOnlineProducts
+from see_dml.errors import DatasetCountError, DatasetNotFoundError, UnreadableImageError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 

@@ -20,9 +20,9 @@ from PIL import Image
 
 import emoji_fixtures as fx
 from see_dml.data import emoji_styles as es
-from see_dml.data.base import DatasetNotFoundError
 from see_dml.data.emoji_styles import EmojiStyles, IconSet, build_arrays, match_classes
 from see_dml.data.transforms import TransformConfig, build_transforms
+from see_dml.errors import DatasetNotFoundError
 
 SIZE = 24  # rendered side of the fixture builds
 

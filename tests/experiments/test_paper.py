@@ -14,7 +14,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from dataset_fixtures import make_fixture
-from see_dml.config import CONFIG_DIR, ConfigError, compose, flatten, sweep_jobs, validate_config
+from see_dml.config import CONFIG_DIR, compose, flatten, sweep_jobs, validate_config
+from see_dml.errors import ConfigError
 from see_dml.train import train
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from see_dml.config import CONFIG_DIR, ConfigError, compose, validate_config
+from see_dml.config import CONFIG_DIR, compose, validate_config
+from see_dml.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 #: every experiment, paper/ included; recipe/ holds the parts experiments are built from

@@ -210,7 +210,7 @@ def test_unreachable_pretrained_weights_are_one_clear_error(monkeypatch, make_cf
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from see_dml.train import _user_error
+    from see_dml.errors import user_error_line
 
     def offline(*args, **kwargs):
         raise LocalEntryNotFoundError("An error happened while trying to locate the file on "
@@ -227,7 +227,7 @@ def test_unreachable_pretrained_weights_are_one_clear_error(monkeypatch, make_cf
     cfg = make_cfg("model=resnet50", "model.backbone.pretrained=true")
     with pytest.raises(InstantiationException) as err:
         instantiate(cfg.model.backbone, in_chans=3)
-    assert _user_error(err.value)
+    assert user_error_line(err.value) == str(err.value)
 
 
 def test_deit_setting_is_the_authors_distilled_model_with_a_frozen_patch_embedding(make_cfg):

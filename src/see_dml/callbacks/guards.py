@@ -18,11 +18,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from see_dml.errors import DivergenceError
+
 log = logging.getLogger(__name__)
-
-
-class DivergenceError(FloatingPointError):
-    """A NaN / inf loss, or NaN / inf / zero embeddings; the message names the step or split."""
 
 
 class NonFiniteGuard(Callback):

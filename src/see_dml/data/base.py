@@ -19,22 +19,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from see_dml.errors import DatasetCountError, DatasetNotFoundError, UnreadableImageError
+
 log = logging.getLogger(__name__)
 
 EvalProtocol = Literal["all_vs_all", "query_gallery"]
 OnError = Literal["fail", "skip"]
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset's files are missing or incomplete; the message says where and what."""
-
-
-class DatasetCountError(ValueError):
-    """A dataset loaded, but its counts differ from the official ones."""
-
-
-class UnreadableImageError(OSError):
-    """An image file exists in the index but cannot be decoded."""
 
 
 def missing_dataset_message(name: str, root: Path, missing: Sequence[Path | str], layout: str,

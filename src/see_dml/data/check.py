@@ -6,7 +6,8 @@ Builds the dataset's splits exactly as training does (index files, official coun
 ``dataset.strict_counts``, the held-out validation classes), decodes every image, checks that
 the training classes are disjoint from the evaluation classes, and prints what it found. The
 last stdout line is a JSON object ``{split: {"images": N, "classes": C}}`` for scripts. The
-exit status is 1 when the data is unusable, with the reasons on stderr.
+exit status is 2 (:data:`see_dml.errors.USER_ERROR_STATUS`, as for every tool) when the
+data is unusable, with the reasons on stderr as ``error:`` lines.
 """
 
 from __future__ import annotations
@@ -27,23 +28,16 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from see_dml.config import CONFIG_DIR
 from see_dml.data.base import (
-    DatasetCountError,
-    DatasetNotFoundError,
     DatasetSource,
     Split,
     hold_out_classes,
 )
+from see_dml.errors import USER_ERROR_STATUS, DatasetCountError, DatasetNotFoundError
 
 #: how many unreadable files the report lists by path before summarising the rest.
 MAX_LISTED = 50
-
-
-def _config_dir() -> str:
-    """The package's config folder (:data:`see_dml.config.CONFIG_DIR`)."""
-    from see_dml.config import CONFIG_DIR
-
-    return str(CONFIG_DIR)
 
 
 def verify_image(path: Path | str) -> str | None:
@@ -216,26 +210,27 @@ def format_report(report: CheckReport, source: DatasetSource) -> str:
     return "\n".join(lines)
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"see_dml.data.check: {message}", file=sys.stderr)
-    sys.exit(1)
+def fail(message: str) -> NoReturn:
+    """Print ``message`` as the tools' one ``error:`` line and exit with their status."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USER_ERROR_STATUS)
 
 
-@hydra.main(config_path=_config_dir(), config_name="check", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="check", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         source = hydra.utils.instantiate(cfg.dataset)
     except InstantiationException as err:
-        _fail(f"cannot build the dataset from the 'dataset' config: {err}")
+        fail(f"cannot build the dataset from the 'dataset' config: {err}")
     try:
         report = check_source(source, bool(cfg.check.verify_images), int(cfg.check.workers))
     except (DatasetNotFoundError, ValueError) as err:
         # ValueError: an index file that does not parse; the message names file and line.
-        _fail(str(err))
+        fail(str(err))
     print(format_report(report, source))
     print(json.dumps(report.counts()), flush=True)
     if not report.ok:
-        _fail("the dataset is not usable:\n" + "\n".join(f"  - {p}" for p in report.problems))
+        fail("the dataset is not usable:\n" + "\n".join(f"  - {p}" for p in report.problems))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
-from see_dml.config import ConfigError
 from see_dml.data.base import DatasetSource, RetrievalDataset
 from see_dml.data.samplers import ClassBalancedBatchSampler
 from see_dml.data.transforms import TransformConfig, build_transforms
+from see_dml.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

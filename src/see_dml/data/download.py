@@ -22,9 +22,9 @@ is written beside it (``<name>.sha256``), and every later run verifies it agains
 ``sha256=<hex>`` to verify it from the start.
 
 ``--archive X`` and ``--sha256 X`` are accepted as spellings of ``archive=X`` and
-``sha256=X``. Exit status: 0 done; 2 the files cannot be had or do not match (one ``error:``
-line, and the manual route where there is no source); 1 unpacked but unusable (as
-``data.check``).
+``sha256=X``. Exit status: 0 done; 2 (:data:`see_dml.errors.USER_ERROR_STATUS`, as every
+tool) the files cannot be had or do not match (one ``error:`` line, and the manual route
+where there is no source), or they unpacked but the dataset is unusable (as ``data.check``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ from typing import IO, Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
+from see_dml.config import CONFIG_DIR
 from see_dml.data.base import DatasetSource
-from see_dml.data.check import _config_dir, _fail, check_source, format_report
+from see_dml.data.check import check_source, fail, format_report
+from see_dml.errors import USER_ERROR_STATUS
 
 #: name of the file in ``dataset.root`` recording which archives were unpacked there.
 UNPACKED_RECORD = ".see_dml_unpacked.json"
@@ -380,7 +382,8 @@ def dataset_key(source: DatasetSource) -> str:
 
 
 def download(cfg: DictConfig, source: DatasetSource) -> int:
-    """The whole run; returns the exit status (0 usable, 1 unpacked but unusable)."""
+    """The whole run; returns the exit status: 0 usable,
+    :data:`~see_dml.errors.USER_ERROR_STATUS` unpacked but unusable."""
     key = dataset_key(source)
     files = SOURCES[key]
     if source.root is None:
@@ -435,9 +438,9 @@ def download(cfg: DictConfig, source: DatasetSource) -> int:
     print(format_report(report, source))
     print(json.dumps(report.counts()), flush=True)
     if not report.ok:
-        print("see_dml.data.download: unpacked, but the dataset is not usable:\n"
+        print("error: unpacked, but the dataset is not usable:\n"
               + "\n".join(f"  - {p}" for p in report.problems), file=sys.stderr)
-        return 1
+        return USER_ERROR_STATUS
     for res, path, verified in local:
         if not verified and res.hash is None and res.key not in overrides:
             digest = file_hash(path, "sha256")
@@ -487,23 +490,23 @@ def _quote(value: str) -> str:
     return value
 
 
-@hydra.main(config_path=_config_dir(), config_name="download", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="download", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from hydra.errors import InstantiationException
 
-    from see_dml._noise import quiet_third_party
-    from see_dml.data.base import DatasetNotFoundError
+    from see_dml.cli import quiet_third_party
+    from see_dml.errors import DatasetNotFoundError
 
     quiet_third_party()
     try:
         source = hydra.utils.instantiate(cfg.dataset)
     except InstantiationException as err:
-        _fail(f"cannot build the dataset from the 'dataset' config: {err}")
+        fail(f"cannot build the dataset from the 'dataset' config: {err}")
     try:
         status = download(cfg, source)
     except (DownloadError, DatasetNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USER_ERROR_STATUS)
     if status:
         sys.exit(status)
 

@@ -51,8 +51,9 @@ import numpy as np
 import resvg_py
 from PIL import Image
 
-from see_dml.data.base import DatasetNotFoundError, DatasetSource, Split
+from see_dml.data.base import DatasetSource, Split
 from see_dml.data.cache import cached_arrays
+from see_dml.errors import DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 

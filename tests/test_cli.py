@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from see_dml import _noise
+from see_dml import cli
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def restore_filters():
     filters as they were before the test afterwards."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     before = list(logger.filters)
-    logger.filters[:] = [f for f in before if not isinstance(f, _noise._DropLines)]
+    logger.filters[:] = [f for f in before if not isinstance(f, cli._DropLines)]
     with warnings.catch_warnings():
         yield
     logger.filters[:] = before
@@ -32,7 +32,7 @@ def _emitted(quiet: bool, tmp_path: Path) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if quiet:
-            _noise.quiet_third_party()
+            cli.quiet_third_party()
         _tree_flatten(1)  # Lightning builds torch's deprecated LeafSpec here
         (tmp_path / "last.ckpt").touch()  # a resumed run's own checkpoint directory
         ModelCheckpoint(dirpath=tmp_path)._ModelCheckpoint__warn_if_dir_not_empty(tmp_path)
@@ -57,13 +57,13 @@ def test_litlogger_tip_is_dropped_and_other_lines_kept(caplog, restore_filters, 
         return caplog.text
 
     assert "litlogger" in trainer_lines()
-    _noise.quiet_third_party()
-    _noise.quiet_third_party()  # idempotent: one filter
+    cli.quiet_third_party()
+    cli.quiet_third_party()  # idempotent: one filter
     lines = trainer_lines()
     assert "litlogger" not in lines
     assert "GPU available" in lines  # Lightning's other lines still pass
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    assert sum(isinstance(f, _noise._DropLines) for f in logger.filters) == 1
+    assert sum(isinstance(f, cli._DropLines) for f in logger.filters) == 1
 
 
 def test_pyproject_license_is_an_spdx_string():
@@ -86,7 +86,7 @@ def test_lightning_lines_are_printed_once_under_hydras_logging():
 
     import lightning  # noqa: F401 - the import adds the handler
 
-    from see_dml._noise import one_lightning_console
+    from see_dml.cli import one_lightning_console
 
     logger = logging.getLogger("lightning")
     extra = logging.StreamHandler()

@@ -1,18 +1,19 @@
-"""Third-party messages that tell a see-dml user nothing, silenced in one place.
+"""What every entry point does around its task: third-party noise silenced, and an error of
+the user's making answered with one line (:mod:`see_dml.errors`).
 
-Each entry point calls :func:`quiet_third_party` once, first thing. Every filter below is
-narrow (one message) and says why hiding it loses nothing.
+Each entry point calls :func:`quiet_third_party` once, first thing (:func:`run_cli` does).
+Every filter below is narrow (one message) and says why hiding it loses nothing.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from see_dml.errors import USER_ERROR_STATUS, user_error_line
 
 #: ``warnings`` messages (regular expressions matched at the start of the message).
 WARNINGS = (
@@ -67,61 +68,21 @@ def quiet_third_party() -> None:
             logger.addFilter(_DropLines(substrings))
 
 
-def run_cli(task: Callable[[Any], T], cfg: Any,
-            errors: tuple[type[BaseException], ...]) -> T:
+def run_cli(task: Callable[[Any], T], cfg: Any) -> T:
     """Run an entry point's ``task(cfg)`` as the tools (evaluate, retrieve, index, export) do:
-    third-party noise filtered, and an error of the user's making (``errors``: their
-    messages name the key or file) printed as one ``error:`` line with exit status 2 — a
-    traceback would only bury it."""
+    third-party noise filtered, and an error of the user's making
+    (:func:`see_dml.errors.user_error_line`) printed as one ``error:`` line with exit status
+    :data:`~see_dml.errors.USER_ERROR_STATUS`, leaving no empty run directory."""
     quiet_third_party()
     try:
         return task(cfg)
-    except errors as err:
-        print(f"error: {err}", file=sys.stderr)
-        _remove_empty_run_dir(cfg)
-        sys.exit(2)
-    except OSError as err:
-        line = data_error_line(err) or io_error_line(err)
+    except Exception as err:
+        line = user_error_line(err)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
         _remove_empty_run_dir(cfg)
-        sys.exit(2)
-
-
-#: Errors of the machine, not the program: a full disk, a quota, a read-only or forbidden
-#: place; ``{errno: what to do}``.
-_IO_HINTS = {
-    errno.ENOSPC: "free some space, or write elsewhere (paths.output_dir=..., the tool's "
-                  "output=...)",
-    errno.EDQUOT: "free some of your quota, or write elsewhere (paths.output_dir=...)",
-    errno.EROFS: "write elsewhere (paths.output_dir=..., the tool's output=...)",
-    errno.EACCES: "write where you may (paths.output_dir=..., the tool's output=...)",
-    errno.EPERM: "write where you may (paths.output_dir=..., the tool's output=...)",
-}
-
-
-def data_error_line(err: BaseException) -> str | None:
-    """One line for an image that cannot be read (``UnreadableImageError``, also when a
-    DataLoader worker raised it and wrapped its traceback into the message), else None."""
-    base = sys.modules.get("see_dml.data.base")  # only a run that loaded data can raise it
-    if base is None or not isinstance(err, base.UnreadableImageError):
-        return None
-    text = str(err).strip()
-    if "Original Traceback" in text:  # torch's worker exception: the original is last
-        text = text.splitlines()[-1]
-        head, sep, rest = text.partition(": ")
-        text = rest if sep and "." in head and " " not in head else text
-    return text
-
-
-def io_error_line(err: BaseException) -> str | None:
-    """One line for an :class:`OSError` of a full disk, a quota or a place that may not be
-    written (naming the file and what to do), else None: that one is a bug to trace."""
-    if not isinstance(err, OSError) or err.errno not in _IO_HINTS:
-        return None
-    where = f" '{err.filename}'" if err.filename else ""
-    return f"{err.strerror or os.strerror(err.errno)}{where}: {_IO_HINTS[err.errno]}"
+        sys.exit(USER_ERROR_STATUS)
 
 
 def _remove_empty_run_dir(cfg: Any) -> None:
