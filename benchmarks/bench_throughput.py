@@ -144,8 +144,8 @@ def bench_family(family: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+    from see_dml.build import build_callbacks, build_loggers, build_model
     from see_dml.config import validate_config
-    from see_dml.train import build_callbacks, build_loggers, build_model
 
     device = torch.device(args.device)
     setting, cfg = setting_config(family, args.dim, device, args, tmp / family)

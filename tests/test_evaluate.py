@@ -16,16 +16,13 @@ from PIL import Image
 
 from conftest import FAST, compose_config
 from dataset_fixtures import make_fixture
+from see_dml.build import build_model
+from see_dml.embedding_files import save_embeddings
 from see_dml.errors import CheckpointError, ConfigError
-from see_dml.evaluate import (
-    evaluate,
-    load_module_from_checkpoint,
-    read_checkpoint,
-    resolve_dataset_config,
-)
-from see_dml.export import save_embeddings
+from see_dml.evaluate import evaluate
+from see_dml.inference import load_module_from_checkpoint, read_checkpoint, resolve_dataset_config
 from see_dml.metrics import retrieval_metrics
-from see_dml.train import build_model, train
+from see_dml.train import train
 
 TEST_IMAGES = 20 * 20  # Double-MNIST: 20 test classes x images_per_class=20
 

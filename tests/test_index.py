@@ -14,10 +14,11 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import FAST, compose_config
+from see_dml.build import build_model
 from see_dml.errors import IndexFileError
-from see_dml.index import load_index, run, sidecar_path
+from see_dml.gallery_index import load_index, sidecar_path
+from see_dml.index import run
 from see_dml.retrieve import retrieve_images
-from see_dml.train import build_model
 
 CLASSES, PER_CLASS = 3, 3
 

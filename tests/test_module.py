@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from see_dml.build import build_backbone, build_datamodule, build_model
 from see_dml.data.datamodule import RetrievalDataModule
 from see_dml.module import DMLModule
-from see_dml.train import build_backbone, build_datamodule, build_model
 
 
 def build(cfg) -> tuple[DMLModule, RetrievalDataModule]:

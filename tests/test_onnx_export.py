@@ -13,9 +13,10 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import FAST, compose_config
+from see_dml.build import build_model
 from see_dml.errors import ConfigError
-from see_dml.export import export_model, export_onnx
-from see_dml.train import build_model
+from see_dml.export import export_model
+from see_dml.onnx_graph import export_onnx
 
 
 def _model(tmp_path: Path, *overrides: str) -> tuple[torch.nn.Module, object]:

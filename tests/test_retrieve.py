@@ -14,8 +14,9 @@ from PIL import Image
 
 from conftest import FAST, compose_config
 from see_dml.errors import ConfigError
+from see_dml.image_sets import list_images
 from see_dml.plots import RIGHT, UNKNOWN
-from see_dml.retrieve import list_images, retrieve_images
+from see_dml.retrieve import retrieve_images
 from see_dml.train import train
 
 CLASSES, PER_CLASS = 3, 3

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from see_dml.train import build_datamodule, build_model, train
+from see_dml.build import build_datamodule, build_model
+from see_dml.train import train
 
 QUIET = ["callbacks.embedding_export=null", "test_final=false"]
 

@@ -11,7 +11,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from see_dml.errors import USER_ERROR_STATUS, user_error_line
 
@@ -83,6 +83,12 @@ def run_cli(task: Callable[[Any], T], cfg: Any) -> T:
         print(f"error: {line}", file=sys.stderr)
         _remove_empty_run_dir(cfg)
         sys.exit(USER_ERROR_STATUS)
+
+
+def exit_with_error(message: str) -> NoReturn:
+    """Print ``message`` as the tools' one ``error:`` line and exit with their status."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USER_ERROR_STATUS)
 
 
 def _remove_empty_run_dir(cfg: Any) -> None:

@@ -22,7 +22,7 @@ from see_dml.losses import MetricLoss
 from see_dml.models import Backbone, EmbeddingHead
 
 if TYPE_CHECKING:
-    from see_dml.evaluation import EvaluationResult
+    from see_dml.scoring import EvaluationResult
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class DMLModule(L.LightningModule):
         compile: ``torch.compile`` the backbone and the head (in place, so checkpoints keep
             their keys); off by default, which runs the eager modules unchanged.
 
-    Every evaluation ends in one :class:`~see_dml.evaluation.EvaluationResult` (one kNN
+    Every evaluation ends in one :class:`~see_dml.scoring.EvaluationResult` (one kNN
     search); the last test's stays in :attr:`test_result` for the export callback, and its
     metrics are logged as ``<prefix>/...``, the prefix ``test`` unless a test runs inside
     :meth:`test_metrics_prefix`.
@@ -148,7 +148,7 @@ class DMLModule(L.LightningModule):
                              **kwargs: Any) -> DMLModule:
         """Lightning's usual call, ``DMLModule.load_from_checkpoint(path)``: the module its
         checkpoint describes (backbone, head and loss rebuilt from the config the checkpoint
-        stores, see :func:`see_dml.evaluate.load_module_from_checkpoint`), in eval mode, on
+        stores, see :func:`see_dml.inference.load_module_from_checkpoint`), in eval mode, on
         ``map_location`` (a device; default the CPU). Lightning's own version calls
         ``__init__`` with the saved hyperparameters, which this module does not save (its
         arguments are built modules)."""
@@ -157,7 +157,7 @@ class DMLModule(L.LightningModule):
             raise TypeError("DMLModule.load_from_checkpoint rebuilds the model from the config "
                             "the checkpoint stores: it takes no hparams_file or __init__ "
                             f"arguments (got {', '.join(given)})")
-        from see_dml.evaluate import load_module_from_checkpoint
+        from see_dml.inference import load_module_from_checkpoint
 
         device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
         module, _ = load_module_from_checkpoint(checkpoint_path, device)
@@ -335,7 +335,7 @@ class DMLModule(L.LightningModule):
         """The result of the splits ``names`` (one, or query and gallery) embedded in this
         epoch by the dataloaders ``first_index, first_index + 1, ...``; None when nothing
         was (``limit_val_batches=0``)."""
-        from see_dml.evaluation import evaluate_embeddings
+        from see_dml.scoring import evaluate_embeddings
 
         splits = {name: self.collect_embeddings(first_index + i, name, self._split_size(name))
                   for i, name in enumerate(names)}
@@ -386,7 +386,7 @@ class DMLModule(L.LightningModule):
         ``train`` tests the selected checkpoint as ``test`` and the last one as
         ``test_final``. A block, not an attribute to set: a later ``trainer.test`` (of a
         user, of ``evaluate``) logs under ``test`` again. The prefix also travels in the
-        :class:`~see_dml.evaluation.EvaluationResult`, which is what the export callback
+        :class:`~see_dml.scoring.EvaluationResult`, which is what the export callback
         reads.
         """
         previous, self._test_prefix = self._test_prefix, prefix

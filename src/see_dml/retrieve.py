@@ -23,151 +23,22 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from see_dml.config import CONFIG_DIR, check_knn_backend, warn_ignored_keys
 from see_dml.errors import ConfigError
-from see_dml.evaluate import (
-    build_eval_datamodule,
-    check_ckpt_path,
-    load_module_from_checkpoint,
-    resolve_dataset_config,
-)
+from see_dml.image_sets import DATASET_SPLITS, ImageSet, image_files, image_set
+from see_dml.inference import check_ckpt_path
 
 # As in evaluate.py, torch & co. load where they are used, after the cheap checks.
 if TYPE_CHECKING:
-    from PIL import Image
-
-    from see_dml.data.base import RetrievalDataset
-    from see_dml.data.datamodule import RetrievalDataModule
+    from see_dml.gallery_index import IndexedGallery
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-SPLIT_NAMES = ("train", "val", "test", "query", "gallery")
-
-
-@dataclass
-class ImageSet:
-    """Images to embed: a dataset split or image files.
-
-    Attributes:
-        source: what the user gave (``test``, ``/path/to/folder``).
-        dataset: yields ``(image, label, index)`` with the checkpoint's eval transform.
-        ids: ``(N,)`` how each image is named in the output: its path, or ``test[12]``.
-        labels: ``(N,)`` class names as strings, None where unknown.
-    """
-
-    source: str
-    dataset: RetrievalDataset
-    ids: list[str]
-    labels: list[str | None]
-
-    def display_image(self, i: int) -> Image.Image:
-        """The raw image ``i`` (RGB, untransformed) for the grid."""
-        from see_dml.plots import split_image
-
-        # an unreadable file follows the dataset's on_error, as embedding it did
-        return split_image(self.dataset.split.items, i, "RGB", self.dataset.on_error)
-
-
-def list_images(path: Path) -> tuple[list[Path], list[str | None]]:
-    """Image files under ``path`` (a file or a folder, recursively) and their labels.
-
-    Returns:
-        ``(files, labels)``: sorted files; a file in a subfolder is labelled by its parent
-        folder's name, a file at the top level (or ``path`` itself) by None.
-    """
-    if path.is_file():
-        return [path], [None]
-    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in
-                   IMAGE_SUFFIXES)
-    return files, [f.parent.name if f.parent != path else None for f in files]
-
-
-def check_location(value: str, key: str) -> Path:
-    """``value`` as a path; :class:`ConfigError` naming ``key`` if it is no split or path."""
-    path = Path(value).expanduser()
-    if value not in SPLIT_NAMES and not path.exists():
-        raise ConfigError(f"{key}='{value}' is neither a split ({', '.join(SPLIT_NAMES)}) nor "
-                          "an existing image file or folder")
-    return path
-
-
-def image_files(value: str, key: str) -> tuple[list[Path], list[str | None]] | None:
-    """The image files ``query=`` / ``gallery=`` names and their labels (see
-    :func:`list_images`), each checked to decode; None for a split name.
-
-    Cheap (PIL, no torch): runs before the model loads, so a typo or a stray file costs a
-    second, and the error is one line naming ``key`` and the file.
-    """
-    path = check_location(value, key)
-    if value in SPLIT_NAMES:
-        return None
-    files, labels = list_images(path)
-    if not files:
-        raise ConfigError(f"{key}='{value}' holds no image file "
-                          f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    from PIL import Image
-
-    for file in files:
-        try:
-            with Image.open(file) as img:
-                img.verify()  # the whole file for PNG (CRCs), the headers for JPEG
-        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... by format
-            raise ConfigError(f"{key}: '{file}' is not a readable image "
-                              f"({type(err).__name__}: {err})") from err
-    return files, labels
-
-
-def _datamodule(state: dict[str, Any], cfg: DictConfig) -> RetrievalDataModule:
-    """The checkpoint's DataModule (not set up: a folder search never loads the dataset)."""
-    if "dm" not in state:
-        state["dm"] = build_eval_datamodule(
-            state["run_cfg"], state["module"], setup=False, batch_size=cfg.get("batch_size"),
-            num_workers=cfg.get("num_workers"))
-    return state["dm"]
-
-
-def image_set(value: str, key: str, cfg: DictConfig, state: dict[str, Any],
-              files: tuple[list[Path], list[str | None]] | None = None) -> ImageSet:
-    """Resolve ``query=`` / ``gallery=``: a split name of the checkpoint's dataset, or a path.
-
-    Every image, split or file, gets the checkpoint's eval transform (its dataset's image
-    kind, the backbone's normalisation); split labels are the dataset's own class ids.
-    ``files``: what :func:`image_files` found for ``value`` (default: look again).
-
-    Raises:
-        ConfigError: naming ``key`` when ``value`` is neither a split nor image files.
-    """
-    import numpy as np
-
-    from see_dml.data.base import RetrievalDataset, Split
-    from see_dml.data.transforms import build_transforms
-
-    value = str(value)
-    dm = _datamodule(state, cfg)
-    _, eval_tf = build_transforms(dm.source.image_kind, dm.transform_cfg, dm.mean, dm.std)
-    if value in SPLIT_NAMES:
-        splits = dm.source.splits()
-        if value not in splits:
-            raise ConfigError(f"{key}={value}: {dm.source.name} has no '{value}' split "
-                              f"(has: {', '.join(splits)}); for a folder write ./{value}")
-        split = splits[value]
-        ids = ([f"{value}[{i}]" for i in range(len(split))]
-               if isinstance(split.items, np.ndarray) else [str(p) for p in split.items])
-        dataset = RetrievalDataset(split, eval_tf, dm.source.image_mode, dm.source.on_error)
-        return ImageSet(value, dataset, ids, [str(int(v)) for v in split.labels])
-
-    paths, labels = files or image_files(value, key)  # type: ignore[misc]
-    split = Split(paths, np.zeros(len(paths), dtype=np.int64), name=key)
-    dataset = RetrievalDataset(split, eval_tf, dm.source.image_mode, on_error="fail")
-    return ImageSet(str(Path(value).expanduser()), dataset, [str(f) for f in paths], labels)
 
 
 def _markdown(results: list[dict[str, Any]], limit: int) -> str:
@@ -193,37 +64,32 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     for key in ("query",) if index_path else ("query", "gallery"):
         if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
             raise ConfigError(f"{key} is required: an image file or folder, or a split name "
-                              f"({', '.join(SPLIT_NAMES)})")
+                              f"({', '.join(DATASET_SPLITS)})")
         files[key] = image_files(str(cfg[key]), key)  # a typo fails before the model loads
     k = cfg.k
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
     _grid_k(cfg)
     check_knn_backend(cfg)
-    from see_dml.index import IndexedGallery, load_index
+    from see_dml.gallery_index import IndexedGallery, load_index
 
     saved = load_index(index_path) if index_path else None  # a bad index fails before torch
-    from see_dml.export import embed_split, model_identity, resolve_device
+    from see_dml.inference import embed_split, open_checkpoint
     from see_dml.metrics import knn_search
     from see_dml.metrics.knn import l2_normalised
 
-    device = resolve_device(cfg.get("device", "auto"))
-    module, ckpt_cfg = load_module_from_checkpoint(ckpt_path, device)
+    run = open_checkpoint(cfg)
     if saved is not None:
-        saved.check_model(model_identity(module, ckpt_cfg), ckpt_path)
-    run_cfg = ckpt_cfg.copy()
-    with open_dict(run_cfg):
-        run_cfg.dataset = resolve_dataset_config(cfg, ckpt_cfg)
-    state: dict[str, Any] = {"module": module, "run_cfg": run_cfg}
-    query = image_set(cfg.query, "query", cfg, state, files["query"])
+        saved.check_model(run.identity, ckpt_path)
+    query = image_set(cfg.query, "query", run, files["query"])
     gallery: ImageSet | IndexedGallery = (
-        IndexedGallery(saved, lambda: _datamodule(state, cfg).source.splits()) if saved
-        else image_set(cfg.gallery, "gallery", cfg, state, files["gallery"]))
-    batch_size = _datamodule(state, cfg).eval_batch_size
+        IndexedGallery(saved, lambda: run.datamodule().source.splits()) if saved
+        else image_set(cfg.gallery, "gallery", run, files["gallery"]))
+    batch_size = run.datamodule().eval_batch_size
 
     sets = [("query", query)] if saved else [("query", query), ("gallery", gallery)]
-    embedded = [embed_split(module, s.dataset, batch_size, device, progress=cfg.progress,
-                            desc=f"embedding {name}")[0]
+    embedded = [embed_split(run.module, s.dataset, batch_size, run.device,
+                            progress=cfg.progress, desc=f"embedding {name}")[0]
                 for name, s in sets]
     k_used = min(k, len(gallery.ids))
     if k_used < k:

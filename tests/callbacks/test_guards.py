@@ -9,10 +9,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from see_dml.build import build_backbone, build_datamodule, build_model
 from see_dml.callbacks.guards import NonFiniteGuard
 from see_dml.errors import DivergenceError
 from see_dml.module import DMLModule
-from see_dml.train import build_backbone, build_datamodule, build_model, train
+from see_dml.train import train
 
 
 def test_the_default_callbacks_include_the_guard(make_cfg):

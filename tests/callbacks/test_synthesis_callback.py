@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from see_dml.build import build_model
 from see_dml.callbacks.synthesis import (
     EmbeddingExpansionCallback,
     ProxySynthesisCallback,
@@ -23,7 +24,7 @@ from see_dml.callbacks.synthesis import (
 from see_dml.config import CONFIG_DIR, validate_config
 from see_dml.errors import ConfigError
 from see_dml.synthesis import class_axes, other_class_partners
-from see_dml.train import build_model, train
+from see_dml.train import train
 
 LOSSES = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))
 PROXY_LOSSES = ["arcface", "norm_softmax", "proxy_anchor"]

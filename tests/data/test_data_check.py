@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 
 from dataset_fixtures import FixtureData, corrupt_image, make_cub, make_inshop, truncate_image
 from see_dml.data.base import DatasetSource, Split
-from see_dml.data.check import check_source, format_report, verify_image
 from see_dml.data.cub import CUB200
 from see_dml.data.inshop import InShop
+from see_dml.data.validation import check_source, format_report, verify_image
 
 
 @dataclass

@@ -103,7 +103,7 @@ def test_token_pooling_leaves_out_the_prefix_tokens(pooling):
 
 
 def test_vit_backbone_reports_its_prefix_tokens_to_the_head(make_cfg):
-    from see_dml.train import build_model
+    from see_dml.build import build_model
 
     for model, prefix in (("vit_small", 1), ("deit_small", 2)):  # DeiT-S distilled: cls, dist
         module = build_model(make_cfg(f"model={model}", "model.backbone.pretrained=false",
@@ -236,7 +236,7 @@ def test_deit_setting_is_the_authors_distilled_model_with_a_frozen_patch_embeddi
     the patch embedding stays frozen after the warm-up (their freeze(body, 0))."""
     import torch.nn.functional as F
 
-    from see_dml.train import build_model
+    from see_dml.build import build_model
 
     cfg = make_cfg("experiment=paper/deit_small_128_cub", "model.backbone.pretrained=false",
                    fast=False)

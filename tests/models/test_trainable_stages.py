@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from see_dml.build import build_backbone, build_datamodule, build_model
 from see_dml.models import Backbone
-from see_dml.train import build_backbone, build_datamodule, build_model
 
 LITE0_STAGES = [("conv_stem", "bn1"), *((f"blocks.{i}",) for i in range(6)),
                 ("blocks.6", "conv_head", "bn2")]

@@ -42,9 +42,10 @@ from typing import IO, Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
+from see_dml.cli import exit_with_error
 from see_dml.config import CONFIG_DIR
 from see_dml.data.base import DatasetSource
-from see_dml.data.check import check_source, fail, format_report
+from see_dml.data.validation import check_source, format_report
 from see_dml.errors import USER_ERROR_STATUS
 
 #: name of the file in ``dataset.root`` recording which archives were unpacked there.
@@ -501,7 +502,7 @@ def _main(cfg: DictConfig) -> None:
     try:
         source = hydra.utils.instantiate(cfg.dataset)
     except InstantiationException as err:
-        fail(f"cannot build the dataset from the 'dataset' config: {err}")
+        exit_with_error(f"cannot build the dataset from the 'dataset' config: {err}")
     try:
         status = download(cfg, source)
     except (DownloadError, DatasetNotFoundError, ValueError) as err:

@@ -1,4 +1,4 @@
-"""What an evaluation is, and the one report made of it.
+"""Scoring a run: what an evaluation is, and the one report made of it.
 
 Training (the module's val/test epochs), ``python -m see_dml.evaluate`` and the end-of-training
 export callback all go through here:
@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from see_dml.embedding_files import EXPORT_FORMATS
+
 if TYPE_CHECKING:
     import torch
     from matplotlib.figure import Figure
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 
 #: 2-D projection of the query embeddings, where neither the config nor the caller says.
 DEFAULT_PROJECTION = "tsne"
-EXPORT_FORMATS = ("npz", "parquet")
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class ReportOptions:
     """What :func:`report` writes besides the numbers.
 
     Attributes:
-        export: ``embeddings_<split>.npz`` for every split (layout in :mod:`see_dml.export`).
+        export: ``embeddings_<split>.npz`` for every split (layout:
+            :mod:`see_dml.embedding_files`).
         format: ``npz``, or ``parquet`` (written besides the npz).
         plots: ``projection_<query split>.png``, ``recall_at_k.png`` and
             ``retrieval_grid_<query split>.png``.
@@ -214,7 +216,7 @@ def report(result: EvaluationResult, dm: RetrievalDataModule, out_dir: str | Pat
 
 def _export(result: EvaluationResult, dm: RetrievalDataModule, out: Path, fmt: str
             ) -> list[Path]:
-    from see_dml.export import save_embeddings, split_paths
+    from see_dml.embedding_files import save_embeddings, split_paths
 
     written = []
     for split in result.splits:

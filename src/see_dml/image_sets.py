@@ -1,0 +1,158 @@
+"""The images a retrieval names: a split of the checkpoint's dataset, or image files.
+
+``python -m see_dml.retrieve`` (``query=`` / ``gallery=``) and ``python -m see_dml.index``
+(``gallery=``) resolve what they are given with :func:`image_files` (cheap, before the model
+loads) and :func:`image_set`. Folders are searched recursively; an image inside a class
+subfolder (``gallery/cat/001.jpg``) is labelled by its parent folder's name, an image
+directly in the folder is unlabelled. Every image, split or file, gets the checkpoint's eval
+transform (its dataset's ``image_kind`` / ``image_mode``, the backbone's normalisation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from see_dml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from see_dml.data.base import RetrievalDataset
+    from see_dml.inference import InferenceRun
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+#: The names a dataset's splits may have (``query=test`` means the test split; a folder that
+#: is called like one is written ``./test``).
+DATASET_SPLITS = ("train", "val", "test", "query", "gallery")
+
+
+@dataclass
+class ImageSet:
+    """Images to embed: a dataset split or image files.
+
+    Attributes:
+        source: what the user gave (``test``, ``/path/to/folder``).
+        dataset: yields ``(image, label, index)`` with the checkpoint's eval transform.
+        ids: ``(N,)`` how each image is named in the output: its path, or ``test[12]``.
+        labels: ``(N,)`` class names as strings, None where unknown.
+    """
+
+    source: str
+    dataset: RetrievalDataset
+    ids: list[str]
+    labels: list[str | None]
+
+    def display_image(self, i: int) -> Image.Image:
+        """The raw image ``i`` (RGB, untransformed) for the grid."""
+        from see_dml.plots import split_image
+
+        # an unreadable file follows the dataset's on_error, as embedding it did
+        return split_image(self.dataset.split.items, i, "RGB", self.dataset.on_error)
+
+    def index_rows(self) -> list[dict[str, Any]]:
+        """One row per image, in order, as a saved index's sidecar records it: ``item``,
+        ``label``, and where to find the image again (``split`` and ``position`` for a
+        dataset split, ``path`` for a file)."""
+        import numpy as np
+
+        is_split = self.source in DATASET_SPLITS
+        files = self.dataset.split.items
+        rows = []
+        for i, (name, label) in enumerate(zip(self.ids, self.labels, strict=True)):
+            row: dict[str, Any] = {"item": name, "label": label}
+            if is_split:
+                row.update(split=self.source, position=i)
+            if not isinstance(files, np.ndarray):
+                row["path"] = str(Path(files[i]).resolve())
+            rows.append(row)
+        return rows
+
+
+def list_images(path: Path) -> tuple[list[Path], list[str | None]]:
+    """Image files under ``path`` (a file or a folder, recursively) and their labels.
+
+    Returns:
+        ``(files, labels)``: sorted files; a file in a subfolder is labelled by its parent
+        folder's name, a file at the top level (or ``path`` itself) by None.
+    """
+    if path.is_file():
+        return [path], [None]
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in
+                   IMAGE_SUFFIXES)
+    return files, [f.parent.name if f.parent != path else None for f in files]
+
+
+def check_location(value: str, key: str) -> Path:
+    """``value`` as a path; :class:`ConfigError` naming ``key`` if it is no split or path."""
+    path = Path(value).expanduser()
+    if value not in DATASET_SPLITS and not path.exists():
+        raise ConfigError(f"{key}='{value}' is neither a split ({', '.join(DATASET_SPLITS)}) "
+                          "nor an existing image file or folder")
+    return path
+
+
+def image_files(value: str, key: str) -> tuple[list[Path], list[str | None]] | None:
+    """The image files ``query=`` / ``gallery=`` names and their labels (see
+    :func:`list_images`), each checked to decode; None for a split name.
+
+    Cheap (PIL, no torch): runs before the model loads, so a typo or a stray file costs a
+    second, and the error is one line naming ``key`` and the file.
+    """
+    path = check_location(value, key)
+    if value in DATASET_SPLITS:
+        return None
+    files, labels = list_images(path)
+    if not files:
+        raise ConfigError(f"{key}='{value}' holds no image file "
+                          f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    from PIL import Image
+
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                img.verify()  # the whole file for PNG (CRCs), the headers for JPEG
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... by format
+            raise ConfigError(f"{key}: '{file}' is not a readable image "
+                              f"({type(err).__name__}: {err})") from err
+    return files, labels
+
+
+def image_set(value: str, key: str, run: InferenceRun,
+              files: tuple[list[Path], list[str | None]] | None = None) -> ImageSet:
+    """Resolve ``query=`` / ``gallery=``: a split name of the checkpoint's dataset, or a path.
+
+    Every image, split or file, gets the checkpoint's eval transform (its dataset's image
+    kind, the backbone's normalisation); split labels are the dataset's own class ids.
+    ``files``: what :func:`image_files` found for ``value`` (default: look again).
+
+    Raises:
+        ConfigError: naming ``key`` when ``value`` is neither a split nor image files.
+    """
+    import numpy as np
+
+    from see_dml.data.base import RetrievalDataset, Split
+    from see_dml.data.transforms import build_transforms
+
+    value = str(value)
+    dm = run.datamodule()
+    _, eval_tf = build_transforms(dm.source.image_kind, dm.transform_cfg, dm.mean, dm.std)
+    if value in DATASET_SPLITS:
+        splits = dm.source.splits()
+        if value not in splits:
+            raise ConfigError(f"{key}={value}: {dm.source.name} has no '{value}' split "
+                              f"(has: {', '.join(splits)}); for a folder write ./{value}")
+        split = splits[value]
+        ids = ([f"{value}[{i}]" for i in range(len(split))]
+               if isinstance(split.items, np.ndarray) else [str(p) for p in split.items])
+        dataset = RetrievalDataset(split, eval_tf, dm.source.image_mode, dm.source.on_error)
+        return ImageSet(value, dataset, ids, [str(int(v)) for v in split.labels])
+
+    found = files or image_files(value, key)
+    if found is None:  # unreachable: a split name returned above
+        raise ConfigError(f"{key}='{value}' names no image files")
+    paths, labels = found
+    split = Split(paths, np.zeros(len(paths), dtype=np.int64), name=key)
+    dataset = RetrievalDataset(split, eval_tf, dm.source.image_mode, on_error="fail")
+    return ImageSet(str(Path(value).expanduser()), dataset, [str(f) for f in paths], labels)

@@ -1,0 +1,54 @@
+"""The layering of pyproject.toml's import-linter contract: it holds on the tree, and breaks
+when a library module imports an entry point."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(LINT), "--no-cache", "--config", str(tree / "pyproject.toml")],
+                          cwd=tree, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(tree / "src"), "PATH": "/usr/bin:/bin"})
+
+
+def _copy(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "src" / "see_dml", tree / "src" / "see_dml", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "conf"))
+    shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
+    return tree
+
+
+def test_the_tree_keeps_the_layers(tmp_path):
+    run = _lint(_copy(tmp_path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 kept, 0 broken" in run.stdout
+
+
+def test_a_library_module_importing_an_entry_point_breaks_the_contract(tmp_path):
+    tree = _copy(tmp_path)
+    scoring = tree / "src" / "see_dml" / "scoring.py"
+    # a function-level import, the kind that hid the old cycles
+    scoring.write_text(scoring.read_text() + "\n\ndef _f():\n    from see_dml.export import "
+                                             "export_model\n\n    return export_model\n")
+    run = _lint(tree)
+    assert run.returncode != 0
+    assert "see_dml.scoring is not allowed to import see_dml.export" in run.stdout
+    assert "0 kept, 1 broken" in run.stdout
+
+
+def test_an_entry_point_importing_another_breaks_the_contract(tmp_path):
+    tree = _copy(tmp_path)
+    index = tree / "src" / "see_dml" / "index.py"
+    index.write_text(index.read_text() + "\n\ndef _f():\n    from see_dml.retrieve import "
+                                         "retrieve_images\n\n    return retrieve_images\n")
+    run = _lint(tree)
+    assert run.returncode != 0
+    assert "see_dml.index is not allowed to import see_dml.retrieve" in run.stdout
