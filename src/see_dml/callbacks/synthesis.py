@@ -230,11 +230,10 @@ class SEECallback(SynthesisCallback):
                 axes, valid = class_axes(z, labels, self.pair_axes == "leave_one_out")
                 axes = axes.to(z.dtype)
             chosen = self.select(z, axes, valid)
-            mode = {"simplex": "mmd", "random": "random", "random_circle": "random_circle"}
             syn, syn_labels = spherical_expansion(
                 z[chosen], labels[chosen], axes[chosen], self.n_points,
                 generator=self.generator(z.device) if len(chosen) else None,
-                mode=mode[self.directions])  # type: ignore[arg-type]
+                mode=self.directions)
         stats = dict([self.stat(z, "expanded", len(chosen)),
                       self.stat(z, "synthetic", len(syn)),
                       self.stat(z, "level", self.current_level())])

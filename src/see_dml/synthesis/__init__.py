@@ -18,7 +18,6 @@ from see_dml.synthesis.expansion import (
     hardest_negative_pairs,
     same_class_pairs,
 )
-from see_dml.synthesis.mmd import max_mahalanobis_centers
 from see_dml.synthesis.proxy_synthesis import other_class_partners, proxy_synthesis
 from see_dml.synthesis.schedule import (
     expansion_fraction,
@@ -27,6 +26,7 @@ from see_dml.synthesis.schedule import (
     select_top_fraction,
 )
 from see_dml.synthesis.see import class_axes, random_expansion, spherical_expansion
+from see_dml.synthesis.simplex import max_mahalanobis_centers
 from see_dml.synthesis.symmetric import symmetric_npair_loss, symmetrical_synthesis
 
 __all__ = [

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from see_dml.synthesis.mmd import _simplex_coefficients
+from see_dml.synthesis.simplex import simplex_coefficients
 
 __all__ = ["class_axes", "random_expansion", "spherical_expansion"]
 
@@ -31,8 +31,8 @@ __all__ = ["class_axes", "random_expansion", "spherical_expansion"]
 # the axis); any unit vector orthogonal to w is then as good, and the points collapse to z.
 _RHO_EPS = 1e-6
 
-ExpansionMode = Literal["mmd", "random", "random_circle"]
-_MODES = ("mmd", "random", "random_circle")
+ExpansionMode = Literal["simplex", "random", "random_circle"]
+_MODES = ("simplex", "random", "random_circle")
 
 
 @torch.no_grad()
@@ -201,7 +201,7 @@ def spherical_expansion(
     n_points: int,
     generator: torch.Generator | None = None,
     *,
-    mode: ExpansionMode = "mmd",
+    mode: ExpansionMode = "simplex",
     noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SEE: ``n`` new points per sample on its latitude circle around its class axis.
@@ -214,7 +214,7 @@ def spherical_expansion(
         n_points: ``n``, new points per sample; ``1 <= n <= d - 2``.
         generator: for the random frame (and the random coefficients in ``"random"`` mode);
             must live on ``z``'s device.
-        mode: ``"mmd"`` (SEE: the ``n+1`` points form a regular simplex around the axis),
+        mode: ``"simplex"`` (SEE: the ``n+1`` points form a regular simplex around the axis),
             ``"random"`` (the authors' ablation: the simplex matrix replaced by a zero-sum
             Gaussian one over ``n+1`` frame directions; the points leave the sphere) or
             ``"random_circle"`` (this project's ablation: same latitude circle as SEE,
@@ -245,8 +245,8 @@ def spherical_expansion(
     w32 = F.normalize(axes.float(), dim=1)
     draws = _draw_noise(z32, frame_size, generator, noise)
     s, rho, frame = _latitude_frames(z32, w32, draws)
-    if mode == "mmd":
-        coeff = _simplex_coefficients(n_points, torch.float32, z32.device)[1:]  # (n, n)
+    if mode == "simplex":
+        coeff = simplex_coefficients(n_points, torch.float32, z32.device)[1:]  # (n, n)
     elif mode == "random":
         coeff = _authors_random_coefficients(k, n_points, generator, z32.device)  # (K, n, n+1)
     else:
@@ -302,11 +302,11 @@ def _spherical_expansion_loop(
     """Per-sample Gram–Schmidt version (as in the authors' code); the benchmark's baseline.
 
     Same arguments and, for the same ``noise``, the same result as
-    :func:`spherical_expansion` in ``"mmd"`` mode, up to float32 rounding.
+    :func:`spherical_expansion` in ``"simplex"`` mode, up to float32 rounding.
     """
     _check_inputs(z, labels, axes, n_points, noise)
     draws = _draw_noise(z, n_points, generator, noise)
-    coeff = _simplex_coefficients(n_points, torch.float32, z.device)[1:]
+    coeff = simplex_coefficients(n_points, torch.float32, z.device)[1:]
     out = []
     for i in range(z.shape[0]):
         zi = F.normalize(z[i].float(), dim=0)

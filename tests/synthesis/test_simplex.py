@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from see_dml.synthesis import max_mahalanobis_centers
-from see_dml.synthesis.mmd import _simplex_coefficients
+from see_dml.synthesis.simplex import simplex_coefficients
 
 
 @pytest.mark.parametrize(
@@ -66,9 +66,9 @@ def test_optimize_fallback_works_under_no_grad() -> None:
 
 @pytest.mark.parametrize("n", [1, 2, 8, 16])
 def test_see_coefficients_are_cached_simplex(n: int) -> None:
-    b = _simplex_coefficients(n, torch.float32, torch.device("cpu"))
+    b = simplex_coefficients(n, torch.float32, torch.device("cpu"))
     assert b.shape == (n + 1, n)
-    assert b is _simplex_coefficients(n, torch.float32, torch.device("cpu"))
+    assert b is simplex_coefficients(n, torch.float32, torch.device("cpu"))
     assert torch.equal(b[0], torch.eye(n)[0])
     gram = b.double() @ b.double().T
     off = ~torch.eye(n + 1, dtype=torch.bool)

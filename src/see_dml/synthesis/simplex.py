@@ -103,7 +103,7 @@ def max_mahalanobis_centers(
 
 
 @functools.lru_cache(maxsize=64)
-def _simplex_coefficients(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def simplex_coefficients(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """SEE's coefficient matrix ``B``: ``(n+1, n)``, unit rows, pairwise ``-1/n``, row 0 = e_1.
 
     Cached per ``(n, dtype, device)`` because it is rebuilt every training step otherwise.
