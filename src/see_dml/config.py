@@ -35,8 +35,9 @@ def _find_config_dir() -> Path:
 
 CONFIG_DIR: Path = _find_config_dir()
 
-# One id per process: run directories of two jobs started in the same second never collide.
-_RUN_UID = uuid.uuid4().hex[:6]
+#: One id per process, in its run and Hydra folder names (``${run_uid:}``): run directories
+#: of two jobs started in the same second never collide.
+RUN_UID = uuid.uuid4().hex[:6]
 
 
 def register_resolvers() -> None:
@@ -44,7 +45,7 @@ def register_resolvers() -> None:
     ``${ddp_strategy:warmup_epochs,freeze_bn}``, ``${path_id:dir}``, ``${either:a,b}``,
     ``${hydra_subdir:resume}``, ``${gpus_per_node:devices}``, ``${class_name:path}``."""
     if not OmegaConf.has_resolver("run_uid"):
-        OmegaConf.register_new_resolver("run_uid", lambda: _RUN_UID)
+        OmegaConf.register_new_resolver("run_uid", lambda: RUN_UID)
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
     if not OmegaConf.has_resolver("path_id"):
@@ -95,7 +96,7 @@ def hydra_subdir(resume: str | None) -> str:
     (``resume=<run dir>``) ``.hydra/resume-<time>``, leaving the first run's files alone."""
     if resume is None:
         return ".hydra"
-    return f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}_{_RUN_UID}"
+    return f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}_{RUN_UID}"
 
 
 def path_id(path: str) -> str:

@@ -415,14 +415,14 @@ def _remove_hydra_output() -> None:
     (``.hydra`` too when that leaves it empty) and its job log when nothing was logged."""
     from hydra.core.hydra_config import HydraConfig
 
-    from see_dml.config import _RUN_UID
+    from see_dml.config import RUN_UID
 
     if not HydraConfig.initialized():
         return
     import shutil
 
     hydra_dir = Path(HydraConfig.get().runtime.output_dir) / ".hydra"
-    for ours in hydra_dir.glob(f"resume-*_{_RUN_UID}"):
+    for ours in hydra_dir.glob(f"resume-*_{RUN_UID}"):
         shutil.rmtree(ours, ignore_errors=True)
     if hydra_dir.is_dir() and not any(hydra_dir.iterdir()):
         hydra_dir.rmdir()
