@@ -281,6 +281,69 @@ def test_retrieve_user_images_of_mixed_sizes_and_modes(tmp_path, ckpt):
         assert res["neighbours"][0]["item"] == res["query"]
 
 
+def _folder_with_unreadable_images(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """``images/``: three readable PNGs (Double-MNIST's size), a truncated JPEG (its headers
+    are whole: ``verify`` passed it) and a file no decoder accepts; returns both bad ones."""
+    from dataset_fixtures import corrupt_image, truncate_image
+
+    folder = tmp_path / "images"
+    (folder / "cat").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png", "cat/c.png"):
+        Image.fromarray(rng.integers(0, 255, (28, 56), dtype=np.uint8)).save(folder / name)
+    Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)).save(folder / "cat" /
+                                                                            "d.jpg")
+    (folder / "e.png").write_bytes(b"")
+    return folder, [truncate_image(folder / "cat" / "d.jpg"), corrupt_image(folder / "e.png")]
+
+
+def test_unreadable_files_of_a_folder_fail_before_the_model_naming_file_and_key(tmp_path):
+    folder, (truncated, _) = _folder_with_unreadable_images(tmp_path)
+    dummy = tmp_path / "x.ckpt"
+    dummy.touch()  # never read: the pre-check decodes every file first
+    with pytest.raises(ConfigError, match=rf"query: '{truncated}' is not a readable image "
+                                          r"\(OSError: image file is truncated.*nor are 1 more "
+                                          r"of the 5 files.*on_error=skip"):
+        _retrieve(tmp_path, str(dummy), str(folder), "test")
+    with pytest.raises(ConfigError, match="on_error must be one of fail, skip"):
+        _retrieve(tmp_path, str(dummy), str(folder), "test", "on_error=ignore")
+    assert not (tmp_path / "out").exists()
+
+
+def test_retrieve_and_index_on_error_skip_leave_unreadable_files_out_and_list_them(
+        tmp_path, ckpt, capsys):
+    import json
+
+    from see_dml.index import run as index_run
+
+    folder, bad = _folder_with_unreadable_images(tmp_path)
+    listed = [str(f.resolve()) for f in bad]
+    report = _retrieve(tmp_path, ckpt, str(folder), str(folder), "k=2", "on_error=skip")
+    assert sorted(r["query"] for r in report["results"]) == sorted(
+        str(folder / n) for n in ("a.png", "b.png", "cat/c.png"))
+    saved = json.loads((tmp_path / "out" / "retrieval.json").read_text())
+    for key in ("query", "gallery"):
+        assert sorted(u["path"] for u in saved["unreadable"][key]) == sorted(listed)
+    assert "truncated" in str(saved["unreadable"]["query"])
+    assert "Skipped unreadable images (on_error=skip): 2 of query, 2 of gallery; listed in " \
+        f"{(tmp_path / 'out' / 'retrieval.json').resolve()}" in capsys.readouterr().out
+    assert _retrieve(tmp_path, ckpt, "test", "test", "k=1")["unreadable"] == {
+        "query": [], "gallery": []}
+
+    path = tmp_path / "gallery.faiss"
+    meta = index_run(compose_config(["action=build", f"ckpt_path={ckpt}", f"gallery={folder}",
+                                     f"index.path={path}", "progress=false", "on_error=skip"],
+                                    config_name="index"))
+    assert meta["count"] == 3
+    assert sorted(u["path"] for u in meta["sources"][0]["unreadable"]) == sorted(listed)
+    side = json.loads((tmp_path / "gallery.faiss.json").read_text())
+    assert side["sources"] == meta["sources"]
+    assert "Skipped unreadable images (on_error=skip): 2 of gallery" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=rf"gallery: '{bad[0]}' is not a readable image"):
+        index_run(compose_config(["action=add", f"ckpt_path={ckpt}", f"gallery={folder}",
+                                  f"index.path={path}", "progress=false"], config_name="index"))
+
+
 # -- exit status of the CLIs ----------------------------------------------------------------
 def _cli_error_line(module: str, *args: str, timeout: int = 120) -> str:
     """Run ``python -m <module> <args>``; assert it failed as a user error (status 2, no
@@ -304,6 +367,19 @@ def test_cli_exits_2_with_one_error_line(tmp_path, module, args, message):
     assert last.startswith(f"error: {message}")
     # no run directory left behind (it used to stay, holding Hydra's files alone)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_cli_index_of_a_folder_with_a_truncated_jpeg_exits_2_writing_nothing(tmp_path):
+    folder, (truncated, _) = _folder_with_unreadable_images(tmp_path)
+    dummy = tmp_path / "x.ckpt"
+    dummy.touch()
+    index = tmp_path / "index" / "gallery.faiss"
+    last = _cli_error_line("see_dml.index", "build", f"ckpt_path={dummy}", f"gallery={folder}",
+                           f"index.path={index}", f"paths.output_dir={tmp_path / 'out'}")
+    assert last.startswith(f"error: gallery: '{truncated}' is not a readable image") and \
+        "on_error=skip" in last
+    assert not index.parent.exists()
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []  # no run directory
 
 
 def test_cli_config_error_does_not_load_lightning(tmp_path):

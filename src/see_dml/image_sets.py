@@ -6,10 +6,16 @@ loads) and :func:`image_set`. Folders are searched recursively; an image inside 
 subfolder (``gallery/cat/001.jpg``) is labelled by its parent folder's name, an image
 directly in the folder is unlabelled. Every image, split or file, gets the checkpoint's eval
 transform (its dataset's ``image_kind`` / ``image_mode``, the backbone's normalisation).
+
+An image file that cannot be decoded follows the tool's ``on_error`` key, as a dataset's
+images follow ``dataset.on_error``: ``fail`` stops before the model loads, naming the file;
+``skip`` leaves it out and lists it (:attr:`ImageFiles.unreadable`). A split's images follow
+``dataset.on_error``.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +32,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 #: The names a dataset's splits may have (``query=test`` means the test split; a folder that
 #: is called like one is written ``./test``).
 DATASET_SPLITS = ("train", "val", "test", "query", "gallery")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,13 +101,53 @@ def check_location(value: str, key: str) -> Path:
     return path
 
 
-def image_files(value: str, key: str) -> tuple[list[Path], list[str | None]] | None:
-    """The image files ``query=`` / ``gallery=`` names and their labels (see
-    :func:`list_images`), each checked to decode; None for a split name.
+#: What the ``on_error`` key of retrieve and index may be (as ``dataset.on_error``).
+ON_ERROR = ("fail", "skip")
 
-    Cheap (PIL, no torch): runs before the model loads, so a typo or a stray file costs a
-    second, and the error is one line naming ``key`` and the file.
+
+@dataclass
+class ImageFiles:
+    """The image files ``query=`` / ``gallery=`` names, as :func:`image_files` found them.
+
+    Attributes:
+        files: the readable images, sorted (see :func:`list_images`).
+        labels: their labels (the class subfolder's name, or None).
+        unreadable: ``[{"path": ..., "error": ...}]``, the files left out under
+            ``on_error=skip`` (what ``retrieval.json`` and an index's sidecar record).
     """
+
+    files: list[Path]
+    labels: list[str | None]
+    unreadable: list[dict[str, str]]
+
+
+def decode_error(file: Path) -> str | None:
+    """Why ``file`` cannot be decoded as embedding it would (``ExcType: message``), or None.
+
+    Every pixel is decoded (``load``): ``verify`` reads only a JPEG's headers, so a truncated
+    JPEG passed it and failed later, mid-embedding.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(file) as img:
+            img.load()
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def image_files(value: str, key: str, on_error: str = "fail") -> ImageFiles | None:
+    """The image files ``query=`` / ``gallery=`` names and their labels (see
+    :func:`list_images`), each decoded once; None for a split name.
+
+    Cheap (PIL, no torch): runs before the model loads, so a typo or a stray file costs
+    seconds, and the error is one line naming ``key`` and the file. An unreadable file is a
+    :class:`ConfigError` naming the first (and how many) with ``on_error="fail"``; with
+    ``"skip"`` it is logged and left out (:attr:`ImageFiles.unreadable`).
+    """
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
     path = check_location(value, key)
     if value in DATASET_SPLITS:
         return None
@@ -107,25 +155,47 @@ def image_files(value: str, key: str) -> tuple[list[Path], list[str | None]] | N
     if not files:
         raise ConfigError(f"{key}='{value}' holds no image file "
                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    from PIL import Image
+    found = ImageFiles([], [], [])
+    for file, label in zip(files, labels, strict=True):
+        why = decode_error(file)
+        if why is None:
+            found.files.append(file)
+            found.labels.append(label)
+        else:
+            found.unreadable.append({"path": str(file.resolve()), "error": why})
+    if found.unreadable and on_error == "fail":
+        first, more = found.unreadable[0], len(found.unreadable) - 1
+        raise ConfigError(
+            f"{key}: '{first['path']}' is not a readable image ({first['error']})"
+            + (f", nor are {more} more of the {len(files)} files" if more else "")
+            + ": replace or remove it, or set on_error=skip to leave such files out")
+    for bad in found.unreadable:
+        log.warning("%s: skipping unreadable image %s (%s), on_error=skip", key, bad["path"],
+                    bad["error"])
+    if not found.files:
+        raise ConfigError(f"{key}='{value}': none of its {len(files)} image files is readable "
+                          f"(the first: '{found.unreadable[0]['path']}')")
+    return found
 
-    for file in files:
-        try:
-            with Image.open(file) as img:
-                img.verify()  # the whole file for PNG (CRCs), the headers for JPEG
-        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... by format
-            raise ConfigError(f"{key}: '{file}' is not a readable image "
-                              f"({type(err).__name__}: {err})") from err
-    return files, labels
+
+def skipped_line(unreadable: dict[str, list[dict[str, str]]], where: str) -> str | None:
+    """The line a tool prints after its results when ``on_error=skip`` left files out
+    (``unreadable``: ``{key: ImageFiles.unreadable}``), naming where they are listed."""
+    counts = [f"{len(bad)} of {key}" for key, bad in unreadable.items() if bad]
+    if not counts:
+        return None
+    return (f"Skipped unreadable images (on_error=skip): {', '.join(counts)}; "
+            f"listed in {where}")
 
 
 def image_set(value: str, key: str, run: InferenceRun,
-              files: tuple[list[Path], list[str | None]] | None = None) -> ImageSet:
+              files: ImageFiles | None = None) -> ImageSet:
     """Resolve ``query=`` / ``gallery=``: a split name of the checkpoint's dataset, or a path.
 
     Every image, split or file, gets the checkpoint's eval transform (its dataset's image
     kind, the backbone's normalisation); split labels are the dataset's own class ids.
-    ``files``: what :func:`image_files` found for ``value`` (default: look again).
+    ``files``: what :func:`image_files` found for ``value`` (default: look again, with
+    ``on_error=fail``).
 
     Raises:
         ConfigError: naming ``key`` when ``value`` is neither a split nor image files.
@@ -152,7 +222,8 @@ def image_set(value: str, key: str, run: InferenceRun,
     found = files or image_files(value, key)
     if found is None:  # unreachable: a split name returned above
         raise ConfigError(f"{key}='{value}' names no image files")
-    paths, labels = found
-    split = Split(paths, np.zeros(len(paths), dtype=np.int64), name=key)
+    # every file decoded in image_files: one that fails now changed since, and is named
+    split = Split(found.files, np.zeros(len(found.files), dtype=np.int64), name=key)
     dataset = RetrievalDataset(split, eval_tf, dm.source.image_mode, on_error="fail")
-    return ImageSet(str(Path(value).expanduser()), dataset, [str(f) for f in paths], labels)
+    return ImageSet(str(Path(value).expanduser()), dataset, [str(f) for f in found.files],
+                    found.labels)

@@ -21,6 +21,11 @@ The files are :mod:`see_dml.gallery_index`'s; this module is the command.
 in the order they are added, and nothing is removed), images already in it are skipped.
 ``python -m see_dml.retrieve index.path=...`` searches a saved index instead of embedding a
 gallery; an index made by another model or embedding size is refused, naming both.
+
+An image file of ``gallery=`` that cannot be decoded stops ``build`` / ``add`` before the
+model loads, naming it (``on_error=fail``, default); ``on_error=skip`` leaves such files out
+(a later ``add`` tries them again), printing how many and listing them in the sidecar's
+``sources`` entry (``unreadable``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from see_dml.gallery_index import (
     save_index,
     sidecar_path,
 )
-from see_dml.image_sets import DATASET_SPLITS, image_files, image_set
+from see_dml.image_sets import DATASET_SPLITS, image_files, image_set, skipped_line
 from see_dml.inference import check_ckpt_path
 
 if TYPE_CHECKING:
@@ -55,19 +60,23 @@ ACTIONS = ("build", "add")
 
 # -- build / add ----------------------------------------------------------------------------
 def _embed_gallery(cfg: DictConfig, saved: SavedIndex | None = None
-                   ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any]]:
+                   ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any],
+                              list[dict[str, str]]]:
     """Embed ``cfg.gallery`` with ``cfg.ckpt_path``'s model.
 
     Returns:
-        ``(embeddings (N, d) float32 unit rows, sidecar rows, model facts)``; model facts:
-        ``config_hash``, ``weights_hash``, ``embed_dim``, ``ckpt_path``, ``preprocessing``.
+        ``(embeddings (N, d) float32 unit rows, sidecar rows, model facts, unreadable)``;
+        model facts: ``config_hash``, ``weights_hash``, ``embed_dim``, ``ckpt_path``,
+        ``preprocessing``; unreadable: the files ``on_error=skip`` left out.
         With ``saved``, the model is checked against that index before anything is embedded.
     """
     check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
     if OmegaConf.is_missing(cfg, "gallery") or cfg.get("gallery") in (None, ""):
         raise ConfigError("gallery is required: an image file or folder, or a split name "
                           f"({', '.join(DATASET_SPLITS)})")
-    files = image_files(str(cfg.gallery), "gallery")  # a typo fails before the model loads
+    # a typo, or an unreadable file, fails before the model loads
+    files = image_files(str(cfg.gallery), "gallery",
+                        str(OmegaConf.select(cfg, "on_error", default="fail")))
 
     from see_dml.inference import embed_split, eval_preprocessing, open_checkpoint
     from see_dml.metrics.knn import l2_normalised
@@ -81,7 +90,7 @@ def _embed_gallery(cfg: DictConfig, saved: SavedIndex | None = None
     model["preprocessing"] = eval_preprocessing(dm)
     emb = embed_split(run.module, gallery.dataset, dm.eval_batch_size, run.device,
                       progress=cfg.progress, desc=f"embedding {gallery.source}")[0]
-    return l2_normalised(emb), gallery.index_rows(), model
+    return l2_normalised(emb), gallery.index_rows(), model, files.unreadable if files else []
 
 
 def _index_path(cfg: DictConfig) -> Path:
@@ -115,13 +124,13 @@ def build_index(cfg: DictConfig) -> dict[str, Any]:
     if kind not in KINDS:
         raise ConfigError(f"index.kind must be one of {', '.join(KINDS)}, got '{kind}'")
     _refuse_overwrite(cfg, path)
-    vectors, items, model = _embed_gallery(cfg)
+    vectors, items, model, unreadable = _embed_gallery(cfg)
     index = make_index(kind, vectors.shape[1], cfg.index.hnsw_m, cfg.index.ef_construction)
     index.add(vectors)
     meta: dict[str, Any] = {"version": SIDECAR_VERSION, "kind": kind, **model,
                             "metric": "inner product of unit rows (cosine similarity)",
                             "sources": [{"gallery": str(cfg.gallery), "first_id": 0,
-                                         "count": len(items)}]}
+                                         "count": len(items), "unreadable": unreadable}]}
     if kind == "hnsw":
         meta["hnsw"] = {"m": int(cfg.index.hnsw_m),
                         "ef_construction": int(cfg.index.ef_construction),
@@ -135,6 +144,7 @@ def build_index(cfg: DictConfig) -> dict[str, Any]:
     save_index(SavedIndex(path, index, meta))
     print(f"Wrote {path} ({kind}, {len(items)} x {vectors.shape[1]}) and "
           f"{sidecar_path(path).name}")
+    _print_skipped(unreadable, path)
     if "recall_vs_exact" in meta:
         print("HNSW vs exact: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                              meta["recall_vs_exact"].items()
@@ -155,7 +165,7 @@ def add_to_index(cfg: DictConfig) -> dict[str, Any]:
 
     path = _index_path(cfg)
     saved = load_index(path)  # a bad index fails before the model loads
-    vectors, items, model = _embed_gallery(cfg, saved)
+    vectors, items, model, unreadable = _embed_gallery(cfg, saved)
     known = {(it.get("path"), it.get("split"), it.get("position"), it["item"])
              for it in saved.items}
     new = [i for i, it in enumerate(items) if (it.get("path"), it.get("split"),
@@ -165,14 +175,26 @@ def add_to_index(cfg: DictConfig) -> dict[str, Any]:
         saved.index.add(np.ascontiguousarray(vectors[new]))
         saved.items.extend(items[i] for i in new)
         saved.meta.setdefault("sources", []).append(
-            {"gallery": str(cfg.gallery), "first_id": first, "count": len(new)})
+            {"gallery": str(cfg.gallery), "first_id": first, "count": len(new),
+             "unreadable": unreadable})
         save_index(saved)
     skipped = len(items) - len(new)
     print(f"Added {len(new)} images to {path} (ids {first}..{first + len(new) - 1})"
           if new else f"Nothing added to {path}", end="")
     print(f"; {skipped} already in it" if skipped else "")
+    _print_skipped(unreadable, path if new else None)
     return {"added": len(new), "skipped": skipped, "first_id": first,
             "count": int(saved.index.ntotal)}
+
+
+def _print_skipped(unreadable: list[dict[str, str]], path: Path | None) -> None:
+    """Say what ``on_error=skip`` left out; ``path``: the index whose sidecar lists it (None
+    when nothing was written)."""
+    where = (f"the sources of {sidecar_path(path).resolve()}" if path is not None
+             else "the warnings above (nothing was written)")
+    line = skipped_line({"gallery": unreadable}, where)
+    if line:
+        print(line)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

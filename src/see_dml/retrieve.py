@@ -17,6 +17,11 @@ first, with a score of 1. The last line printed names the output directory
 ``index.path=gallery.faiss`` searches a gallery saved by ``python -m see_dml.index build``
 instead of embedding ``gallery=`` (which is then ignored): only the queries are embedded.
 An index built by another model (config hash) or embedding size is refused, naming both.
+
+An image file of ``query=`` / ``gallery=`` that cannot be decoded stops the retrieval before
+the model loads, naming it (``on_error=fail``, default); ``on_error=skip`` leaves such files
+out, printing how many and listing them in ``retrieval.json`` (``unreadable``). A split's
+images follow ``dataset.on_error``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from see_dml.config import CONFIG_DIR, check_knn_backend, warn_ignored_keys
 from see_dml.errors import ConfigError
-from see_dml.image_sets import DATASET_SPLITS, ImageSet, image_files, image_set
+from see_dml.image_sets import DATASET_SPLITS, ImageSet, image_files, image_set, skipped_line
 from see_dml.inference import check_ckpt_path
 
 # As in evaluate.py, torch & co. load where they are used, after the cheap checks.
@@ -61,11 +66,13 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     check_ckpt_path(ckpt_path)
     index_path = OmegaConf.select(cfg, "index.path")
     files = {}
+    on_error = str(OmegaConf.select(cfg, "on_error", default="fail"))
     for key in ("query",) if index_path else ("query", "gallery"):
         if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
             raise ConfigError(f"{key} is required: an image file or folder, or a split name "
                               f"({', '.join(DATASET_SPLITS)})")
-        files[key] = image_files(str(cfg[key]), key)  # a typo fails before the model loads
+        # a typo, or an unreadable file, fails before the model loads
+        files[key] = image_files(str(cfg[key]), key, on_error)
     k = cfg.k
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
@@ -114,13 +121,19 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
 
     out_dir = Path(cfg.paths.run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the files on_error=skip left out, by key (none for a split or a saved index)
+    unreadable = {key: found.unreadable if found else [] for key, found in files.items()}
     report = {"ckpt_path": str(Path(ckpt_path).resolve()), "query": query.source,
-              "gallery": gallery.source, "k": k_used, "results": results}
+              "gallery": gallery.source, "k": k_used, "unreadable": unreadable,
+              "results": results}
     (out_dir / "retrieval.json").write_text(json.dumps(report, indent=2))
     _draw_grid(cfg, query, gallery, indices, scores, out_dir / "retrieval_grid.png")
     print(f"\nTop {k_used} of {len(gallery.ids)} gallery images ({gallery.source}) for "
           f"{len(query.ids)} queries ({query.source}):")
     print(_markdown(results, cfg.print_queries))
+    skipped = skipped_line(unreadable, str((out_dir / "retrieval.json").resolve()))
+    if skipped:
+        print(skipped)
     print(f"Output directory: {out_dir.resolve()}")
     return report
 
