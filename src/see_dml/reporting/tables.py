@@ -40,6 +40,21 @@ paper`` and the paired ``ΔR@1``; a line above it names the checkpoint; writes
 ``results_paper.md``, ``results_paper.csv`` and ``results_paper.png`` (R@1 bars per dataset,
 the published R@1 marked). ``--layout auto`` (default): paper when the
 runs cover more than one dataset, long otherwise. Prints the Markdown table either way.
+
+Provenance (``provenance/*`` in metrics.json, :mod:`see_dml.provenance`): the seeds of a
+cell must also agree in every recorded library version (torch, Lightning, timm,
+pytorch-metric-learning), the device kind and count, and the code version (commit, dirty
+flag); a cell whose runs differ is an error that lists the runs and the values, because its
+spread would mix the code or setup with the seeds. ``--pool-commits`` pools across code
+versions only (libraries and devices stay strict) and names the commits under the table. A
+value that is ``unknown``, or a run from before provenance was recorded, agrees with any:
+such runs pool, and a note under the table counts the runs without provenance.
+
+Notes under the table also name every cell where some seeds lack a metric that others have
+(its mean is over fewer seeds than the ``seeds`` column says). A row whose context has
+several baseline cells (baseline runs that differ only in ``see.*`` / ``synthesis.*``
+values) is paired with the one that agrees with it on the keys those cells differ in; when
+none or several do, that is an error naming the candidates.
 """
 
 from __future__ import annotations
@@ -57,6 +72,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from see_dml.cli import exit_with_error
 from see_dml.config import class_name, flatten
 from see_dml.reporting import markdown_table, paired_interval, synthesis_name
 
@@ -89,8 +105,29 @@ REPORT_KEYS = ("test_every_epoch", "test_epochs", "test_final", "nmi", "knn_back
                "logger", "tags", "trainer.enable_progress_bar", "callbacks.embedding_export",
                "callbacks.lr_monitor", "data.eval_batch_size")
 SYNTHESIS_KEYS = ("see", "synthesis")
+#: the ``provenance/*`` keys of metrics.json (see_dml.provenance, not imported: it loads torch)
+#: that the seeds of one cell must agree in: the code version (``--pool-commits`` lets it
+#: differ), then the libraries and devices, which stay strict
+CODE_KEYS = ("provenance/commit", "provenance/dirty")
+SETUP_KEYS = ("provenance/torch", "provenance/lightning", "provenance/timm",
+              "provenance/pytorch_metric_learning", "provenance/device",
+              "provenance/device_count")
+#: a provenance value that tells nothing (see_dml.provenance.UNKNOWN): it agrees with any
+UNKNOWN = "unknown"
 
 Run = tuple[dict[str, Any], dict[str, float]]  # (flattened config, metrics)
+
+
+class TableError(ValueError):
+    """Runs that cannot be tabled as given; the message names the runs and what to do."""
+
+
+class ProvenanceMismatchError(TableError):
+    """The seeds of one cell were made by different code, libraries or devices."""
+
+
+class AmbiguousBaselineError(TableError):
+    """A row's context has several baseline cells and nothing picks one."""
 
 
 def config_key(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +212,83 @@ def check_checkpoint(cells: dict[tuple, dict[str, Any]], checkpoint: str) -> Non
                          f"them: rerun them, or choose --checkpoint {others})")
 
 
+def _known(value: Any) -> bool:
+    return value is not None and value != UNKNOWN
+
+
+def cell_name(cfg: dict[str, Any], other: str = "") -> str:
+    """A cell as messages and notes name it: its named columns, and ``other`` when set."""
+    named = " ".join(f"{k}={v}" for k, v in zip(KEY_NAMES, named_columns(cfg)))
+    return f"{named} {other}".strip()
+
+
+def check_provenance(cells: dict[tuple, dict[str, Any]], pool_commits: bool = False
+                     ) -> list[str]:
+    """Refuse to pool the seeds of a cell that differ in a known provenance value (the code
+    version too unless ``pool_commits``): one :class:`ProvenanceMismatchError` listing every
+    such cell, its runs and their values. Returns the notes for under the table: how many runs
+    record no provenance, and with ``pool_commits`` which code versions were pooled."""
+    strict = SETUP_KEYS if pool_commits else (*CODE_KEYS, *SETUP_KEYS)
+    ordered = list(cells.values())
+    problems, mixed = [], []
+    for cell, other in zip(ordered, _other_columns(ordered)):
+        runs = sorted(cell["runs"].items(), key=lambda item: str(cell["dirs"][item[0]]))
+        differ = [k for k in strict
+                  if len({repr(m[k]) for _, m in runs if _known(m.get(k))}) > 1]
+        if differ:
+            lines = [f"{cell['dirs'][seed]}: " + " ".join(f"{k}={_shown(m.get(k))}"
+                                                          for k in differ)
+                     for seed, m in runs]
+            problems.append(f"{cell_name(cell['cfg'], other)}: differ in "
+                            f"{', '.join(differ)}:\n    " + "\n    ".join(lines))
+        if pool_commits and len({_code_version(m) for _, m in runs
+                                 if _known(m.get(CODE_KEYS[0]))}) > 1:
+            mixed.append(cell)
+    if problems:
+        what = "library versions, devices" + ("" if pool_commits else " or code versions")
+        hint = ("" if pool_commits else "; --pool-commits pools across code versions "
+                "(commit, dirty) only")
+        raise ProvenanceMismatchError(
+            f"runs of one config differ in their {what} (provenance/* in metrics.json), so "
+            f"their seeds are not pooled:\n  " + "\n  ".join(problems) + "\n(rerun them with "
+            f"one setup, or table them from separate folders{hint})")
+    return _provenance_notes(ordered, mixed)
+
+
+def _shown(value: Any) -> str:
+    """A provenance value as metrics.json writes it (``true``, ``1``, ``2.4.0``)."""
+    if value is None:
+        return UNKNOWN
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _code_version(metrics: dict[str, Any]) -> str:
+    """A run's commit (its first 12 digits), ``+dirty`` when its checkout had changes."""
+    commit = metrics.get(CODE_KEYS[0])
+    if not _known(commit):
+        return UNKNOWN
+    return str(commit)[:12] + ("+dirty" if metrics.get(CODE_KEYS[1]) is True else "")
+
+
+def _provenance_notes(cells: list[dict[str, Any]], mixed: list[dict[str, Any]]) -> list[str]:
+    notes = []
+    runs = [m for cell in cells for m in cell["runs"].values()]
+    bare = sum(not any(k.startswith("provenance/") for k in m) for m in runs)
+    if bare:
+        notes.append(f"Provenance: {bare} of {len(runs)} runs record none (from before "
+                     "`provenance/*` was written to metrics.json): they are pooled on their "
+                     "config alone, whatever code, libraries or devices made them.")
+    if mixed:
+        versions = Counter(_code_version(m) for cell in mixed for m in cell["runs"].values())
+        dirty = " (+dirty: the checkout had uncommitted changes)" if any(
+            v.endswith("+dirty") for v in versions) else ""
+        notes.append(f"Code versions pooled (`--pool-commits`) in {len(mixed)} of {len(cells)} "
+                     "cells, from the commits " + ", ".join(
+                         f"{v} ({n} run{'s' if n != 1 else ''})" for v, n in sorted(
+                             versions.items())) + f"{dirty}.")
+    return notes
+
+
 def summarise(values: list[float]) -> tuple[float, float]:
     """``(mean, std)``; one value has no spread: std ``nan``, printed as the mean alone."""
     mean = statistics.fmean(values)
@@ -216,8 +330,12 @@ def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none",
         *named_columns(c["cfg"])[:2], int(named_columns(c["cfg"])[2]),
         *named_columns(c["cfg"])[3:5], int(named_columns(c["cfg"])[5]),
         repr(sorted(c["key"].items()))))
-    baselines = {_context(c["key"]): c for c in ordered if c["key"]["synthesis"] == baseline}
+    baselines: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for c in ordered:
+        if c["key"]["synthesis"] == baseline:
+            baselines[_context(c["key"])].append(c)
     other = _other_columns(ordered)
+    names = {id(cell): cell_name(cell["cfg"], extra) for cell, extra in zip(ordered, other)}
     rows = []
     for cell, extra in zip(ordered, other):
         runs = cell["runs"]
@@ -225,6 +343,8 @@ def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none",
         row["protocol"] = run_protocol(cell["cfg"])
         row["other"] = extra
         row["seeds"] = len(runs)
+        row["name"] = names[id(cell)]
+        row["missing"] = _missing_metrics(cell, prefix)
         for metric, name in METRICS:
             metric = metric if "/" in metric else prefix + metric
             values = [r[metric] * 100 for r in runs.values() if metric in r]
@@ -235,11 +355,12 @@ def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none",
                 if metric.startswith(prefix) and PERCENT.match(metric[len(prefix):]):
                     at[metric[len(prefix):]].append(value * 100)
         row["at"] = {metric: summarise(values) for metric, values in at.items()}
-        base = baselines.get(_context(cell["key"]))
+        base = (None if cell["key"]["synthesis"] == baseline else
+                _baseline_of(cell, baselines.get(_context(cell["key"]), []), names))
         for metric, name in DELTAS:
             metric = prefix + metric
             row[name] = None
-            if base is None or base is cell:
+            if base is None:
                 continue
             diffs = [(runs[s][metric] - base["runs"][s][metric]) * 100
                      for s in sorted(runs) if s in base["runs"]
@@ -248,6 +369,66 @@ def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none",
                 row[name] = (*paired_interval(diffs), len(diffs))
         rows.append(row)
     return rows
+
+
+def _baseline_of(cell: dict[str, Any], candidates: list[dict[str, Any]],
+                 names: dict[int, str]) -> dict[str, Any] | None:
+    """The baseline cell a row is paired with: the one of its context, or of several (baseline
+    runs that differ in ``see.*`` / ``synthesis.*`` values, which the context leaves out) the
+    one that has the row's values of the keys they differ in. Keeping one of several silently
+    would pair the row with whichever sorted last."""
+    if len(candidates) < 2:
+        return candidates[0] if candidates else None
+    keys = sorted(set().union(*(c["key"] for c in candidates)))
+    varying = [k for k in keys if len({repr(c["key"].get(k, UNKNOWN)) for c in candidates}) > 1]
+    chosen = [c for c in candidates
+              if all(k in cell["key"] and repr(c["key"].get(k)) == repr(cell["key"][k])
+                     for k in varying)]
+    if len(chosen) == 1:
+        return chosen[0]
+    found = "\n  ".join(f"{names[id(c)]}: " + " ".join(f"{k}={c['key'].get(k)}" for k in varying)
+                        + f" ({len(c['runs'])} runs, e.g. {min(map(str, c['dirs'].values()))})"
+                        for c in candidates)
+    own = " ".join(f"{k}={cell['key'].get(k, '(not set)')}" for k in varying)
+    raise AmbiguousBaselineError(
+        f"{names[id(cell)]} ({own}): {len(candidates)} baseline cells of its config match it, "
+        f"and its {', '.join(varying)} picks {'none' if not chosen else 'several'} of them:\n  "
+        f"{found}\n(table those baseline runs from separate folders, or give them the row's "
+        "values of these keys)")
+
+
+def _missing_metrics(cell: dict[str, Any], prefix: str) -> dict[str, list[tuple[Any, Path]]]:
+    """``{metric: [(seed, run directory)]}``: the metrics of the table (``METRICS`` and the
+    checkpoint's percent metrics) that some seeds of the cell have and these lack; their means
+    are over fewer seeds than the row's ``seeds``."""
+    runs = cell["runs"]
+    wanted = {metric if "/" in metric else prefix + metric for metric, _ in METRICS}
+    wanted |= {k for r in runs.values() for k in r
+               if k.startswith(prefix) and PERCENT.match(k[len(prefix):])}
+    missing = {}
+    for metric in sorted(wanted):
+        lacking = sorted((s for s in runs if metric not in runs[s]), key=repr)
+        if 0 < len(lacking) < len(runs):
+            missing[metric] = [(s, cell["dirs"][s]) for s in lacking]
+    return missing
+
+
+def missing_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One note per row whose seeds do not all have its metrics, naming the row, the metrics
+    and the seeds (with their run directories) that lack them."""
+    notes = []
+    for row in rows:
+        by_runs: dict[tuple, list[str]] = defaultdict(list)
+        for metric, lacking in row["missing"].items():
+            by_runs[tuple(lacking)].append(metric)
+        if not by_runs:
+            continue
+        parts = [", ".join(f"`{m}`" for m in metrics) + " missing from "
+                 + ", ".join(f"seed {seed} ({run_dir})" for seed, run_dir in lacking)
+                 for lacking, metrics in by_runs.items()]
+        notes.append(f"Missing metrics: {row['name']}: " + "; ".join(parts)
+                     + f"; those means are over fewer than its {row['seeds']} seeds.")
+    return notes
 
 
 def load_published(path: Path) -> dict[str, Any]:
@@ -658,6 +839,10 @@ def main(argv: list[str] | None = None) -> str:
                              "layout)")
     parser.add_argument("--published", default=str(PUBLISHED_FILE),
                         help="YAML of published R@1 shown beside ours ('none': no column)")
+    parser.add_argument("--pool-commits", action="store_true",
+                        help="pool the seeds of a config across code versions "
+                             "(provenance/commit, provenance/dirty), naming the commits under "
+                             "the table; library versions and devices must still agree")
     args = parser.parse_args(argv)
     for folder in args.folders:
         if not folder.is_dir():
@@ -666,9 +851,14 @@ def main(argv: list[str] | None = None) -> str:
     if not cells:
         parser.error(f"no finished runs (metrics.json + config.yaml) under {args.folders}")
     check_checkpoint(cells, args.checkpoint)
-    rows = table_rows(cells, args.baseline, args.checkpoint)
+    try:
+        provenance_notes = check_provenance(cells, args.pool_commits)
+        rows = table_rows(cells, args.baseline, args.checkpoint)
+    except TableError as err:
+        exit_with_error(str(err))
     notes = ([] if args.published == "none"
              else add_published(rows, load_published(Path(args.published)), args.checkpoint))
+    notes += [*missing_notes(rows), *provenance_notes]
     layout = args.layout
     if layout == "auto":
         layout = "paper" if len({row["dataset"] for row in rows}) > 1 else "long"
