@@ -482,6 +482,23 @@ def test_cli_index_build_onto_an_existing_index_exits_2(tmp_path, ckpt):
     assert path.read_bytes() == before
 
 
+def test_cli_relative_index_path_is_where_the_user_ran_the_command(tmp_path, ckpt):
+    """Not the process's working directory, which hydra.job.chdir=true moves into the run
+    directory; the path written is printed absolute."""
+    here = tmp_path / "here"
+    here.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "see_dml.index", "build", f"ckpt_path={ckpt}", "gallery=test",
+         "index.path=sub/gallery.faiss", "hydra.job.chdir=true", "progress=false",
+         f"paths.output_dir={tmp_path / 'out'}"],
+        cwd=here, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = here / "sub" / "gallery.faiss"
+    assert written.is_file() and (here / "sub" / "gallery.faiss.json").is_file()
+    assert f"Wrote {written} (flat, " in proc.stdout
+    assert list((tmp_path / "out").rglob("*.faiss")) == []
+
+
 # -- plots never cost the metrics -----------------------------------------------------------
 @pytest.mark.slow  # train, evaluate and retrieve on a CUB fixture: ~25 s
 def test_on_error_skip_is_honoured_by_every_plot_and_metrics_come_first(make_cfg, tmp_path,

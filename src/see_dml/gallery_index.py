@@ -38,6 +38,20 @@ _SIDECAR_KEYS = ("version", "kind", "embed_dim", "count", "config_hash", "index_
                  "items", "preprocessing")
 
 
+def index_location(value: str | Path) -> Path:
+    """Where ``index.path=value`` is: a relative path is taken from the directory the user
+    ran the command in (Hydra's ``runtime.cwd``), not from the process's working directory,
+    which ``hydra.job.chdir=true`` (or a wrapper's ``cd``) moves into a run directory or the
+    checkout; the index then stayed where the user never looked."""
+    path = Path(str(value)).expanduser()
+    if path.is_absolute():
+        return path
+    from hydra.core.hydra_config import HydraConfig
+
+    cwd = Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+    return cwd / path
+
+
 def sidecar_path(path: str | Path) -> Path:
     """``gallery.faiss`` -> ``gallery.faiss.json``."""
     return Path(f"{path}.json")

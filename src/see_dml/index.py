@@ -44,6 +44,7 @@ from see_dml.gallery_index import (
     SIDECAR_VERSION,
     SavedIndex,
     approximate_recall,
+    index_location,
     load_index,
     make_index,
     save_index,
@@ -97,7 +98,7 @@ def _index_path(cfg: DictConfig) -> Path:
     path = OmegaConf.select(cfg, "index.path")
     if path in (None, "", "???"):
         raise ConfigError("index.path is required, e.g. index.path=gallery.faiss")
-    return Path(str(path)).expanduser()
+    return index_location(path).resolve()  # printed as written: absolute
 
 
 def _refuse_overwrite(cfg: DictConfig, path: Path) -> None:

@@ -78,9 +78,10 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
     _grid_k(cfg)
     check_knn_backend(cfg)
-    from see_dml.gallery_index import IndexedGallery, load_index
+    from see_dml.gallery_index import IndexedGallery, index_location, load_index
 
-    saved = load_index(index_path) if index_path else None  # a bad index fails before torch
+    # a bad index fails before torch; a relative one is where the user ran the command
+    saved = load_index(index_location(index_path)) if index_path else None
     from see_dml.inference import embed_split, open_checkpoint
     from see_dml.metrics import knn_search
     from see_dml.metrics.knn import l2_normalised
