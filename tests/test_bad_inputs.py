@@ -673,6 +673,44 @@ def test_cli_export_to_a_place_that_may_not_be_written_exits_2(tmp_path, ckpt):
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
+@pytest.mark.parametrize(("module", "args", "kind"), [
+    ("see_dml.train", [], "run"),
+    ("see_dml.train", ["-m"], "sweep"),
+    ("see_dml.evaluate", ["ckpt_path=/no/such.ckpt"], "run"),
+    ("see_dml.index", ["build", "ckpt_path=/no/such.ckpt", "index.path=x.faiss"], "run"),
+])
+def test_cli_output_dir_that_cannot_be_created_exits_2_naming_it(module, args, kind):
+    """Hydra's own mkdir of the run (or sweep) directory traced back before any of ours."""
+    last = _cli_error_line(module, *args, "paths.output_dir=/proc/see_dml_test")
+    assert last.startswith(f"error: cannot create or write the {kind} directory "
+                           "'/proc/see_dml_test/")
+    assert "'/proc/see_dml_test'" in last and "give paths.output_dir a folder" in last
+
+
+def test_a_run_directory_that_is_not_writable_is_refused_and_not_left(tmp_path, capsys,
+                                                                     monkeypatch):
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from see_dml.hydra_callbacks import RunDirectoryCreatable
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # as a read-only mount answers
+    run_dir = tmp_path / "out" / "train" / "runs" / "x"
+    config = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "out")},
+                               "hydra": {"run": {"dir": str(run_dir)}}})
+    with pytest.raises(SystemExit) as stop:
+        RunDirectoryCreatable().on_run_start(config)
+    assert stop.value.code == 2 and not run_dir.exists()
+    assert f"Permission denied: '{run_dir}'" in capsys.readouterr().err
+    monkeypatch.undo()
+    RunDirectoryCreatable().on_run_start(config)  # writable: made, as Hydra would, and empty
+    assert list(run_dir.iterdir()) == []
+
+
 def test_truncated_jpeg_met_in_training_names_the_file_and_data_check(make_cfg, tmp_path):
     from dataset_fixtures import make_fixture, truncate_image
 

@@ -62,6 +62,66 @@ class RunDirectoryInUse(Callback):
             sys.exit(2)
 
 
+class RunDirectoryCreatable(Callback):
+    """Refuse a run (or a sweep) whose directory cannot be created or written
+    (``paths.output_dir=/proc/x``, a read-only disk) with one ``error:`` line naming the
+    place and the key to change, status 2: Hydra would make it just after this, and its
+    ``mkdir`` failed with a traceback. Every tool's config that has a run directory
+    (``hydra: default``) gets this."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, dir_key: str) -> None:
+        import os
+        import sys
+        import tempfile
+
+        from omegaconf import OmegaConf
+
+        from see_dml.errors import USER_ERROR_STATUS
+
+        try:
+            where = OmegaConf.select(config, dir_key)
+        except Exception:  # noqa: BLE001 - an unresolvable dir is Hydra's to report
+            return
+        if not where:
+            return
+        path = Path(str(where)).expanduser()
+        existed = path.is_dir()
+        try:
+            path.mkdir(parents=True, exist_ok=True)  # what Hydra does next
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".write_probe")
+        except OSError as err:
+            if not existed and path.is_dir():  # made here, but not writable: not ours to keep
+                path.rmdir()
+            key, value = _key_of(config, path, dir_key)
+            print(f"error: cannot create or write the {'sweep' if 'sweep' in dir_key else 'run'}"
+                  f" directory '{path}' ({err.strerror or err}: '{err.filename or path}'): "
+                  f"give {key} a folder that can be created and written (now '{value}')",
+                  file=sys.stderr)
+            sys.exit(USER_ERROR_STATUS)
+        os.close(fd)
+        os.unlink(probe)
+
+
+def _key_of(config: DictConfig, path: Path, dir_key: str) -> tuple[str, str]:
+    """The key the user would change to move ``path``, and its value: ``resume`` or
+    ``paths.output_dir`` when ``path`` lies under it, else ``dir_key`` itself."""
+    from omegaconf import OmegaConf
+
+    target = path.absolute()
+    for key in ("resume", "paths.output_dir"):
+        value = OmegaConf.select(config, key, default=None)
+        if value and target.is_relative_to(Path(str(value)).expanduser().absolute()):
+            return key, str(value)
+    return dir_key, str(path)
+
+
 class RunDirectories(Callback):
     """Print every job's run directory and numbers when a multirun ends."""
 
