@@ -89,7 +89,7 @@ def test_baselines_by_name_and_duplicate_seeds(tmp_path):
     ee = next(r for r in rows if r["synthesis"] == "embedding_expansion")
     assert ee["ΔMAP@R"][0] == pytest.approx(10.0) and math.isnan(ee["ΔMAP@R"][1])
     _run(tmp_path, "none0_again", 0, 0.1)
-    with pytest.raises(SystemExit, match="seed 0"):
+    with pytest.raises(make_table.TableError, match="seed 0"):
         make_table.collect([tmp_path])
 
 
@@ -260,7 +260,8 @@ def test_runs_without_the_checkpoint_are_an_error_naming_them(tmp_path, capsys):
     assert "over the n seeds of each dataset's n column" in capsys.readouterr().out
     with pytest.raises(SystemExit) as error:
         make_table.main([str(tmp_path), "--checkpoint", "best_on_test"])
-    message = str(error.value)
+    assert error.value.code == 2  # an error of the user's making, as every tool's
+    message = capsys.readouterr().err
     assert message.startswith("error: --checkpoint best_on_test: 1 of 9 runs have no "
                               "'best_on_test/*' metrics in metrics.json:")
     assert f"\n  {old}\n" in message and "choose --checkpoint val or final" in message

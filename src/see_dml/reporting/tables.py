@@ -183,7 +183,7 @@ def collect(folders: list[Path]) -> dict[tuple, dict[str, Any]]:
             cell = cells.setdefault(frozen, {"cfg": cfg, "key": key, "runs": {}, "dirs": {}})
             seed = cfg.get("seed")
             if seed in cell["runs"]:
-                raise SystemExit(f"two runs of one config with seed {seed}: {metrics_file.parent}"
+                raise TableError(f"two runs of one config with seed {seed}: {metrics_file.parent}"
                                  " and another; give each sweep its own folder")
             cell["runs"][seed] = json.loads(metrics_file.read_text())
             cell["dirs"][seed] = metrics_file.parent
@@ -206,7 +206,7 @@ def check_checkpoint(cells: dict[tuple, dict[str, Any]], checkpoint: str) -> Non
                      if not any(k.startswith(prefix) for k in metrics))
     if missing:
         others = " or ".join(c for c in CHECKPOINTS if c != checkpoint)
-        raise SystemExit(f"error: --checkpoint {checkpoint}: {len(missing)} of {len(runs)} runs "
+        raise TableError(f"--checkpoint {checkpoint}: {len(missing)} of {len(runs)} runs "
                          f"have no '{prefix}*' metrics in metrics.json:\n  {listing(missing)}\n"
                          f"(runs from before these were recorded, or that did not record "
                          f"them: rerun them, or choose --checkpoint {others})")
@@ -436,7 +436,7 @@ def load_published(path: Path) -> dict[str, Any]:
     published = yaml.safe_load(path.read_text())
     for entry in published["results"]:
         if entry["source"] not in published["sources"]:
-            raise SystemExit(f"{path}: source '{entry['source']}' is not under sources:")
+            raise TableError(f"{path}: source '{entry['source']}' is not under sources:")
     return published
 
 
@@ -624,7 +624,7 @@ def paper_table(rows: list[dict[str, Any]], baseline: str = "none") -> dict[str,
         key = setting(row)
         cells = lines[(*key, int(row["epochs"]) if key in by_epochs else 0)]
         if row["dataset"] in cells:
-            raise SystemExit("two rows of one setting and dataset that the paper layout cannot "
+            raise TableError("two rows of one setting and dataset that the paper layout cannot "
                              "tell apart: use --layout long")
         cells[row["dataset"]] = row
     labels = ["method", *(["loss"] if len({row["loss"] for row in rows}) > 1 else []),
@@ -820,6 +820,42 @@ def _plot_metric(ax: Any, rows: list[dict[str, Any]], metric: str) -> None:
     ax.legend(fontsize=7)
 
 
+def _write_tables(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The tables, plot and CSV of ``main``'s arguments; returns the Markdown printed."""
+    cells = collect(args.folders)
+    if not cells:
+        parser.error(f"no finished runs (metrics.json + config.yaml) under {args.folders}")
+    check_checkpoint(cells, args.checkpoint)
+    provenance_notes = check_provenance(cells, args.pool_commits)
+    rows = table_rows(cells, args.baseline, args.checkpoint)
+    notes = ([] if args.published == "none"
+             else add_published(rows, load_published(Path(args.published)), args.checkpoint))
+    notes += [*missing_notes(rows), *provenance_notes]
+    layout = args.layout
+    if layout == "auto":
+        layout = "paper" if len({row["dataset"] for row in rows}) > 1 else "long"
+    out = args.folders[0]
+    if layout == "paper":
+        table = paper_table(rows, args.baseline)
+        markdown = "\n\n".join([paper_heading(table, args.checkpoint), to_paper_markdown(table),
+                                 protocol_line(rows), *paper_legend(table, args.baseline),
+                                 *notes])
+        (out / "results_paper.md").write_text(markdown + "\n")
+        (out / "results_paper.csv").write_text(to_paper_csv(table) + "\n")
+        paper_plot(table, out / "results_paper.png")
+    else:
+        prefix, what = CHECKPOINTS[args.checkpoint]
+        heading = ([] if args.checkpoint == "val" else
+                   [f"Checkpoint: {what} (`--checkpoint {args.checkpoint}`, `{prefix}*` in "
+                    "metrics.json)."])
+        markdown = "\n\n".join([*heading, to_markdown(rows, args.checkpoint),
+                                 protocol_line(rows), *notes])
+        (out / "results.md").write_text(markdown + "\n")
+        (out / "results.csv").write_text(to_csv(rows) + "\n")
+        plot(rows, out / "results.png", tuple(args.plot_metrics))
+    return markdown
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("folders", nargs="+", type=Path)
@@ -847,40 +883,10 @@ def main(argv: list[str] | None = None) -> str:
     for folder in args.folders:
         if not folder.is_dir():
             parser.error(f"no such folder: {folder}")
-    cells = collect(args.folders)
-    if not cells:
-        parser.error(f"no finished runs (metrics.json + config.yaml) under {args.folders}")
-    check_checkpoint(cells, args.checkpoint)
     try:
-        provenance_notes = check_provenance(cells, args.pool_commits)
-        rows = table_rows(cells, args.baseline, args.checkpoint)
+        markdown = _write_tables(args, parser)
     except TableError as err:
         exit_with_error(str(err))
-    notes = ([] if args.published == "none"
-             else add_published(rows, load_published(Path(args.published)), args.checkpoint))
-    notes += [*missing_notes(rows), *provenance_notes]
-    layout = args.layout
-    if layout == "auto":
-        layout = "paper" if len({row["dataset"] for row in rows}) > 1 else "long"
-    out = args.folders[0]
-    if layout == "paper":
-        table = paper_table(rows, args.baseline)
-        markdown = "\n\n".join([paper_heading(table, args.checkpoint), to_paper_markdown(table),
-                                 protocol_line(rows), *paper_legend(table, args.baseline),
-                                 *notes])
-        (out / "results_paper.md").write_text(markdown + "\n")
-        (out / "results_paper.csv").write_text(to_paper_csv(table) + "\n")
-        paper_plot(table, out / "results_paper.png")
-    else:
-        prefix, what = CHECKPOINTS[args.checkpoint]
-        heading = ([] if args.checkpoint == "val" else
-                   [f"Checkpoint: {what} (`--checkpoint {args.checkpoint}`, `{prefix}*` in "
-                    "metrics.json)."])
-        markdown = "\n\n".join([*heading, to_markdown(rows, args.checkpoint),
-                                 protocol_line(rows), *notes])
-        (out / "results.md").write_text(markdown + "\n")
-        (out / "results.csv").write_text(to_csv(rows) + "\n")
-        plot(rows, out / "results.png", tuple(args.plot_metrics))
     print(markdown)
     missing = unfinished(args.folders)
     if missing:  # said where it is seen, not written into the results files
@@ -890,3 +896,7 @@ def main(argv: list[str] | None = None) -> str:
     return markdown
 
 
+def cli() -> None:
+    """The ``see-dml-table`` console script: :func:`main`, exit status 0 (a console script's
+    return value would be its exit status, and the Markdown is no status)."""
+    main()
