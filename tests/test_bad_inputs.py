@@ -398,6 +398,29 @@ def test_cli_config_error_does_not_load_lightning(tmp_path):
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
+@pytest.mark.slow  # a subprocess sweep with one short training: ~30 s
+def test_local_sweep_with_a_failing_job_ends_with_the_list_and_its_error(tmp_path):
+    """Two jobs, the second a config error: the first still trains; the sweep ends with the
+    run directories (finished, failed) and the failed job's one line, status 2, no
+    traceback (the basic sweeper re-raised the first failure after the last job)."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "see_dml.train", "-m", *FAST, "model.embed_dim=16,0",
+         "dataset.images_per_class=20", "callbacks.embedding_export=null", "test_final=false",
+         f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    done, failed = (sweep / "0").resolve(), (sweep / "1").resolve()
+    assert (done / "metrics.json").is_file()
+    tail = proc.stdout.strip().splitlines()[-3:]
+    assert tail[0].startswith(f"{done}  R@1 ")
+    assert tail[1].startswith(f"{failed}  failed: model.embed_dim must be a positive integer")
+    assert tail[2] == f"Sweep directory: {sweep.resolve()}"
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: job 1 of the sweep failed: model.embed_dim must be a positive integer")
+
+
 # -- run directory --------------------------------------------------------------------------
 _HOLD = ("import sys; from see_dml.rundir import lock_run_dir\n"
          "with lock_run_dir(sys.argv[1]):\n"

@@ -3,28 +3,49 @@
 Under the submitit launchers (SLURM, ``submitit_local``) each job prints into its own log
 file, so the terminal that started the sweep saw no results and no run directories.
 :class:`RunDirectories` lists them at the end of every multirun, with each run's numbers.
+
+A job of a local sweep (the basic launcher and sweeper: every job in this process) that
+fails is recorded (:func:`record_failed_job`) instead of raising: Hydra's basic sweeper
+would end the sweep with the first failure's traceback, and no list. The sweep then ends with
+the list (each failed job with its error), one ``error:`` line per failed job and a
+non-zero status (2 when every failure is the user's).
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+#: The failed jobs of this process's local sweep: ``{resolved run dir: (error line, the
+#: user's error)}`` (see the module docstring).
+_FAILED_JOBS: dict[str, tuple[str, bool]] = {}
 
-def sweep_summary(sweep_dir: str | Path) -> list[str]:
+
+def record_failed_job(run_dir: str | Path, line: str, user_error: bool) -> None:
+    """Note that the job of ``run_dir`` failed with ``line`` (one line; ``user_error``: of the
+    user's making): :class:`RunDirectories` lists it and ends the sweep with it."""
+    _FAILED_JOBS[str(Path(run_dir).resolve())] = (line, user_error)
+
+
+def sweep_summary(sweep_dir: str | Path, failed: Mapping[str, str] | None = None) -> list[str]:
     """One line per job directory of a sweep (``<sweep>/<n>``, in job order): its test R@1
-    and MAP@R (validation-selected checkpoint), or why there are none; then the sweep."""
+    and MAP@R (validation-selected checkpoint), or why there are none; then the sweep.
+    ``failed``: ``{resolved job dir: error line}`` of the jobs known to have failed."""
     sweep = Path(sweep_dir)
     jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()),
                   key=lambda p: int(p.name)) if sweep.is_dir() else []
     lines = []
     for job in jobs:
         metrics_file = job / "metrics.json"
-        if metrics_file.exists():
+        if failed and str(job.resolve()) in failed:
+            lines.append(f"{job.resolve()}  failed: {failed[str(job.resolve())]}")
+        elif metrics_file.exists():
             metrics = json.loads(metrics_file.read_text())
             numbers = ", ".join(f"{name} {100 * metrics[key]:.2f}" for key, name in
                                 (("test/recall@1", "R@1"), ("test/map@r", "MAP@R"))
@@ -43,8 +64,6 @@ class RunDirectoryInUse(Callback):
     ``error:`` line, status 2. The run's own lock, taken in ``train``, closes the race."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import sys
-
         from omegaconf import OmegaConf
 
         from see_dml.rundir import held_by_another, is_rank_zero
@@ -78,7 +97,6 @@ class RunDirectoryCreatable(Callback):
     @staticmethod
     def _check(config: DictConfig, dir_key: str) -> None:
         import os
-        import sys
         import tempfile
 
         from omegaconf import OmegaConf
@@ -123,7 +141,20 @@ def _key_of(config: DictConfig, path: Path, dir_key: str) -> tuple[str, str]:
 
 
 class RunDirectories(Callback):
-    """Print every job's run directory and numbers when a multirun ends."""
+    """Print every job's run directory and numbers when a multirun ends; end a local sweep
+    whose jobs failed with their errors and a non-zero status (see the module docstring)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        print("\n" + "\n".join(sweep_summary(config.hydra.sweep.dir)), flush=True)
+        from see_dml.errors import USER_ERROR_STATUS
+
+        failed = dict(_FAILED_JOBS)
+        _FAILED_JOBS.clear()
+        print("\n" + "\n".join(sweep_summary(config.hydra.sweep.dir,
+                                             {d: line for d, (line, _) in failed.items()})),
+              flush=True)
+        if not failed:
+            return
+        for run_dir, (line, _) in failed.items():
+            print(f"error: job {Path(run_dir).name} of the sweep failed: {line}",
+                  file=sys.stderr)
+        sys.exit(USER_ERROR_STATUS if all(user for _, user in failed.values()) else 1)

@@ -398,6 +398,20 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _in_local_sweep() -> bool:
+    """A multirun of Hydra's basic sweeper and launcher: every job runs in this process, and
+    the sweeper ends the sweep with the first failed job's traceback (see
+    :mod:`see_dml.hydra_callbacks`). Other sweepers read the job's return value (optuna's
+    objective), other launchers run jobs as processes of their own: a failure is raised."""
+    if not _in_multirun():
+        return False
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices
+    return (choices.get("hydra/launcher") == "basic"
+            and choices.get("hydra/sweeper") == "basic")
+
+
 def _remove_if_empty(run_dir: Path) -> None:
     """A run that failed before writing anything but Hydra's files leaves no directory."""
     if not run_dir.is_dir():
@@ -440,7 +454,24 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except Exception as err:
         line = user_error_line(err)
-        if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if _in_local_sweep():  # recorded: the sweep goes on, and ends listing this job
+            from hydra.core.hydra_config import HydraConfig
+
+            from see_dml.hydra_callbacks import record_failed_job
+
+            if line is None:  # a bug: its traceback now, in this job's output
+                import traceback
+
+                traceback.print_exc()
+            else:
+                print(f"error: {line}", file=sys.stderr)
+            record_failed_job(HydraConfig.get().runtime.output_dir,
+                              line or f"{type(err).__name__}: {err} (traceback above)",
+                              user_error=line is not None)
+            return None
+        if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
         if _in_multirun():  # the sweep goes on with its other jobs and lists this one
