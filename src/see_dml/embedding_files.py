@@ -71,7 +71,10 @@ def save_embeddings(path: str | Path, embeddings: np.ndarray, labels: np.ndarray
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "npz":
         out = out.with_suffix(".npz")
-        np.savez(out, embeddings=emb, **columns)
+        # numpy's stub declares allow_pickle: bool beside **kwds, and mypy checks every value
+        # of a ** dict against it; the keys here are column names (and numpy 1.x, which
+        # the dependencies allow, has no allow_pickle to pass instead)
+        np.savez(out, embeddings=emb, **columns)  # type: ignore[arg-type]
         return out
     if fmt == "parquet":
         import pyarrow as pa

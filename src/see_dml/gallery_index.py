@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from see_dml.errors import ConfigError, IndexFileError
 
@@ -102,8 +102,10 @@ class SavedIndex:
         import faiss
 
         if self.meta["kind"] == "hnsw":  # an HNSW search sees at most efSearch candidates
-            faiss.downcast_index(self.index).hnsw.efSearch = max(
-                int(self.meta["hnsw"]["ef_search"]), k)
+            # faiss's stub types downcast_index as the base Index; it returns the index's
+            # own class, here an IndexHNSWFlat
+            hnsw_index = cast("faiss.IndexHNSW", faiss.downcast_index(self.index))
+            hnsw_index.hnsw.efSearch = max(int(self.meta["hnsw"]["ef_search"]), k)
         return self.index.search(queries, k)
 
 

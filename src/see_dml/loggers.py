@@ -34,6 +34,10 @@ class _AppendingExperimentWriter(ExperimentWriter):
 class ResumableCSVLogger(CSVLogger):
     """``lightning.pytorch.loggers.CSVLogger`` that appends to an existing ``metrics.csv``."""
 
+    # Lightning declares the attribute as its fabric base writer; here only the property
+    # below sets it, always to the appending writer
+    _experiment: ExperimentWriter | None
+
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:

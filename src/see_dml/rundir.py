@@ -105,10 +105,11 @@ def held_by_another(run_dir: str | Path) -> str | None:
 def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
     """Hold ``run_dir`` (created if missing) for the ``with`` block; raise
     :class:`RunDirectoryLockedError` at once when another live process holds it."""
-    from filelock import FileLock, Timeout
+    from filelock import BaseFileLock, FileLock, Timeout
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock: BaseFileLock | None  # None: no flock on this filesystem
     lock = FileLock(str(run_dir / LOCK_NAME), timeout=0)
     try:
         lock.acquire()

@@ -82,7 +82,7 @@ class Split:
     def subset(self, mask: np.ndarray, name: str | None = None) -> Split:
         """The items where ``mask`` (bool ``(N,)``) is true."""
         idx = np.flatnonzero(mask)
-        items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[i]
+        items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[int(i)]
                                                                             for i in idx]
         return Split(items, self.labels[idx], name or self.name, dict(self.meta))
 
@@ -158,10 +158,10 @@ class RetrievalDataset(Dataset):
         return self.split.labels
 
     def _load(self, index: int) -> Image.Image:
-        item = self.split.items[index]
-        if isinstance(self.split.items, np.ndarray):
-            return Image.fromarray(item).convert(self.image_mode)
-        return load_image(item, self.image_mode)
+        items = self.split.items
+        if isinstance(items, np.ndarray):
+            return Image.fromarray(items[index]).convert(self.image_mode)
+        return load_image(items[index], self.image_mode)
 
     def _fallback_indices(self, index: int) -> np.ndarray:
         if self._by_class is None:
@@ -171,7 +171,9 @@ class RetrievalDataset(Dataset):
         same = self._by_class[int(self.labels[index])]
         return np.roll(same, -int(np.searchsorted(same, index, sorter=None)) - 1)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | Image.Image, int, int]:
+        """``(image, label, index)``: the image through ``transform`` (a tensor with the
+        framework's transforms), or the PIL image when the dataset has no transform."""
         try:
             image = self._load(index)
         except UnreadableImageError as err:
@@ -180,26 +182,27 @@ class RetrievalDataset(Dataset):
                     f"{err}. Find every such file with python -m see_dml.data.check "
                     "dataset=<the same> (and replace them), or set dataset.on_error=skip to "
                     "use the class's next image instead") from err
-            if index not in self.skipped:
-                log.warning("skipping unreadable image %s", self.split.items[index])
-                self.skipped.add(index)
-            image = None
-            for other in self._fallback_indices(index):
-                if other == index or other in self.skipped:
-                    continue
-                try:
-                    image = self._load(int(other))
-                    break
-                except UnreadableImageError:
-                    self.skipped.add(int(other))
-            if image is None:
-                raise UnreadableImageError(
-                    f"every image of class {self.labels[index]} is unreadable "
-                    f"(first: '{self.split.items[index]}')"
-                ) from None
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index]), index
+            image = self._load_replacement(index)
+        sample = image if self.transform is None else self.transform(image)
+        return sample, int(self.labels[index]), index
+
+    def _load_replacement(self, index: int) -> Image.Image:
+        """``on_error=skip``: the next readable image of the class of ``index``, whose own
+        file could not be read (counted in :attr:`skipped`, logged once)."""
+        if index not in self.skipped:
+            log.warning("skipping unreadable image %s", self.split.items[index])
+            self.skipped.add(index)
+        for other in self._fallback_indices(index):
+            if other == index or other in self.skipped:
+                continue
+            try:
+                return self._load(int(other))
+            except UnreadableImageError:
+                self.skipped.add(int(other))
+        raise UnreadableImageError(
+            f"every image of class {self.labels[index]} is unreadable "
+            f"(first: '{self.split.items[index]}')"
+        ) from None
 
 
 class DatasetSource(ABC):
@@ -296,14 +299,18 @@ class DatasetSource(ABC):
     def root_dir(self) -> Path:
         """``dataset.root`` made absolute; :class:`DatasetNotFoundError` when it is not a folder."""
         if self.root is None:
-            raise DatasetNotFoundError(
-                f"{self.name}: dataset.root is not set. Expected layout under it:\n"
-                f"{self.layout.rstrip()}\nOfficial download: {self.download_url}"
-            )
+            raise self.root_not_set()
         root = self.root.absolute()
         if not root.is_dir():
             raise self.not_found(root, [root])
         return root
+
+    def root_not_set(self) -> DatasetNotFoundError:
+        """The error for a dataset without ``dataset.root``, with the layout it wants."""
+        return DatasetNotFoundError(
+            f"{self.name}: dataset.root is not set. Expected layout under it:\n"
+            f"{self.layout.rstrip()}\nOfficial download: {self.download_url}"
+        )
 
     def not_found(self, root: Path, missing: Sequence[Path | str],
                   hint: str = "") -> DatasetNotFoundError:

@@ -48,7 +48,10 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: numpy would append ".npz" to a name
-            np.savez_compressed(f, **arrays)
+            # numpy's stub declares allow_pickle: bool beside **kwds, and mypy checks every
+            # value of a ** dict against it; the keys here are array names (and numpy 1.x,
+            # which the dependencies allow, has no allow_pickle to pass instead)
+            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
 
     return atomic_write(path, write)
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, SequentialSampler
 
 from see_dml.data.base import DatasetSource, RetrievalDataset
 from see_dml.data.samplers import ClassBalancedBatchSampler
@@ -26,7 +26,16 @@ def scheduled_epoch(epoch: int, start: int = 0, every: int = 1) -> bool:
     return epoch >= start and (epoch - start) % every == 0
 
 
-class EpochScheduledSampler(Sampler):
+class SizedSampler(Protocol):
+    """A sampler with a length (torch's ``Sampler`` declares none): what
+    :class:`EpochScheduledSampler` wraps."""
+
+    def __iter__(self) -> Iterator[int]: ...
+
+    def __len__(self) -> int: ...
+
+
+class EpochScheduledSampler(Sampler[int]):
     """``inner``'s indices in the scheduled epochs (:func:`scheduled_epoch`), none in the
     others.
 
@@ -35,23 +44,24 @@ class EpochScheduledSampler(Sampler):
     (with the epochs trained so far), so an unscheduled epoch reads no image at all.
     """
 
-    def __init__(self, inner: Sampler, start: int = 0, every: int = 1) -> None:
+    def __init__(self, inner: SizedSampler, start: int = 0, every: int = 1) -> None:
         self.inner, self.start, self.every = inner, int(start), int(every)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-        if callable(getattr(self.inner, "set_epoch", None)):
-            self.inner.set_epoch(epoch)
+        set_inner_epoch = getattr(self.inner, "set_epoch", None)
+        if callable(set_inner_epoch):
+            set_inner_epoch(epoch)
 
     def scheduled(self, epoch: int | None = None) -> bool:
         return scheduled_epoch(self.epoch if epoch is None else epoch, self.start, self.every)
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self) -> Iterator[int]:
         return iter(self.inner) if self.scheduled() else iter(())
 
     def __len__(self) -> int:
-        return len(self.inner)  # type: ignore[arg-type]
+        return len(self.inner)
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -214,8 +224,9 @@ class RetrievalDataModule(L.LightningDataModule):
             return DataLoader(dataset, batch_sampler=self._train_sampler,
                               num_workers=self.num_workers, pin_memory=self.pin_memory,
                               persistent_workers=self._persistent())
-        sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed,
-                                      drop_last=True) if world > 1 else None)
+        sampler: DistributedSampler | None = (
+            DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed,
+                               drop_last=True) if world > 1 else None)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=sampler is None,
                           sampler=sampler, drop_last=True, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self._persistent())
@@ -223,7 +234,7 @@ class RetrievalDataModule(L.LightningDataModule):
     def _persistent(self) -> bool:
         return self.persistent_workers and self.num_workers > 0
 
-    def eval_dataloader(self, dataset: Dataset, own_generator: bool = False,
+    def eval_dataloader(self, dataset: RetrievalDataset, own_generator: bool = False,
                         epochs: tuple[int, int] | None = None) -> DataLoader:
         """An in-order loader of ``dataset``. ``own_generator``: its iterators draw their
         seed from a generator of their own instead of torch's global one, so iterating it
@@ -232,10 +243,11 @@ class RetrievalDataModule(L.LightningDataModule):
         (:class:`EpochScheduledSampler`)."""
         world, rank = self._world()
         # Padded with repeats under DDP; evaluation de-duplicates by sample index.
-        sampler: Sampler | None = (DistributedSampler(dataset, world, rank, shuffle=False)
-                                   if world > 1 else None)
+        distributed: DistributedSampler | None = (
+            DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None)
+        sampler: Sampler[int] | None = distributed
         if epochs is not None:
-            sampler = EpochScheduledSampler(sampler or SequentialSampler(dataset), *epochs)
+            sampler = EpochScheduledSampler(distributed or SequentialSampler(dataset), *epochs)
         generator = torch.Generator().manual_seed(self.seed) if own_generator else None
         return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False,
                           sampler=sampler, num_workers=self.num_workers,

@@ -388,7 +388,7 @@ def download(cfg: DictConfig, source: DatasetSource) -> int:
     key = dataset_key(source)
     files = SOURCES[key]
     if source.root is None:
-        source.root_dir()  # raises: dataset.root is not set, with the layout it wants
+        raise source.root_not_set()
     root = Path(source.root).expanduser().absolute()
     download_dir = (Path(str(cfg.download_dir)).expanduser() if cfg.download_dir
                     else root.parent / "downloads")

@@ -167,7 +167,7 @@ class IconSet:
 
         Rotations (quarter turns) add up, flips toggle, other fields of the alias override.
         """
-        chain = []
+        chain: list[dict[str, Any]] = []
         while name not in self.icons:
             alias = self.aliases.get(name)
             if alias is None or len(chain) > 16:
@@ -340,8 +340,8 @@ def drawings_by_name(icon_set: IconSet, names: Mapping[str, Key],
             report[f"{icon_set.prefix}: name not in the other sets"] += 1
     out: dict[Key, Drawing] = {}
     for key, icons in claims.items():
-        own = [name for name, by_own_name in icons if by_own_name]
-        chosen = own if own else [name for name, _ in icons]
+        by_own = [name for name, by_own_name in icons if by_own_name]
+        chosen = by_own if by_own else [name for name, _ in icons]
         if len(chosen) > 1:
             report[f"{icon_set.prefix}: emoji claimed by two icons"] += 1
             continue

@@ -100,8 +100,8 @@ class DoubleMNIST(DatasetSource):
                  class_split: tuple[int, int, int] = (64, 16, 20), **kwargs) -> None:
         super().__init__(root=root, **kwargs)
         self.images_per_class = int(images_per_class)
-        self.class_split = tuple(int(c) for c in class_split)
-        n_train, n_val, n_test = self.class_split
+        n_train, n_val, n_test = (int(c) for c in class_split)
+        self.class_split = (n_train, n_val, n_test)
         self.expected_counts = {
             "train": {"classes": n_train},
             "val": {"classes": n_val},
@@ -120,8 +120,9 @@ class DoubleMNIST(DatasetSource):
 
         def build() -> dict[str, np.ndarray]:
             splits = build_double_mnist(self.seed, self.images_per_class, self.class_split)
+            # the composed splits hold their images in memory: asarray returns them as they are
             return {f"{s}_{part}": array for s, split in splits.items()
-                    for part, array in (("x", split.items), ("y", split.labels))}
+                    for part, array in (("x", np.asarray(split.items)), ("y", split.labels))}
 
         # Atomic and checked: parallel first runs of a sweep share the cache safely, and a
         # truncated file (a killed job, a full disk) is rebuilt instead of crashing the run.

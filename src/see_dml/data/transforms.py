@@ -85,17 +85,17 @@ def build_transforms(image_kind: str, cfg: TransformConfig, mean: Sequence[float
                 T.Compose([*eval_resize, T.ToTensor(), normalize]))
     if image_kind != "natural":
         raise ValueError(f"unknown image kind '{image_kind}' (natural, digits or icons)")
-    size = cfg.image_size or 224
-    resize = cfg.resize or size
+    crop_size = cfg.image_size or 224
+    resize_size = cfg.resize or crop_size
     if cfg.interpolation not in INTERPOLATIONS:
         raise ValueError(f"data.transforms.interpolation must be one of "
                          f"{', '.join(INTERPOLATIONS)}; got '{cfg.interpolation}'")
     mode = INTERPOLATIONS[cfg.interpolation]
-    train = [T.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), interpolation=mode)]
+    train = [T.RandomResizedCrop(crop_size, scale=tuple(cfg.crop_scale), interpolation=mode)]
     if cfg.hflip:
         train.append(T.RandomHorizontalFlip())
     return (
         T.Compose([*train, T.ToTensor(), normalize]),
-        T.Compose([T.Resize(resize, interpolation=mode), T.CenterCrop(size), T.ToTensor(),
-                   normalize]),
+        T.Compose([T.Resize(resize_size, interpolation=mode), T.CenterCrop(crop_size),
+                   T.ToTensor(), normalize]),
     )

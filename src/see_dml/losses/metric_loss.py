@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +31,15 @@ LossKind = Literal["proxy", "pair"]
 IndicesTuple = tuple[torch.Tensor, ...]
 
 
+@overload
+def full_precision(x: torch.Tensor) -> torch.Tensor: ...
+@overload
+def full_precision(x: torch.Tensor | None) -> torch.Tensor | None: ...
+
+
 def full_precision(x: torch.Tensor | None) -> torch.Tensor | None:
-    """fp16/bf16 tensors as float32; float32/float64 (and ``None``) unchanged."""
+    """fp16/bf16 tensors as float32; float32/float64 (and ``None``) unchanged. A tensor in is
+    a tensor out (the first overload), so callers that pass no ``None`` get no ``None``."""
     if x is not None and x.dtype in (torch.float16, torch.bfloat16):
         return x.float()
     return x

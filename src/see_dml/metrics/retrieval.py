@@ -197,7 +197,7 @@ def retrieve(
     n_q = len(query)
     q_labels = _as_labels(query_labels, n_q, "query_labels")
     exclude_self = reference is None
-    if exclude_self:
+    if reference is None:
         if reference_labels is not None:
             raise ValueError("reference_labels given without reference embeddings")
         reference, r_labels = query, q_labels
