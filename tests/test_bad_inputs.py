@@ -573,6 +573,29 @@ def test_on_error_skip_is_honoured_by_every_plot_and_metrics_come_first(make_cfg
     assert (tmp_path / "out" / "retrieval_grid.png").exists()
 
 
+def test_trains_metrics_are_written_before_its_plots(make_cfg, monkeypatch):
+    """A projection that never ends well (a crash, Ctrl-C in a long t-SNE) after the tests:
+    metrics.json is already whole; the embeddings and plots are drawn after it."""
+    import json
+
+    import see_dml.plots as plots
+
+    cfg = make_cfg("test_final=false", "callbacks.embedding_export.projection=pca")
+    metrics_file = Path(cfg.paths.run_dir) / "metrics.json"
+    seen = []
+
+    def interrupted(*args, **kwargs):
+        seen.append(metrics_file.exists())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_projection", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert seen == [True]
+    assert 0.0 <= json.loads(metrics_file.read_text())["test/map@r"] <= 1.0
+    assert (metrics_file.parent / "embeddings_test.npz").is_file()  # the export before it
+
+
 def test_retrieve_grid_is_capped_whatever_k(tmp_path, ckpt, monkeypatch):
     """k=100000: retrieval.json holds every neighbour, the grid only grid_k columns."""
     import see_dml.plots as plots

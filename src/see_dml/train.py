@@ -359,6 +359,12 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     # before the tests: each loads a checkpoint, and with it that checkpoint's history
     history = _test_history(trainer, model, last) if test_every_epoch else {}
     runs = [("test", best)]
+    # the embedding export's files and plots come after metrics.json, which they never cost
+    from see_dml.callbacks.export import EmbeddingExport
+
+    export = next((cb for cb in trainer.callbacks if isinstance(cb, EmbeddingExport)), None)
+    if export is not None:
+        export.hold()
     if cfg.get("test_final", True) and best and last and Path(best) != Path(last):
         runs.append(("test_final", last))
     for prefix, ckpt in runs:
@@ -379,6 +385,8 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     if test_every_epoch and not history:
         log.warning("test_every_epoch=true but no epoch was tested: no best_on_test/...")
     write_metrics(run_dir, metrics, trainer)  # with its provenance (code, libraries, devices)
+    if export is not None:
+        export.release(trainer)  # embeddings_<split>.npz, projection, recall curve, grid
 
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
         # W&B prints its sync hints when its run finishes: before our last lines, not after

@@ -15,10 +15,16 @@ so writes, on rank zero:
 
 Nothing is embedded or searched again: the grid shows the neighbours the metrics counted.
 Enabled by ``conf/callbacks/default.yaml``; ``callbacks.embedding_export=null`` removes it.
+
+``train`` holds the report (:meth:`EmbeddingExport.hold`) until it has written
+``metrics.json`` (:meth:`EmbeddingExport.release`), as ``evaluate`` writes its metrics
+before its plots: a t-SNE of thousands of points that crashes, or is cut short with Ctrl-C,
+never costs the run its metrics.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from see_dml.embedding_files import EXPORT_FORMATS
-from see_dml.scoring import DEFAULT_PROJECTION, ReportOptions, report
+from see_dml.scoring import DEFAULT_PROJECTION, EvaluationResult, ReportOptions, report
 
 
 class EmbeddingExport(Callback):
@@ -58,6 +64,21 @@ class EmbeddingExport(Callback):
         self.log_images = log_images
         self.test_prefix = test_prefix
         self.written: list[Path] = []
+        self._holder: int | None = None  # the pid that holds the report (see hold)
+        self._held: EvaluationResult | None = None
+
+    def hold(self) -> None:
+        """Keep the result of the tests that follow, and report it in :meth:`release`.
+
+        Only this process holds it: a copy of the callback in a worker that ``ddp_spawn``
+        started reports at once, as before (its result never reaches this process)."""
+        self._holder = os.getpid()
+
+    def release(self, trainer: L.Trainer) -> None:
+        """Report the result held since :meth:`hold` (if its test ran), and hold no more."""
+        held, self._holder, self._held = self._held, None, None
+        if held is not None:
+            self._report(trainer, held)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # on_test_end: after the module's on_test_epoch_end (Lightning calls callbacks'
@@ -66,6 +87,12 @@ class EmbeddingExport(Callback):
         if (result is None or result.prefix != self.test_prefix or not trainer.is_global_zero
                 or not (self.options.export or self.options.plots)):
             return
+        if self._holder == os.getpid():
+            self._held = result
+            return
+        self._report(trainer, result)
+
+    def _report(self, trainer: L.Trainer, result: EvaluationResult) -> None:
         done = report(result, trainer.datamodule, self.dirpath or trainer.default_root_dir,
                       self.options)
         self.written += done.files
