@@ -688,6 +688,53 @@ def test_wandb_online_without_a_key_is_one_error_saying_what_to_do(make_cfg, tmp
     wandb.teardown()
 
 
+def test_wandb_online_that_cannot_reach_its_server_leaves_no_wandb_folder(make_cfg, tmp_path,
+                                                                         monkeypatch):
+    """With a key but no server, wandb.init writes its run folder and logs before it gives up;
+    the failed start removes them, and the empty run directory goes as train's does."""
+    from see_dml.train import _remove_if_empty
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
+    cfg = make_cfg("logger=wandb", "callbacks.embedding_export=null")
+    run_dir = Path(cfg.paths.run_dir)
+    with pytest.raises(ConfigError, match=r"W&B online .* did not start after \d+ s"):
+        train(cfg)
+    assert not (run_dir / "wandb").exists()
+    _remove_if_empty(run_dir)
+    assert not run_dir.exists()
+
+
+def test_a_failed_wandb_start_keeps_the_earlier_runs_of_a_resumed_run(tmp_path, monkeypatch):
+    """A resumed run's wandb/ holds its earlier (offline) W&B runs: only the new one goes,
+    and the latest-run link points where it did."""
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from see_dml.train import start_online_loggers
+
+    folder = tmp_path / "wandb"
+    (folder / "offline-run-1" / "logs").mkdir(parents=True)
+    (folder / "latest-run").symlink_to("offline-run-1")
+
+    def failed_start(self):
+        (folder / "run-2" / "logs").mkdir(parents=True)
+        (folder / "run-2" / "logs" / "debug.log").write_text("...")
+        (folder / "latest-run").unlink()
+        (folder / "latest-run").symlink_to("run-2")
+        (folder / "debug.log").symlink_to("run-2/logs/debug.log")
+        raise wandb.errors.CommError("context deadline exceeded")
+
+    monkeypatch.setattr(WandbLogger, "experiment", property(failed_start))
+    with pytest.raises(ConfigError, match="context deadline exceeded"):
+        start_online_loggers([WandbLogger(save_dir=str(tmp_path), offline=False)])
+    assert sorted(p.name for p in folder.iterdir()) == ["latest-run", "offline-run-1"]
+    assert os.readlink(folder / "latest-run") == "offline-run-1"
+
+
 # -- the machine's errors: a full disk, a place that may not be written ---------------------
 def test_full_disk_is_one_line_naming_the_file(capsys):
     import errno

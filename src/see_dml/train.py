@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 def start_online_loggers(loggers: list[Any]) -> None:
     """Start an online W&B run now, so that no API key or no network is one
     :class:`ConfigError` saying what to do and how long it waited, before training (and not
-    a traceback from inside ``trainer.fit``)."""
+    a traceback from inside ``trainer.fit``). What the failed start wrote (its ``wandb/``
+    run folder and logs) is removed: a failed run leaves nothing behind."""
     if "wandb" not in sys.modules:  # only WandbLogger imports it
         return
     import time
@@ -67,17 +68,58 @@ def start_online_loggers(loggers: list[Any]) -> None:
     for logger in loggers:
         if not isinstance(logger, WandbLogger) or getattr(logger, "_offline", True):
             continue
+        folder = Path(logger.save_dir) / "wandb" if logger.save_dir else None
+        before = _folder_entries(folder)
         start = time.monotonic()
         try:
             _ = logger.experiment
         except wandb.errors.Error as err:
             waited = time.monotonic() - start
+            if folder is not None:
+                _undo_failed_start(folder, before)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(
                 f"W&B online (WANDB_MODE={os.environ.get('WANDB_MODE', 'online')}, "
                 f"logger=wandb) did not start after {waited:.0f} s: {first}. Log in with "
                 "`wandb login` (or set WANDB_API_KEY) and check the network, or run offline "
                 "with WANDB_MODE=offline and upload later with `wandb sync`") from err
+
+
+def _folder_entries(folder: Path | None) -> dict[str, str | None] | None:
+    """``{name: symlink target, or None}`` of what ``folder`` holds; None if it does not
+    exist."""
+    if folder is None or not folder.is_dir():
+        return None
+    return {p.name: os.readlink(p) if p.is_symlink() else None for p in folder.iterdir()}
+
+
+def _undo_failed_start(folder: Path, before: dict[str, str | None] | None) -> None:
+    """Remove what a failed ``wandb.init`` wrote into ``folder`` (``<run dir>/wandb``): all of
+    it when it made the folder, else its new entries, with the ``latest-run`` and
+    ``debug*.log`` links pointed back where they were (a resumed run's earlier W&B runs,
+    offline ones to ``wandb sync``, are kept). W&B's service is stopped first, so that it
+    writes no more into it (and a later run in this process starts afresh)."""
+    import shutil
+    from contextlib import suppress
+
+    import wandb
+
+    with suppress(Exception):  # a half-started service may already be gone
+        wandb.teardown()
+    if before is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for entry in list(folder.iterdir()) if folder.is_dir() else []:
+        if entry.name not in before:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            continue
+        target = before[entry.name]
+        if target is not None and entry.is_symlink() and os.readlink(entry) != target:
+            entry.unlink()
+            entry.symlink_to(target)
 
 
 def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
