@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from see_dml.config import to_dict
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import Callback
@@ -50,7 +52,7 @@ def build_model(cfg: DictConfig, num_classes: int, backbone: Backbone | None = N
         warmup_epochs=m.warmup_epochs, freeze_bn=m.freeze_bn,
         recall_ks=source.recall_ks, knn_backend=cfg.get("knn_backend", "auto"),
         compute_nmi=bool(cfg.get("nmi", False)), compile=bool(m.get("compile", False)),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=to_dict(cfg),
     )
 
 

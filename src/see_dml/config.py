@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -152,6 +152,19 @@ def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
     params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
     parsed = OverridesParser.create().parse_overrides(params)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def to_dict(node: DictConfig, resolve: bool = True) -> dict[str, Any]:
+    """``OmegaConf.to_container`` of a mapping node, typed as the dict it is.
+
+    omegaconf types the result as any container (a list, a string, None) whatever the node
+    and its keys as any key type; a :class:`DictConfig` converts to a dict, and the keys of
+    the framework's configs (its YAML files, ``key=value`` overrides) are strings.
+    """
+    out = OmegaConf.to_container(node, resolve=resolve)
+    if not isinstance(out, dict):  # a ListConfig where a mapping belongs
+        raise TypeError(f"expected a mapping config node, got {type(node).__name__}")
+    return cast("dict[str, Any]", out)
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -385,6 +398,8 @@ def ignored_keys(cfg: DictConfig, config_name: str) -> list[str]:
     reads none of them: say, ``+model.embed_dim=32`` given to ``evaluate``, which rebuilds the
     model from the checkpoint's own config."""
     primary = OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")
+    if not isinstance(primary, DictConfig):  # a primary config is a mapping of its keys
+        raise ConfigError(f"{CONFIG_DIR / f'{config_name}.yaml'} is not a mapping of keys")
     known = {str(k) for k in primary if k != "defaults"}
     for entry in primary.get("defaults", []):
         name = entry if isinstance(entry, str) else next(iter(entry))
@@ -395,7 +410,7 @@ def ignored_keys(cfg: DictConfig, config_name: str) -> list[str]:
             return [leaf for k, v in node.items() for leaf in leaves(v, f"{prefix}.{k}")]
         return [prefix]
 
-    raw = OmegaConf.to_container(cfg, resolve=False)
+    raw = to_dict(cfg, resolve=False)
     return sorted(leaf for key, value in raw.items() if str(key) not in known
                   for leaf in leaves(value, str(key)))
 

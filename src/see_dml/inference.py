@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from see_dml.config import to_dict
 from see_dml.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -217,12 +218,13 @@ def resolve_dataset_config(cfg: DictConfig, ckpt_cfg: DictConfig) -> DictConfig:
         with open_dict(cfg):
             if cfg.get("seed") is None:
                 cfg.seed = ckpt_cfg.get("seed", 0)  # fills ${seed} of the dataset file
-        return OmegaConf.create(OmegaConf.to_container(user, resolve=True))
-    dataset = OmegaConf.create(OmegaConf.to_container(ckpt_cfg.dataset, resolve=True))
+        return OmegaConf.create(to_dict(user))
+    dataset = OmegaConf.create(to_dict(ckpt_cfg.dataset))
     if user is not None:
-        changes = {k: v for k, v in OmegaConf.to_container(user, resolve=True).items()
-                   if v is not None}
-        dataset = OmegaConf.merge(dataset, changes)
+        changes = {k: v for k, v in to_dict(user).items() if v is not None}
+        merged = OmegaConf.merge(dataset, changes)
+        assert isinstance(merged, DictConfig)  # a mapping merged into a mapping
+        dataset = merged
     return dataset
 
 
@@ -327,7 +329,9 @@ def embed_split(module: nn.Module, dataset: Dataset, batch_size: int = 256,
             embs.append(module(images.to(dev, non_blocking=True)).float())
             labels.append(torch.as_tensor(label))
             indices.append(torch.as_tensor(index))
-    n = len(dataset)  # type: ignore[arg-type]
+    if not isinstance(dataset, Sized):  # torch's Dataset declares no __len__
+        raise TypeError(f"{desc}: the dataset has no len() to check the embedded rows against")
+    n = len(dataset)
     if not embs:
         raise RuntimeError(f"{desc}: the dataset is empty")
     emb = torch.cat(embs)
@@ -349,7 +353,7 @@ def config_hash(config: Mapping[str, Any] | DictConfig) -> str:
     it (same hash).
     """
     if isinstance(config, DictConfig):
-        config = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
+        config = to_dict(config)
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import lightning as L
 import numpy as np
@@ -22,6 +22,7 @@ from see_dml.losses import MetricLoss
 from see_dml.models import Backbone, EmbeddingHead
 
 if TYPE_CHECKING:
+    from see_dml.metrics.knn import Backend
     from see_dml.scoring import EvaluationResult
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,10 @@ def rng_states() -> dict[str, Any]:
     Lightning restores model, optimiser, loop and callback state on resume but not these
     (its own helpers are private), so a resumed epoch would draw other augmentations.
     """
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # numpy's stub gives a call without arguments its legacy=False overload (a dict), but
+    # the default is legacy=True: this tuple, for the global MT19937 state
+    state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    kind, keys, pos, has_gauss, gauss = state
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
@@ -113,7 +117,7 @@ class DMLModule(L.LightningModule):
                  optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, backbone_lr_mult: float = 1.0,
                  head_lr_mult: float = 1.0, warmup_epochs: int = 0, freeze_bn: bool = False,
-                 recall_ks: Iterable[int] = (1, 2, 4, 8), knn_backend: str = "auto",
+                 recall_ks: Iterable[int] = (1, 2, 4, 8), knn_backend: Backend = "auto",
                  compute_nmi: bool = False, compile: bool = False,
                  config: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -145,15 +149,20 @@ class DMLModule(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None,
                              hparams_file: Any = None, strict: bool | None = None,
-                             **kwargs: Any) -> DMLModule:
+                             weights_only: bool | None = None, **kwargs: Any) -> DMLModule:
         """Lightning's usual call, ``DMLModule.load_from_checkpoint(path)``: the module its
         checkpoint describes (backbone, head and loss rebuilt from the config the checkpoint
         stores, see :func:`see_dml.inference.load_module_from_checkpoint`), in eval mode, on
         ``map_location`` (a device; default the CPU). Lightning's own version calls
         ``__init__`` with the saved hyperparameters, which this module does not save (its
         arguments are built modules)."""
-        if hparams_file is not None or kwargs:
-            given = ["hparams_file"] * (hparams_file is not None) + sorted(kwargs)
+        refused = dict(kwargs)
+        # a parameter because Lightning's signature has it; the checkpoint is read as every
+        # tool reads it (see_dml.inference.read_checkpoint), so it is refused like the rest
+        if weights_only is not None:
+            refused["weights_only"] = weights_only
+        if hparams_file is not None or refused:
+            given = ["hparams_file"] * (hparams_file is not None) + sorted(refused)
             raise TypeError("DMLModule.load_from_checkpoint rebuilds the model from the config "
                             "the checkpoint stores: it takes no hparams_file or __init__ "
                             f"arguments (got {', '.join(given)})")
@@ -209,8 +218,9 @@ class DMLModule(L.LightningModule):
         # Lightning sets the epoch of samplers but not of batch samplers (the class-balanced
         # one): without this every epoch would draw the same batches
         batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
-        if callable(getattr(batch_sampler, "set_epoch", None)):
-            batch_sampler.set_epoch(self.current_epoch)
+        set_epoch = getattr(batch_sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.current_epoch)
         self.log("train/backbone_frozen", float(frozen), on_epoch=True, on_step=False)
 
     # -- training -------------------------------------------------------------------------
@@ -219,9 +229,15 @@ class DMLModule(L.LightningModule):
         """All ranks' batches, so the loss and synthesis see the global batch (DDP)."""
         if self.trainer.world_size <= 1:
             return embeddings, labels
-        emb = self.all_gather(embeddings, sync_grads=True).flatten(0, 1)
-        lab = self.all_gather(labels).flatten(0, 1)
+        emb = self._all_gather_tensor(embeddings, sync_grads=True).flatten(0, 1)
+        lab = self._all_gather_tensor(labels).flatten(0, 1)
         return emb, lab
+
+    def _all_gather_tensor(self, tensor: torch.Tensor, sync_grads: bool = False
+                           ) -> torch.Tensor:
+        """:meth:`all_gather` of one tensor: ``(world, *shape)``. Lightning types the result
+        as any collection it gathers (tensor, dict, list, tuple); a tensor gathers to one."""
+        return cast(torch.Tensor, self.all_gather(tensor, sync_grads=sync_grads))
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         images, labels = batch[0], batch[1]
@@ -307,7 +323,7 @@ class DMLModule(L.LightningModule):
             emb = torch.empty(0, self.head.proj.out_features, device=self.device)
             lab = idx = torch.empty(0, dtype=torch.long, device=self.device)
         if self.trainer.world_size > 1:
-            emb, lab, idx = (self.all_gather(t).flatten(0, 1) for t in (emb, lab, idx))
+            emb, lab, idx = (self._all_gather_tensor(t).flatten(0, 1) for t in (emb, lab, idx))
         order = torch.argsort(idx, stable=True)
         emb, lab, idx = emb[order], lab[order], idx[order]
         keep = torch.ones_like(idx, dtype=torch.bool)
@@ -317,7 +333,8 @@ class DMLModule(L.LightningModule):
             # an int limit is a number of batches (1 is one batch); only the float 1.0 is all
             limited = (any(isinstance(v, int) or v != 1.0 for v in
                            (self.trainer.limit_val_batches, self.trainer.limit_test_batches))
-                       or self.trainer.fast_dev_run)
+                       # set on the Trainer by Lightning's debugging set-up, not declared
+                       or self.trainer.fast_dev_run)  # type: ignore[attr-defined]
             msg = (f"evaluation of '{split}' saw {len(idx)} of {expected} images"
                    + (" (limit_*_batches / fast_dev_run is set)" if limited else
                       "; likely cause: a sampler or drop_last on the eval loader"))
@@ -399,7 +416,9 @@ class DMLModule(L.LightningModule):
         self.test_result = None
 
     def on_test_epoch_end(self) -> None:
-        names = self.trainer.datamodule.test_split_names
+        # Lightning's data connector sets trainer.datamodule; the Trainer class does not
+        # declare it
+        names = self.trainer.datamodule.test_split_names  # type: ignore[attr-defined]
         self.test_result = self._evaluate(self._test_prefix, names, self.compute_nmi)
         if self.test_result is not None:
             self.log_dict(self.test_result.prefixed_metrics())

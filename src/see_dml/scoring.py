@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from see_dml.embedding_files import EXPORT_FORMATS
+from see_dml.embedding_files import EXPORT_FORMATS, ExportFormat
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from see_dml.data.datamodule import RetrievalDataModule
     from see_dml.metrics import RetrievalResult
+    from see_dml.metrics.knn import Backend
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class EvaluationResult:
 
 def evaluate_embeddings(prefix: str,
                         splits: Mapping[str, tuple[torch.Tensor, Any, Any]],
-                        recall_ks: tuple[int, ...] | list[int], *, knn_backend: str = "auto",
+                        recall_ks: tuple[int, ...] | list[int], *, knn_backend: Backend = "auto",
                         compute_nmi: bool = False) -> EvaluationResult:
     """Search once and compute every metric of one evaluation.
 
@@ -125,9 +126,9 @@ def evaluate_embeddings(prefix: str,
                 f"{int(bad.sum())} of {len(bad)} '{part.name}' embeddings are NaN, inf or zero: "
                 "the model diverged, so no metrics are computed from it")
     (q_emb, _, _), *gallery = splits.values()
-    knn = retrieve(q_emb, parts[0].labels,
-                   *((gallery[0][0], parts[1].labels) if gallery else (None, None)),
-                   k=max(recall_ks), backend=knn_backend)  # type: ignore[arg-type]
+    reference, reference_labels = (gallery[0][0], parts[1].labels) if gallery else (None, None)
+    knn = retrieve(q_emb, parts[0].labels, reference, reference_labels, k=max(recall_ks),
+                   backend=knn_backend)
     metrics = metrics_from_neighbours(knn.neighbour_labels, knn.query_labels,
                                       knn.relevant_counts, recall_ks)
     if compute_nmi:
@@ -219,13 +220,14 @@ def _export(result: EvaluationResult, dm: RetrievalDataModule, out: Path, fmt: s
     from see_dml.embedding_files import save_embeddings, split_paths
 
     written = []
+    formats: list[ExportFormat] = ["npz", "parquet"] if fmt == "parquet" else ["npz"]
     for split in result.splits:
         items = dm.eval_dataset(split.name).split.items
         if len(split.indices) != len(items):  # limit_test_batches / fast_dev_run
             log.info("embedding export: %s holds %d of %d images", split.name,
                      len(split.indices), len(items))
         paths = split_paths(items, split.indices)
-        for f in ["npz"] + (["parquet"] if fmt == "parquet" else []):
+        for f in formats:
             written.append(save_embeddings(
                 out / f"embeddings_{split.name}", split.embeddings, split.labels,
                 split.indices if paths is None else paths, f, indices=split.indices))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
@@ -33,6 +33,9 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from see_dml import geometry
+
+if TYPE_CHECKING:
+    from see_dml.module import DMLModule
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,9 @@ class GeometryMonitor(Callback):
         self.history = list(state_dict.get("history", []))
 
     def _subset_loader(self, trainer: L.Trainer) -> DataLoader:
-        dm = trainer.datamodule
+        # Lightning's data connector sets trainer.datamodule; the Trainer class does not
+        # declare it
+        dm = trainer.datamodule  # type: ignore[attr-defined]
         train = dm.datasets["train"]
         split = train.split  # labels 0..C-1, the proxies' rows
         classes = split.classes
@@ -104,7 +109,8 @@ class GeometryMonitor(Callback):
         val = trainer.callback_metrics.get("val/recall@1")
         if val is not None:
             out["geometry/train_val_gap@1"] = recall - float(val)
-        proxies = pl_module.criterion.class_directions()
+        # Lightning types the hooks' module as any LightningModule; this one is a DMLModule
+        proxies = cast("DMLModule", pl_module).criterion.class_directions()
         if proxies is not None:
             proxies = proxies.detach().float().cpu()
             out["geometry/proxy_class_cos"] = geometry.proxy_class_cosine(proxies, emb, labels)

@@ -16,16 +16,17 @@ the authors' code, in ``docs/method.md``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_metric_learning.losses import TripletMarginLoss
 
+from see_dml.config import to_dict
 from see_dml.losses import MetricLoss, full_precision, hphn_triplet_loss, no_autocast
 from see_dml.synthesis import (
     class_axes,
@@ -40,6 +41,10 @@ from see_dml.synthesis import (
     symmetric_npair_loss,
     symmetrical_synthesis,
 )
+from see_dml.synthesis.see import ExpansionMode
+
+if TYPE_CHECKING:
+    from see_dml.module import DMLModule
 
 IndicesTuple = tuple[torch.Tensor, ...]
 
@@ -63,7 +68,9 @@ class SynthesisCallback(Callback):
         self.steps_per_epoch: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        pl_module.add_embedding_hook(self)
+        # Lightning types the hooks' module as any LightningModule; a synthesiser runs on
+        # the DMLModule whose embedding hooks it joins
+        cast("DMLModule", pl_module).add_embedding_hook(self)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:
@@ -161,7 +168,7 @@ class SEECallback(SynthesisCallback):
     def __init__(self, n_points: int = 8, mode: str = "top_fraction", p_min: float = 0.0,
                  p_max: float = 0.4, scheduled: bool = True, ramp_end_epoch: int = 200,
                  threshold_floor: float = 0.0, weight: float = 0.2,
-                 directions: str = "simplex", pair_axes: str = "leave_one_out",
+                 directions: ExpansionMode = "simplex", pair_axes: str = "leave_one_out",
                  pair_integration: str = "mined", name: str = "see", seed: int = 0) -> None:
         super().__init__(name, seed)
         for key, value, allowed in (
@@ -409,10 +416,9 @@ class ProxySynthesisCallback(SynthesisCallback):
         self.alpha = float(alpha)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        criterion: MetricLoss = pl_module.criterion  # type: ignore[assignment]
+        criterion = cast("DMLModule", pl_module).criterion  # the module: see SynthesisCallback
         if criterion.kind != "proxy":
-            from see_dml.errors import ConfigError
-  # one 'error:' line, not a traceback
+            from see_dml.errors import ConfigError  # one 'error:' line, not a traceback
 
             raise ConfigError(f"synthesis=proxy_synthesis mixes proxies, but loss="
                              f"{criterion.name} has none; use loss=proxy_anchor, norm_softmax "
@@ -431,8 +437,12 @@ class ProxySynthesisCallback(SynthesisCallback):
         lam = self.draw_lambda(embeddings.device)
         with no_autocast(embeddings):
             embeddings = full_precision(embeddings)
+            proxies = criterion.class_directions()
+            if proxies is None:  # setup refuses such a loss before training
+                raise ValueError(f"synthesis=proxy_synthesis: loss '{criterion.name}' has no "
+                                 "proxies")
             syn, syn_labels, syn_proxies = proxy_synthesis(
-                embeddings, labels, criterion.class_directions(), self.ratio, lam)
+                embeddings, labels, proxies, self.ratio, lam)
             loss = criterion.forward_with_extra_classes(
                 torch.cat([embeddings, syn]), torch.cat([labels, syn_labels]), syn_proxies)
         return {"loss/metric": loss, **dict([self.stat(embeddings, "synthetic", len(syn)),
@@ -455,6 +465,6 @@ def build_synthesis_callback(cfg: DictConfig) -> SynthesisCallback | None:
     node = synthesis_node(cfg)
     if node is None:
         return None
-    kwargs = OmegaConf.to_container(node, resolve=True)
+    kwargs = to_dict(node)
     kwargs.pop("enabled", None)  # the SEE switch, not an argument
     return instantiate(kwargs, seed=cfg.seed)

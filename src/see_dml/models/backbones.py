@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Protocol, cast
 
 import timm
 import torch
@@ -46,6 +47,21 @@ class SmallConvNet(nn.Module):
         return self.features(x)
 
 
+class TimmModel(Protocol):
+    """What :class:`Backbone` calls on a timm model. timm's models share these by convention,
+    not through a base class, and ``timm.create_model`` is typed as returning any
+    ``nn.Module``."""
+
+    num_features: int
+    pretrained_cfg: dict[str, Any]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]: ...
+
+
 class Backbone(nn.Module):
     """A feature extractor with ``num_features``, ``mean``/``std`` and ``num_prefix_tokens``
     (the class / register tokens before a ViT's patch tokens; 0 for CNNs).
@@ -71,9 +87,12 @@ class Backbone(nn.Module):
                  frozen: Sequence[str] | None = None) -> None:
         super().__init__()
         self.name = name
+        self.mean: tuple[float, ...]
+        self.std: tuple[float, ...]
         if name == "small_cnn":
-            self.body: nn.Module = SmallConvNet(in_chans, width)
-            self.num_features = self.body.num_features
+            small = SmallConvNet(in_chans, width)
+            self.body: nn.Module = small
+            self.num_features = small.num_features
             self.mean, self.std = DIGIT_STATS if in_chans == 1 else ((0.5,) * 3, (0.5,) * 3)
             self.is_timm = False
             self.num_prefix_tokens = 0
@@ -99,8 +118,8 @@ class Backbone(nn.Module):
                     "weights file, model.backbone.pretrained=false "
                     "model.backbone.weights_path=<file>; or train from scratch, "
                     "model.backbone.pretrained=false") from err
-            self.num_features = self.body.num_features
-            cfg = self.body.pretrained_cfg
+            self.num_features = self._timm_body().num_features
+            cfg = self._timm_body().pretrained_cfg
             self.mean, self.std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std",
                                                                                     (0.5,) * 3))
             self.is_timm = True
@@ -123,10 +142,10 @@ class Backbone(nn.Module):
         ViTs: patch embedding and tokens, then one stage per block, the final norm in the last).
         ``small_cnn``: one stage per convolution with its BatchNorm (4).
         """
-        if self.is_timm:
+        if not isinstance(self.body, SmallConvNet):  # a timm model
             from timm.models import group_parameters
 
-            groups = group_parameters(self.body, self.body.group_matcher(coarse=True))
+            groups = group_parameters(self.body, self._timm_body().group_matcher(coarse=True))
             return [list(names) for names in groups.values()]
         stages: list[list[str]] = []
         for index, layer in enumerate(self.body.features):
@@ -193,6 +212,10 @@ class Backbone(nn.Module):
         params = dict(self.body.named_parameters())
         return [params[n] for n in self._frozen_names]
 
+    def _timm_body(self) -> TimmModel:
+        """``body`` as the timm model it is (:attr:`is_timm`)."""
+        return cast(TimmModel, self.body)
+
     def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         for module in self._frozen_modules:  # frozen modules keep their BatchNorm statistics
@@ -201,14 +224,14 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_timm:
-            return self.body.forward_features(x)
+            return self._timm_body().forward_features(x)
         return self.body(x)
 
     def timm_pool(self, features: torch.Tensor) -> torch.Tensor:
         """The backbone's own pooling (timm ``forward_head(pre_logits=True)``)."""
         if not self.is_timm:
             raise ValueError("model.head.pooling=model needs a timm backbone")
-        return self.body.forward_head(features, pre_logits=True)
+        return self._timm_body().forward_head(features, pre_logits=True)
 
 
 _STRIP_PREFIXES = ("module.", "model.", "backbone.", "body.")
