@@ -11,7 +11,7 @@ help:
 	@echo "make paper TABLE=vit128  one paper table on SLURM (resnet50 | vit128 | vit384; experiments/README.md)"
 	@echo "make test      the test suite (fast tests, a few minutes)"
 	@echo "make test-slow the slow end-to-end tests alone (CI runs both); make test-all: both"
-	@echo "make lint      ruff, and the import layering (lint-imports, pyproject.toml)"
+	@echo "make lint      ruff, the import layering (lint-imports) and mypy on src/see_dml (pyproject.toml)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,7 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks experiments
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks experiments

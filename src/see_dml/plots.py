@@ -65,7 +65,7 @@ def project_2d(embeddings: np.ndarray, method: ProjectionMethod = "pca", seed: i
     limit = 1 if method == "pca" or len(x) < _SMALL_PROJECTION else None
     with threadpool_limits(limits=limit):
         if method == "umap":
-            import umap  # type: ignore[import-not-found]
+            import umap
 
             return umap.UMAP(n_components=2, random_state=seed).fit_transform(x)
         if method == "tsne":
