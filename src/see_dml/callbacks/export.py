@@ -93,8 +93,10 @@ class EmbeddingExport(Callback):
         self._report(trainer, result)
 
     def _report(self, trainer: L.Trainer, result: EvaluationResult) -> None:
-        done = report(result, trainer.datamodule, self.dirpath or trainer.default_root_dir,
-                      self.options)
+        # Lightning's data connector sets trainer.datamodule; the Trainer class does not
+        # declare it
+        dm = trainer.datamodule  # type: ignore[attr-defined]
+        done = report(result, dm, self.dirpath or trainer.default_root_dir, self.options)
         self.written += done.files
         if self.log_images:
             self._log_figures(trainer, done.figures)
