@@ -30,6 +30,27 @@ def compose_config(overrides: list[str], config_name: str = "train") -> DictConf
     return compose(overrides, config_name)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One seconds-long Double-MNIST training (the default config, :data:`FAST`), trained
+    once per test session for every tool's tests (evaluate, retrieve, the bad inputs).
+
+    Returns ``metrics`` (what train returned), ``run_dir``, ``best`` (the validation-selected
+    checkpoint), ``last`` (``last.ckpt``), ``root`` (a folder for the tests' own files) and
+    the composed ``cfg``. Tests only read the run: copy a file before changing it.
+    """
+    from see_dml.train import train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    cache = tmp_path_factory.getbasetemp() / "see_dml_cache"  # shared with make_cfg's
+    cfg = compose_config([*FAST, "dataset.images_per_class=20", f"paths.run_dir={root / 'run'}",
+                          f"paths.cache_dir={cache}", f"paths.output_dir={root / 'outputs'}",
+                          "test_final=false"])
+    metrics = train(cfg)
+    return {"metrics": metrics, "run_dir": root / "run", "best": metrics["best_checkpoint"],
+            "last": str(root / "run" / "checkpoints" / "last.ckpt"), "root": root, "cfg": cfg}
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_cfg(*overrides)``: the real ``conf/train.yaml``, small and writing to ``tmp_path``.

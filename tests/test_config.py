@@ -73,3 +73,27 @@ def test_every_synthesiser_option_selects_a_target(option):
         assert node is None
     else:
         assert issubclass(get_class(node._target_), SynthesisCallback)
+
+
+@pytest.mark.parametrize("tool,embeds", [("evaluate", True), ("retrieve", True),
+                                         ("index", True), ("export", False)])
+def test_the_tools_share_one_inference_config(tool, embeds):
+    """The checkpoint keys (and, for the tools that embed, the embedding keys) come from
+    conf/inference/, written once: a tool's file repeats none of them, each is in its
+    composed config with the shared default, and none counts as an ignored key."""
+    from omegaconf import OmegaConf
+
+    from see_dml.config import CONFIG_DIR, ignored_keys
+
+    shared = OmegaConf.load(CONFIG_DIR / "inference" / "checkpoint.yaml")
+    if embeds:
+        shared = OmegaConf.merge(shared, OmegaConf.load(CONFIG_DIR / "inference" /
+                                                        "embedding.yaml"))
+    own = OmegaConf.load(CONFIG_DIR / f"{tool}.yaml")
+    assert not set(shared) & {k for k in own if k != "defaults"}
+    cfg = compose_config(["ckpt_path=x.ckpt"], config_name=tool)
+    for key in shared:
+        if key != "ckpt_path":
+            assert OmegaConf.to_container(cfg)[key] == OmegaConf.to_container(shared)[key], key
+    assert ignored_keys(cfg, tool) == []
+    assert ("device" in cfg) is embeds  # export traces and checks on the CPU: no device key

@@ -28,16 +28,9 @@ TEST_IMAGES = 20 * 20  # Double-MNIST: 20 test classes x images_per_class=20
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One tiny Double-MNIST run (the default config, FAST overrides), shared by the module."""
-    root = tmp_path_factory.mktemp("evaluate")
-    cache = tmp_path_factory.getbasetemp() / "see_dml_cache"  # shared with make_cfg's
-    cfg = compose_config([*FAST, "dataset.images_per_class=20", f"paths.run_dir={root / 'run'}",
-                          f"paths.cache_dir={cache}", f"paths.output_dir={root / 'outputs'}",
-                          "test_final=false"])
-    metrics = train(cfg)
-    return {"metrics": metrics, "run_dir": root / "run", "best": metrics["best_checkpoint"],
-            "last": str(root / "run" / "checkpoints" / "last.ckpt"), "root": root}
+def trained(tiny_run) -> dict:
+    """The session's tiny Double-MNIST run (the default config, FAST overrides)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -12,32 +12,27 @@ import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import FAST, compose_config
+from conftest import compose_config
 from see_dml.errors import ConfigError
 from see_dml.image_sets import list_images
 from see_dml.plots import RIGHT, UNKNOWN
 from see_dml.retrieve import retrieve_images
-from see_dml.train import train
 
 CLASSES, PER_CLASS = 3, 3
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A tiny Double-MNIST run, and a folder ``<class>/<test index>.png`` of test images."""
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_run) -> dict:
+    """The session's tiny Double-MNIST run, and a folder ``<class>/<test index>.png``
+    of test images."""
     root = tmp_path_factory.mktemp("retrieve")
-    cache = tmp_path_factory.getbasetemp() / "see_dml_cache"  # shared with make_cfg's
-    cfg = compose_config([*FAST, "dataset.images_per_class=20", f"paths.run_dir={root / 'run'}",
-                          f"paths.cache_dir={cache}", "test_final=false",
-                          "callbacks.embedding_export=null"])
-    train(cfg)
-    split = instantiate(cfg.dataset).splits()["test"]
+    split = instantiate(tiny_run["cfg"].dataset).splits()["test"]
     folder = root / "images"
     for c in split.classes[:CLASSES]:
         for i in np.flatnonzero(split.labels == c)[:PER_CLASS]:
             (folder / str(c)).mkdir(parents=True, exist_ok=True)
             Image.fromarray(split.items[i]).save(folder / str(c) / f"{i}.png")
-    return {"ckpt": str(root / "run" / "checkpoints" / "last.ckpt"), "folder": folder}
+    return {"ckpt": tiny_run["last"], "folder": folder}
 
 
 def _retrieve(*overrides: str) -> dict:

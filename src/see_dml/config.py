@@ -402,8 +402,12 @@ def ignored_keys(cfg: DictConfig, config_name: str) -> list[str]:
         raise ConfigError(f"{CONFIG_DIR / f'{config_name}.yaml'} is not a mapping of keys")
     known = {str(k) for k in primary if k != "defaults"}
     for entry in primary.get("defaults", []):
-        name = entry if isinstance(entry, str) else next(iter(entry))
-        known.add(str(name).split()[-1].split("@")[0].split("/")[0])  # "optional local"
+        name = str(entry if isinstance(entry, str) else next(iter(entry))).split()[-1]
+        included = CONFIG_DIR / f"{name}.yaml"  # a shared block (inference/checkpoint): its keys
+        if isinstance(entry, str) and included.is_file():
+            known.update(str(k) for k in OmegaConf.load(included) if k != "defaults")
+        else:  # a group (paths: default, optional local: default): its node
+            known.add(name.split("@")[0].split("/")[0])
 
     def leaves(node: object, prefix: str) -> list[str]:
         if isinstance(node, dict) and node:
