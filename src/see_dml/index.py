@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -54,6 +54,7 @@ from see_dml.image_sets import DATASET_SPLITS, image_files, image_set, skipped_l
 from see_dml.inference import check_ckpt_path
 
 if TYPE_CHECKING:
+    import faiss
     import numpy as np
 
 ACTIONS = ("build", "add")
@@ -137,7 +138,8 @@ def build_index(cfg: DictConfig) -> dict[str, Any]:
                         "ef_construction": int(cfg.index.ef_construction),
                         "ef_search": int(cfg.index.ef_search)}
         if len(vectors) > 1:
-            index.hnsw.efSearch = int(cfg.index.ef_search)
+            # make_index made an IndexHNSWFlat; faiss's stub types it as the base Index
+            cast("faiss.IndexHNSW", index).hnsw.efSearch = int(cfg.index.ef_search)
             meta["recall_vs_exact"] = approximate_recall(
                 vectors, index, int(cfg.index.recall_k), int(cfg.index.recall_queries),
                 [it["label"] for it in items])

@@ -88,14 +88,16 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
 
     run = open_checkpoint(cfg)
     if saved is not None:
-        saved.check_model(run.identity, ckpt_path)
+        saved.check_model(run.identity, run.path)
     query = image_set(cfg.query, "query", run, files["query"])
     gallery: ImageSet | IndexedGallery = (
         IndexedGallery(saved, lambda: run.datamodule().source.splits()) if saved
         else image_set(cfg.gallery, "gallery", run, files["gallery"]))
     batch_size = run.datamodule().eval_batch_size
 
-    sets = [("query", query)] if saved else [("query", query), ("gallery", gallery)]
+    sets: list[tuple[str, ImageSet]] = [("query", query)]
+    if not isinstance(gallery, IndexedGallery):  # a saved index's gallery is embedded already
+        sets.append(("gallery", gallery))
     embedded = [embed_split(run.module, s.dataset, batch_size, run.device,
                             progress=cfg.progress, desc=f"embedding {name}")[0]
                 for name, s in sets]
@@ -124,7 +126,7 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     # the files on_error=skip left out, by key (none for a split or a saved index)
     unreadable = {key: found.unreadable if found else [] for key, found in files.items()}
-    report = {"ckpt_path": str(Path(ckpt_path).resolve()), "query": query.source,
+    report = {"ckpt_path": str(run.path.resolve()), "query": query.source,
               "gallery": gallery.source, "k": k_used, "unreadable": unreadable,
               "results": results}
     (out_dir / "retrieval.json").write_text(json.dumps(report, indent=2))

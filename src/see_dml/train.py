@@ -125,7 +125,9 @@ def _undo_failed_start(folder: Path, before: dict[str, str | None] | None) -> No
 def _checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    # Lightning sets Trainer.callbacks in its connector without declaring the attribute
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]
+    return next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
 
 
 def _last_checkpoint_file(callbacks: list[Any]) -> Path | None:
@@ -336,7 +338,8 @@ def _run_dir_lock(run_dir: Path) -> AbstractContextManager[None]:
     rank zero only: DDP's other ranks run this script too, in the same directory."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank != 0 or not is_rank_zero():
+    # Lightning sets rank_zero_only.rank at import (0 when no launcher says otherwise)
+    if getattr(rank_zero_only, "rank", 0) != 0 or not is_rank_zero():
         return nullcontext()
     return lock_run_dir(run_dir)
 
@@ -400,15 +403,16 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     best = ckpt_cb.best_model_path if ckpt_cb and ckpt_cb.best_model_path else None
     # before the tests: each loads a checkpoint, and with it that checkpoint's history
     history = _test_history(trainer, model, last) if test_every_epoch else {}
-    runs = [("test", best)]
+    runs: list[tuple[str, str | None]] = [("test", best)]
     # the embedding export's files and plots come after metrics.json, which they never cost
     from see_dml.callbacks.export import EmbeddingExport
 
-    export = next((cb for cb in trainer.callbacks if isinstance(cb, EmbeddingExport)), None)
+    export = next((cb for cb in trainer.callbacks  # type: ignore[attr-defined]
+                   if isinstance(cb, EmbeddingExport)), None)
     if export is not None:
         export.hold()
     if cfg.get("test_final", True) and best and last and Path(best) != Path(last):
-        runs.append(("test_final", last))
+        runs.append(("test_final", str(last)))
     for prefix, ckpt in runs:
         with model.test_metrics_prefix(prefix):
             trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=False)
