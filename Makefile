@@ -32,8 +32,10 @@ paper: $(STAMP)
 	@test -f "conf/experiment/paper/table_$(TABLE).yaml" || { echo "make paper TABLE=<name>: one of $$(cd conf/experiment/paper && ls table_*.yaml | sed 's/table_//; s/.yaml//' | tr '\n' ' ')"; exit 2; }
 	$(PY) -m see_dml.train -m experiment=paper/table_$(TABLE) hydra/launcher=slurm $(ARGS)
 
+# one worker per core (pytest-xdist); a file's tests stay on one worker, so its module
+# fixtures train once
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile $(ARGS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m slow $(ARGS)

@@ -13,6 +13,12 @@ from see_dml.config import compose
 
 os.environ.setdefault("WANDB_SILENT", "true")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs one worker per core (pytest-xdist)
+    import torch
+
+    # the workers fill the cores already: a torch thread pool each would oversubscribe them
+    torch.set_num_threads(1)
+
 #: Overrides that make any composed training config a seconds-long CPU run.
 FAST = [
     "trainer.accelerator=cpu",

@@ -198,14 +198,9 @@ def test_bad_checkpoint_names_ckpt_path(tmp_path, kind, message):
 
 # -- evaluate / retrieve --------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """last.ckpt of a seconds-long Double-MNIST run."""
-    root = tmp_path_factory.mktemp("bad_inputs")
-    cache = tmp_path_factory.getbasetemp() / "see_dml_cache"  # shared with make_cfg's
-    train(compose_config([*FAST, "dataset.images_per_class=20", f"paths.run_dir={root / 'run'}",
-                          f"paths.cache_dir={cache}", "test_final=false",
-                          "callbacks.embedding_export=null"]))
-    return str(root / "run" / "checkpoints" / "last.ckpt")
+def ckpt(tiny_run: dict) -> str:
+    """last.ckpt of the session's seconds-long Double-MNIST run."""
+    return tiny_run["last"]
 
 
 def test_checkpoint_of_the_old_flat_config_is_named(ckpt, tmp_path):
@@ -505,6 +500,7 @@ def test_cli_index_build_onto_an_existing_index_exits_2(tmp_path, ckpt):
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_cli_relative_index_path_is_where_the_user_ran_the_command(tmp_path, ckpt):
     """Not the process's working directory, which hydra.job.chdir=true moves into the run
     directory; the path written is printed absolute."""
@@ -596,6 +592,7 @@ def test_trains_metrics_are_written_before_its_plots(make_cfg, monkeypatch):
     assert (metrics_file.parent / "embeddings_test.npz").is_file()  # the export before it
 
 
+@pytest.mark.slow
 def test_retrieve_grid_is_capped_whatever_k(tmp_path, ckpt, monkeypatch):
     """k=100000: retrieval.json holds every neighbour, the grid only grid_k columns."""
     import see_dml.plots as plots
@@ -628,6 +625,7 @@ def test_resume_of_a_folder_that_is_no_run_is_refused(make_cfg, tmp_path):
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "other folder"])
 def test_cli_resume_of_no_run_exits_2_leaving_nothing(tmp_path, kind):
     target = tmp_path / ("nope" if kind == "missing" else "mine")
@@ -758,6 +756,7 @@ def test_full_disk_is_one_line_naming_the_file(capsys):
         run_cli(bug, None)
 
 
+@pytest.mark.slow
 def test_cli_export_to_a_place_that_may_not_be_written_exits_2(tmp_path, ckpt):
     target = "/sys/see_dml_test/model.onnx"  # EPERM even for root
     last = _cli_error_line("see_dml.export", f"ckpt_path={ckpt}", f"output={target}",

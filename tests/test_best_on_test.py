@@ -74,6 +74,7 @@ def runs(tmp_path_factory) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.slow
 def test_best_on_test_is_the_best_epoch_on_the_test_classes(runs):
     metrics, run_dir = runs["on"]
     _assert_best_is_the_max(metrics, run_dir, epochs=3)
@@ -90,6 +91,7 @@ def test_best_on_test_is_the_best_epoch_on_the_test_classes(runs):
         assert at_selected[key] == pytest.approx(metrics[f"test/{key}"], abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_option_changes_neither_training_nor_selection(runs):
     (on, on_dir), (off, off_dir) = runs["on"], runs["off"]
     assert not any(k.startswith(("best_on_test/", "test_epoch/")) for k in off)
@@ -106,6 +108,7 @@ def test_option_changes_neither_training_nor_selection(runs):
         off_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
+@pytest.mark.slow
 def test_test_epochs_schedule_scores_only_those_epochs(runs, tmp_path, monkeypatch):
     """test_epochs.start / every (the SEE authors' scripts: from the warm-up's end; on SOP
     every 5 from epoch 40): the other epochs read no test image, the best is over the
@@ -138,6 +141,7 @@ def test_test_epochs_schedule_scores_only_those_epochs(runs, tmp_path, monkeypat
             assert metrics[key] == off[key], key
 
 
+@pytest.mark.slow
 def test_printed_results_label_the_papers_number(runs):
     table = format_results(runs["on"][0])
     epoch = runs["on"][0]["best_on_test/epoch"]
@@ -188,6 +192,7 @@ def test_query_gallery_dataset(tmp_path):
     assert metrics["best_on_test/num_queries"] == metrics["test/num_queries"] > 0
 
 
+@pytest.mark.slow
 def test_resumed_run_reports_the_best_of_all_epochs(runs, tmp_path):
     """SIGTERM in the third epoch, resumed: the history of the first two epochs comes back
     from last.ckpt, and the run reports what the unbroken run did."""

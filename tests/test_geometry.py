@@ -78,6 +78,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_monitor_logs_every_epoch_and_resumes_its_drift(make_cfg, tmp_path):
     """Each epoch: a geometry.csv row and the CSV logger's columns; a resumed run measures
     its first epoch's drift from the proxies saved in the checkpoint."""

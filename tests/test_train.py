@@ -23,7 +23,11 @@ LOSSES = ["proxy_anchor", "multi_similarity", "contrastive", "triplet", "norm_so
           "arcface"]
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+# one proxy and one pair loss by default (each loss has its own unit tests in tests/losses);
+# the others end to end in the slow suite
+@pytest.mark.parametrize("loss", [
+    loss if loss in ("proxy_anchor", "multi_similarity") else pytest.param(
+        loss, marks=pytest.mark.slow) for loss in LOSSES])
 def test_fast_run_every_loss(make_cfg, loss):
     cfg = make_cfg(f"loss={loss}")
     metrics = train(cfg)
@@ -67,7 +71,7 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(("see", "workers"), [
-    ("false", 0), ("true", 0),
+    pytest.param("false", 0, marks=pytest.mark.slow), ("true", 0),
     pytest.param("true", 2, marks=pytest.mark.slow)])  # worker processes: slow to start
 def test_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path, see, workers):
     """2 epochs straight == 1 epoch, killed, resumed for the 2nd: same weights, bit for bit
@@ -142,6 +146,7 @@ def test_sigterm_ends_a_local_sweep_and_says_so(tmp_path):
     assert not (sweep / "1").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_exits_non_zero_with_the_resume_command(make_cfg, tmp_path, capsys):
     """SIGTERM mid-epoch: status 143 (not Lightning's 0), last.ckpt holds the last finished
     epoch, no metrics are written, and the printed command resumes the run to the weights
@@ -352,6 +357,7 @@ def test_checkpoint_write_killed_at_a_fixed_byte_count_resumes_bit_exactly(make_
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_damaged_last_checkpoint_is_named_and_the_newest_intact_one_resumed(make_cfg, tmp_path,
                                                                             caplog):
     import logging

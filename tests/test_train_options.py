@@ -44,6 +44,7 @@ def test_model_pooling_is_timms_own(make_cfg):
         small(images)
 
 
+@pytest.mark.slow
 def test_training_without_validation_classes_keeps_the_last_epoch(make_cfg):
     """dataset.val_fraction=0 (the papers' protocol): no validation, the final epoch is the
     selected checkpoint, and its numbers are the final epoch's."""

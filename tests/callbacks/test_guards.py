@@ -21,6 +21,7 @@ def test_the_default_callbacks_include_the_guard(make_cfg):
     assert isinstance(guard, NonFiniteGuard) and guard.max_skipped_steps == 0
 
 
+@pytest.mark.slow
 def test_lr_1e6_stops_before_metrics_naming_the_step(make_cfg):
     # At lr=1e6 every unit dies in the first steps: the loss stays finite but every image
     # embeds to the zero vector, and the run used to report chance-level metrics.

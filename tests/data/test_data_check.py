@@ -67,6 +67,7 @@ def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CliRun]:
     return runs
 
 
+@pytest.mark.slow
 def test_cli_cub_ok(cli_runs: dict[str, CliRun]) -> None:
     run = cli_runs["cub"]
     assert run.returncode == 0, run.stderr
@@ -80,12 +81,14 @@ def test_cli_cub_ok(cli_runs: dict[str, CliRun]) -> None:
     assert not list(run.workdir.iterdir()), "the check wrote files into the current directory"
 
 
+@pytest.mark.slow
 def test_cli_inshop_reports_query_and_gallery(cli_runs: dict[str, CliRun]) -> None:
     run = cli_runs["inshop"]
     assert run.returncode == 0, run.stderr
     assert run.fixture is not None and run.counts() == run.fixture.counts
 
 
+@pytest.mark.slow
 def test_cli_corrupted_image_fails_naming_it(cli_runs: dict[str, CliRun]) -> None:
     run = cli_runs["corrupted"]
     assert run.fixture is not None
@@ -96,6 +99,7 @@ def test_cli_corrupted_image_fails_naming_it(cli_runs: dict[str, CliRun]) -> Non
     assert run.counts()["test"] == run.fixture.counts["test"]
 
 
+@pytest.mark.slow
 def test_cli_missing_root_fails_naming_it(cli_runs: dict[str, CliRun]) -> None:
     run = cli_runs["missing"]
     assert run.returncode == 2

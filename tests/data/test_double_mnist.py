@@ -176,6 +176,7 @@ print(sum(int(s.items.sum()) for s in splits.values()))
 """
 
 
+@pytest.mark.slow
 def test_three_processes_on_a_cold_cache_all_succeed(tmp_path):
     # Before the unique temporary name, writers shared '<cache>.tmp.npz' and 2 of 3 crashed
     # with FileNotFoundError when another had already renamed it.

@@ -349,6 +349,7 @@ def cold_runs(npm_dir: fx.FakeNpm, tmp_path_factory: pytest.TempPathFactory) -> 
                                    outs.items()}}
 
 
+@pytest.mark.slow
 def test_three_builders_on_a_cold_cache_all_succeed(cold_runs, npm_dir):
     runs = cold_runs["runs"]
     sums = set()
@@ -364,6 +365,7 @@ def test_three_builders_on_a_cold_cache_all_succeed(cold_runs, npm_dir):
         f"{n}-{v}.tgz" for n, v in fx.SETS.items())  # no temporary file or folder left
 
 
+@pytest.mark.slow
 def test_the_check_cli_builds_and_reports_the_dataset(cold_runs):
     rc, out, err = cold_runs["runs"]["check"]
     assert rc == 0, err
@@ -408,6 +410,7 @@ def test_train_augmentation_never_flips_nor_changes_colour(make_cfg, npm):
     assert "RandomHorizontalFlip" in [type(t).__name__ for t in natural.transforms]
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_the_fixture(make_cfg, npm):
     from see_dml.train import train
 

@@ -17,6 +17,7 @@ sys.modules["budget"] = budget  # its dataclass looks itself up there
 _spec.loader.exec_module(budget)
 
 
+@pytest.mark.slow
 def test_resnet50_table_counts_match_a_hand_count(capsys):
     costs = {c.setting: c for c in budget.table_costs("resnet50")}
     assert sorted(costs) == ["resnet50_512_cars", "resnet50_512_cub", "resnet50_512_inshop",
@@ -57,6 +58,7 @@ def test_bad_arguments_name_what_is_wrong():
         budget.main(["table_that_does_not_exist"])
 
 
+@pytest.mark.slow
 def test_rates_file_gives_the_hours_and_images_per_s_wins(tmp_path, capsys):
     rates = tmp_path / "throughput.json"
     rates.write_text(json.dumps({"device": "NVIDIA Test GPU", "details": [], "rates": {

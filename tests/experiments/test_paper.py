@@ -179,8 +179,16 @@ def _fast_dev_run(make_cfg, setting: str, data_dir: Path) -> dict:
     return train(cfg)
 
 
-# one batch each, a timm ResNet-18 at 32 px or timm's test_vit at 160 px: ~0.6 s a setting
-@pytest.mark.parametrize("setting", SETTINGS)
+#: The settings the default suite trains: each backbone and each dataset once. The others
+#: (the same code on other combinations) train in the slow suite, which CI runs too.
+REPRESENTATIVE = {"resnet50_512_cub", "vit_small_128_cars", "deit_small_384_sop",
+                  "vit_small_dino_128_inshop"}
+
+
+# one batch each, a timm ResNet-18 at 32 px or timm's test_vit at 160 px
+@pytest.mark.parametrize("setting", [s if s in REPRESENTATIVE else
+                                     pytest.param(s, marks=pytest.mark.slow)
+                                     for s in SETTINGS])
 def test_every_setting_trains_one_batch_on_a_fixture(make_cfg, fixture_data, setting):
     metrics = _fast_dev_run(make_cfg, setting, fixture_data)
     assert 0.0 <= metrics["test/recall@1"] <= 1.0

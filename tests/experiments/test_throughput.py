@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,6 +21,7 @@ sys.modules["bench_throughput"] = bench
 _spec.loader.exec_module(bench)
 
 
+@pytest.mark.slow
 def test_resnet50_throughput_json_shape(tmp_path, monkeypatch):
     out = tmp_path / "throughput.json"
     # the benchmark sets one torch thread and OMP_NUM_THREADS: undone for the other tests

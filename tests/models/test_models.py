@@ -230,6 +230,7 @@ def test_unreachable_pretrained_weights_are_one_clear_error(monkeypatch, make_cf
     assert user_error_line(err.value) == str(err.value)
 
 
+@pytest.mark.slow
 def test_deit_setting_is_the_authors_distilled_model_with_a_frozen_patch_embedding(make_cfg):
     """The SEE authors' DeiT-S (their scripts' deit_small_distilled_patch16_224): the
     embedding is LN -> Linear -> L2 of the mean of the class and distillation tokens, and

@@ -43,6 +43,7 @@ def test_too_many_centers_raise_by_default() -> None:
         max_mahalanobis_centers(0, 3)
 
 
+@pytest.mark.slow
 def test_optimize_fallback_spreads_the_centers() -> None:
     num_centers, dim = 12, 3
     c = max_mahalanobis_centers(num_centers, dim, fallback="optimize")
