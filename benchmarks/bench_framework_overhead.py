@@ -7,7 +7,7 @@
     python benchmarks/bench_framework_overhead.py --without-step-logging  # + what logging costs
 
 Both sides train the same module object, built as ``python -m see_dml.train`` builds it
-(``see_dml.train.build_model`` from the composed ``conf/train.yaml``), on the same batches:
+(``see_dml.build.build_model`` from the composed ``conf/train.yaml``), on the same batches:
 
 * **lightning**: ``trainer.fit`` with the trainer, callbacks and logger of the composed
   config (checkpointing, LR monitor, non-finite guard, CSV logger; validation off), as

@@ -30,7 +30,7 @@ The recipe's image size (``data.transforms.image_size``, 224) and precision
 another input size than its own gets its patch grid and position embeddings resized by
 timm's ``set_input_size`` (dry runs only; recorded in the JSON).
 
-The module is built by ``see_dml.train.build_model`` and fitted by a ``lightning.Trainer``
+The module is built by ``see_dml.build.build_model`` and fitted by a ``lightning.Trainer``
 instantiated from the composed ``trainer`` node with the config's callbacks (the SEE
 callback, registered as the module's embedding hook, checkpoints, LR monitor, non-finite
 guard) and CSV logger, as ``train`` builds them (validation off), over synthetic images
