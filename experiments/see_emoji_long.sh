@@ -6,6 +6,11 @@
 #   OMP_NUM_THREADS=1 nohup bash experiments/see_emoji_long.sh 0 2 > grid0.log 2>&1 &
 #   OMP_NUM_THREADS=1 nohup bash experiments/see_emoji_long.sh 1 2 > grid1.log 2>&1 &
 # Report: python -m see_dml.reporting geometry $GRID; python experiments/make_table.py $GRID
+# To keep editing the checkout while the grid runs, run it from a worktree of one commit
+# (every run of the grid then loads that code, whatever the checkout holds meanwhile):
+#   git worktree add /work/grid-code <commit> && cd /work/grid-code
+#   PYTHONPATH=$PWD/src PY=/work/main/.venv/bin/python OMP_NUM_THREADS=1 nohup \
+#       bash experiments/see_emoji_long.sh 0 2 >> $GRID/grid0.log 2>&1 &
 set -u
 worker=${1:-0}; workers=${2:-1}
 GRID=${GRID:-/work/runs/grid}
