@@ -32,23 +32,25 @@ def test_the_tree_keeps_the_layers(tmp_path):
     assert "1 kept, 0 broken" in run.stdout
 
 
-def test_a_library_module_importing_an_entry_point_breaks_the_contract(tmp_path):
+def _lint_with(tmp_path, module: str, imported: str, name: str):
+    """Lint a copy of the tree where ``module`` (a file under see_dml/) imports ``name`` from
+    the entry point ``imported`` inside a function, the kind of import that hid the old
+    cycles."""
     tree = _copy(tmp_path)
-    scoring = tree / "src" / "see_dml" / "scoring.py"
-    # a function-level import, the kind that hid the old cycles
-    scoring.write_text(scoring.read_text() + "\n\ndef _f():\n    from see_dml.export import "
-                                             "export_model\n\n    return export_model\n")
-    run = _lint(tree)
+    path = tree / "src" / "see_dml" / module
+    path.write_text(path.read_text() + f"\n\ndef _f():\n    from see_dml.{imported} import "
+                                       f"{name}\n\n    return {name}\n")
+    return _lint(tree)
+
+
+def test_a_library_module_importing_an_entry_point_breaks_the_contract(tmp_path):
+    run = _lint_with(tmp_path, "scoring.py", "export", "export_model")
     assert run.returncode != 0
     assert "see_dml.scoring is not allowed to import see_dml.export" in run.stdout
     assert "0 kept, 1 broken" in run.stdout
 
 
 def test_an_entry_point_importing_another_breaks_the_contract(tmp_path):
-    tree = _copy(tmp_path)
-    index = tree / "src" / "see_dml" / "index.py"
-    index.write_text(index.read_text() + "\n\ndef _f():\n    from see_dml.retrieve import "
-                                         "retrieve_images\n\n    return retrieve_images\n")
-    run = _lint(tree)
+    run = _lint_with(tmp_path, "index.py", "retrieve", "retrieve_images")
     assert run.returncode != 0
     assert "see_dml.index is not allowed to import see_dml.retrieve" in run.stdout
