@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from see_dml import reporting
+from see_dml.errors import AmbiguousBaselineError, ProvenanceMismatchError
 from see_dml.reporting.__main__ import main as reporting_main
 from see_dml.reporting.geometry import geometry_frame, geometry_summary
 
@@ -145,7 +146,7 @@ def test_table_does_not_pool_seeds_of_other_libraries_devices_or_commits(tmp_pat
     old = _table_run(tmp_path / "a", "s0", 0, 0.10)
     new = _table_run(tmp_path / "a", "s1", 1, 0.12, provenance={"provenance/torch": "2.5.1"})
     _table_run(tmp_path / "a", "s2", 2, 0.11, provenance={})  # older: pools with either
-    with pytest.raises(tables.ProvenanceMismatchError) as err:
+    with pytest.raises(ProvenanceMismatchError) as err:
         tables.check_provenance(tables.collect([tmp_path / "a"]))
     assert isinstance(err.value, ValueError)
     err = _table_error(capsys, [str(tmp_path / "a")])
@@ -228,7 +229,7 @@ def test_table_pairs_with_the_one_baseline_cell_or_says_which_match(tmp_path, ca
     assert rows[("none", "see.n_points=4")]["ΔMAP@R"] is None  # a baseline is not paired
     assert rows[("none", "see.n_points=8")]["ΔMAP@R"] is None
     _table_run(tmp_path, "see_n2_0", 0, 0.2, see=True, n_points=2)
-    with pytest.raises(tables.AmbiguousBaselineError):
+    with pytest.raises(AmbiguousBaselineError):
         tables.table_rows(tables.collect([tmp_path]))
     err = _table_error(capsys, [str(tmp_path)])
     assert "synthesis=SEE epochs=5 see.n_points=2 (see.n_points=2): 2 baseline cells" in err

@@ -56,10 +56,23 @@ class UnreadableImageError(OSError):
     """An image file exists in the index but cannot be decoded."""
 
 
+class TableError(ValueError):
+    """Runs that cannot be tabled as given (``make_table``); the message names the runs and
+    what to do."""
+
+
+class ProvenanceMismatchError(TableError):
+    """The seeds of one table cell were made by different code, libraries or devices."""
+
+
+class AmbiguousBaselineError(TableError):
+    """A table row's context has several baseline cells and nothing picks one."""
+
+
 #: The one set of errors of the user's making (a missing file of any kind is one too).
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, CheckpointError, IndexFileError, RunDirectoryLockedError, DivergenceError,
-    DatasetCountError, FileNotFoundError)
+    DatasetCountError, TableError, FileNotFoundError)
 
 #: Errors of the machine, not the program: a full disk, a quota, a read-only or forbidden
 #: place; ``{errno: what to do}``.

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from see_dml.errors import TableError
 from see_dml.reporting import tables as make_table  # noqa: E402
 
 
@@ -89,7 +90,7 @@ def test_baselines_by_name_and_duplicate_seeds(tmp_path):
     ee = next(r for r in rows if r["synthesis"] == "embedding_expansion")
     assert ee["ΔMAP@R"][0] == pytest.approx(10.0) and math.isnan(ee["ΔMAP@R"][1])
     _run(tmp_path, "none0_again", 0, 0.1)
-    with pytest.raises(make_table.TableError, match="seed 0"):
+    with pytest.raises(TableError, match="seed 0"):
         make_table.collect([tmp_path])
 
 

@@ -74,6 +74,7 @@ import yaml
 
 from see_dml.cli import exit_with_error
 from see_dml.config import class_name, flatten
+from see_dml.errors import AmbiguousBaselineError, ProvenanceMismatchError, TableError
 from see_dml.reporting import markdown_table, paired_interval, synthesis_name
 
 #: ``--checkpoint``: the prefix of its metrics in metrics.json, and what it is
@@ -116,18 +117,6 @@ SETUP_KEYS = ("provenance/torch", "provenance/lightning", "provenance/timm",
 UNKNOWN = "unknown"
 
 Run = tuple[dict[str, Any], dict[str, float]]  # (flattened config, metrics)
-
-
-class TableError(ValueError):
-    """Runs that cannot be tabled as given; the message names the runs and what to do."""
-
-
-class ProvenanceMismatchError(TableError):
-    """The seeds of one cell were made by different code, libraries or devices."""
-
-
-class AmbiguousBaselineError(TableError):
-    """A row's context has several baseline cells and nothing picks one."""
 
 
 def config_key(cfg: dict[str, Any]) -> dict[str, Any]:
