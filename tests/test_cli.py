@@ -116,3 +116,27 @@ def test_a_tools_help_says_what_it_does_and_lists_its_own_keys(tool):
     assert proc.stdout.startswith(f"python -m see_dml.{tool} ")
     assert "ckpt_path: ???" in proc.stdout and f"task_name: {tool}" in proc.stdout
     assert "experiment/paper" not in proc.stdout and "powered by Hydra" not in proc.stdout
+
+
+def test_a_failed_tool_run_leaves_no_folder_but_the_users(tmp_path):
+    """A tool that fails before writing anything removes its run directory and the folders
+    Hydra made above it (``<output_dir>/evaluate/runs``), not ``paths.output_dir`` itself,
+    and not a folder that holds another run."""
+    from omegaconf import OmegaConf
+
+    from see_dml.errors import ConfigError
+
+    def fails(cfg):
+        raise ConfigError("split must be one of test, val; got 'x'")
+
+    out = tmp_path / "out"
+    for name, keep in (("2026-12-02_10-00-00_a", False), ("2026-12-02_10-00-01_b", True)):
+        run_dir = out / "evaluate" / "runs" / name
+        (run_dir / ".hydra").mkdir(parents=True)
+        cfg = OmegaConf.create({"paths": {"run_dir": str(run_dir), "output_dir": str(out)}})
+        if keep:
+            (out / "evaluate" / "runs" / "other_run").mkdir()
+        with pytest.raises(SystemExit):
+            cli.run_cli(fails, cfg)
+        assert not run_dir.exists()
+        assert out.is_dir() and (out / "evaluate" / "runs").is_dir() is keep

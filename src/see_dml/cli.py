@@ -102,4 +102,4 @@ def _remove_empty_run_dir(cfg: Any) -> None:
     with suppress(Exception):  # an unresolvable path: nothing of ours to remove
         run_dir = OmegaConf.select(cfg, "paths.run_dir", default=None)
         if run_dir:
-            remove_if_empty(run_dir)
+            remove_if_empty(run_dir, OmegaConf.select(cfg, "paths.output_dir", default=None))

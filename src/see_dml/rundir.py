@@ -130,9 +130,14 @@ def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
             lock.release()
 
 
-def remove_if_empty(run_dir: str | Path) -> bool:
+def remove_if_empty(run_dir: str | Path, up_to: str | Path | None = None) -> bool:
     """Remove ``run_dir`` when a failed run left nothing in it but Hydra's files (``.hydra``,
-    its job log, ``config.yaml``, the lock); return whether it did."""
+    its job log, ``config.yaml``, the lock); return whether it did.
+
+    ``up_to`` (the run's ``paths.output_dir``): the folders between it and ``run_dir`` that
+    Hydra made for the run (``<output_dir>/evaluate/runs``) go too when that leaves them
+    empty; ``up_to`` itself, the user's, stays.
+    """
     import shutil
 
     run_dir = Path(run_dir)
@@ -143,4 +148,13 @@ def remove_if_empty(run_dir: str | Path) -> bool:
     if left:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
+    if up_to is not None:
+        top = Path(up_to).resolve()
+        parent = run_dir.resolve().parent
+        while parent != top and parent.is_relative_to(top):
+            try:
+                parent.rmdir()  # only an empty folder: another run's stays
+            except OSError:
+                break
+            parent = parent.parent
     return True

@@ -37,7 +37,7 @@ from see_dml.errors import (
     RunDirectoryLockedError,
     user_error_line,
 )
-from see_dml.rundir import LOCK_NAME, is_rank_zero, lock_run_dir
+from see_dml.rundir import is_rank_zero, lock_run_dir, remove_if_empty
 from see_dml.scoring import best_on_test, format_results, write_metrics
 
 # torch, Lightning, timm and faiss are imported where they are used: they take seconds to
@@ -466,18 +466,6 @@ def _in_local_sweep() -> bool:
             and choices.get("hydra/sweeper") == "basic")
 
 
-def _remove_if_empty(run_dir: Path) -> None:
-    """A run that failed before writing anything but Hydra's files leaves no directory."""
-    if not run_dir.is_dir():
-        return
-    left = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"
-            and p.name not in ("config.yaml", LOCK_NAME)]
-    if not left and not (run_dir / "checkpoints").exists():
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
 def _remove_hydra_output() -> None:
     """Remove the ``.hydra/resume-<time>_<run uid>`` folder Hydra wrote for this process
     (``.hydra`` too when that leaves it empty) and its job log when nothing was logged."""
@@ -533,7 +521,7 @@ def main(cfg: DictConfig) -> float | None:
         if isinstance(err, NotARunError):  # Hydra's files of this attempt go with it
             _remove_hydra_output()
         if not isinstance(err, RunDirectoryLockedError):  # the directory is another run's
-            _remove_if_empty(Path(cfg.paths.run_dir))
+            remove_if_empty(cfg.paths.run_dir, cfg.paths.output_dir)
         sys.exit(USER_ERROR_STATUS)
     # the sweeper's objective (e.g. for optuna): validation-selected test MAP@R
     return metrics.get("test/map@r")
