@@ -690,7 +690,7 @@ def test_wandb_online_that_cannot_reach_its_server_leaves_no_wandb_folder(make_c
                                                                          monkeypatch):
     """With a key but no server, wandb.init writes its run folder and logs before it gives up;
     the failed start removes them, and the empty run directory goes as train's does."""
-    from see_dml.train import _remove_if_empty
+    from see_dml.rundir import remove_if_empty
 
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -702,7 +702,7 @@ def test_wandb_online_that_cannot_reach_its_server_leaves_no_wandb_folder(make_c
     with pytest.raises(ConfigError, match=r"W&B online .* did not start after \d+ s"):
         train(cfg)
     assert not (run_dir / "wandb").exists()
-    _remove_if_empty(run_dir)
+    remove_if_empty(run_dir)
     assert not run_dir.exists()
 
 
