@@ -1,5 +1,5 @@
 """A run made before a config key existed resumes when the key has the value that does what
-the code did before it (train.ADDED_KEYS), and not with another value."""
+the code did before it (config.ADDED_KEYS), and not with another value."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from see_dml.config import ADDED_KEYS
 from see_dml.errors import ConfigError
-from see_dml.train import ADDED_KEYS, check_resume_config
+from see_dml.train import check_resume_config
 
 
 def _checkpoint(path, cfg) -> str:

@@ -167,6 +167,12 @@ def to_dict(node: DictConfig, resolve: bool = True) -> dict[str, Any]:
     return cast("dict[str, Any]", out)
 
 
+#: Keys added to the config after runs were made, with the value that does what the code did
+#: before them: a checkpoint without the key resumes when the key has that value (train),
+#: and a run without it pools with runs that have that value (make_table).
+ADDED_KEYS = {"protocol": "held_out", "data.transforms.interpolation": "bicubic"}
+
+
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     """A resolved config as flat dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists
     become their JSON text (hashable, comparable). Used to compare two runs' configs."""

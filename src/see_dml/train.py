@@ -29,7 +29,7 @@ from see_dml.build import (
     build_loggers,
     build_model,
 )
-from see_dml.config import CONFIG_DIR, flatten, validate_config
+from see_dml.config import ADDED_KEYS, CONFIG_DIR, flatten, validate_config
 from see_dml.errors import (
     USER_ERROR_STATUS,
     ConfigError,
@@ -187,9 +187,6 @@ RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "
                      "trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar",
                      "data.num_workers", "data.eval_batch_size", "tags", "test_final", "nmi",
                      "knn_backend", "model.compile", "test_every_epoch", "test_epochs")
-#: Keys added to the config after runs were made, with the value that does what the code
-#: did before them: a checkpoint without the key resumes when the key has that value.
-ADDED_KEYS = {"protocol": "held_out", "data.transforms.interpolation": "bicubic"}
 
 
 def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:

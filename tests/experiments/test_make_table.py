@@ -390,3 +390,25 @@ def test_published_numbers_stand_only_beside_the_authors_protocol(tmp_path):
     assert make_table.run_protocol(cfg) == "authors"
     assert make_table.run_protocol({"dataset": {"val_fraction": 0.1},
                                     "test_every_epoch": True}) == "held_out"
+
+
+def test_a_fixed_nested_seed_and_a_key_added_later_do_not_split_a_cell(tmp_path):
+    """A nested seed fixed at 0 (the geometry monitor's class draw) equals the run seed in
+    the seed-0 run only, and an older run lacks a key added since (config.ADDED_KEYS): the
+    seeds still pool, while a run with another value of that key gets its own row."""
+    from see_dml.config import ADDED_KEYS
+
+    for seed in range(3):
+        _run(tmp_path, f"none{seed}", seed, 0.1 + seed / 100)
+    for path in sorted(tmp_path.rglob("config.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        cfg["callbacks"]["geometry"] = {"seed": 0}
+        if cfg["seed"] > 0:  # made after the key existed, with the value of the code before
+            cfg["protocol"] = ADDED_KEYS["protocol"]
+        path.write_text(yaml.safe_dump(cfg))
+    _run(tmp_path, "authors0", 0, 0.3)
+    cfg = yaml.safe_load((tmp_path / "authors0" / "config.yaml").read_text())
+    cfg["protocol"] = "authors"
+    (tmp_path / "authors0" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = make_table.table_rows(make_table.collect([tmp_path]))
+    assert sorted(r["seeds"] for r in rows) == [1, 3]

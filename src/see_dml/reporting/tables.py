@@ -73,7 +73,7 @@ import pandas as pd
 import yaml
 
 from see_dml.cli import exit_with_error
-from see_dml.config import class_name, flatten
+from see_dml.config import ADDED_KEYS, class_name, flatten
 from see_dml.errors import AmbiguousBaselineError, ProvenanceMismatchError, TableError
 from see_dml.reporting import markdown_table, paired_interval, synthesis_name
 
@@ -120,18 +120,24 @@ Run = tuple[dict[str, Any], dict[str, float]]  # (flattened config, metrics)
 
 
 def config_key(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config less seed, paths and ``REPORT_KEYS``: runs with equal keys are
-    seeds of one cell."""
-    seed = cfg.get("seed")
+    """The resolved config less the seeds, paths and ``REPORT_KEYS``: runs with equal keys
+    are seeds of one cell.
+
+    Every ``*.seed`` key is a seed: ``dataset.seed: ${seed}`` resolves to the run's seed, and
+    a fixed one (``callbacks.geometry.seed: 0``) equals the run's seed in one run and not in
+    the others, which would split a cell by seed. A key added to the config after a run was
+    made (:data:`see_dml.config.ADDED_KEYS`) counts with the value that did what that run's
+    code did.
+    """
     run_dir = str((cfg.get("paths") or {}).get("run_dir") or "\0")
-    flat = flatten(cfg)
+    flat = {**ADDED_KEYS, **flatten(cfg)}
     key = {}
     for name, value in flat.items():
         if name.split(".")[0] in PATH_KEYS:
             continue
         if any(name == k or name.startswith(k + ".") for k in REPORT_KEYS):
             continue
-        if name.split(".")[-1] == "seed" and value == seed:
+        if name.split(".")[-1] == "seed":
             continue
         if isinstance(value, str) and run_dir in value:
             continue
