@@ -279,7 +279,7 @@ def test_retrieve_user_images_of_mixed_sizes_and_modes(tmp_path, ckpt):
 def _folder_with_unreadable_images(tmp_path: Path) -> tuple[Path, list[Path]]:
     """``images/``: three readable PNGs (Double-MNIST's size), a truncated JPEG (its headers
     are whole: ``verify`` passed it) and a file no decoder accepts; returns both bad ones."""
-    from dataset_fixtures import corrupt_image, truncate_image
+    from helpers.dataset_fixtures import corrupt_image, truncate_image
 
     folder = tmp_path / "images"
     (folder / "cat").mkdir(parents=True)
@@ -528,7 +528,7 @@ def test_on_error_skip_is_honoured_by_every_plot_and_metrics_come_first(make_cfg
     import json
 
     import see_dml.plots as plots
-    from dataset_fixtures import corrupt_image, make_fixture
+    from helpers.dataset_fixtures import corrupt_image, make_fixture
     from see_dml.evaluate import evaluate
 
     fx = make_fixture("cub", tmp_path / "data", n_classes=4, per_class=4)
@@ -804,7 +804,7 @@ def test_a_run_directory_that_is_not_writable_is_refused_and_not_left(tmp_path, 
 
 
 def test_truncated_jpeg_met_in_training_names_the_file_and_data_check(make_cfg, tmp_path):
-    from dataset_fixtures import make_fixture, truncate_image
+    from helpers.dataset_fixtures import make_fixture, truncate_image
 
     fx = make_fixture("cub", tmp_path / "data", n_classes=4, per_class=4)
     bad = truncate_image(fx.images["train"][2])

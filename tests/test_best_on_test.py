@@ -18,7 +18,7 @@ import torch
 from omegaconf import open_dict
 
 from conftest import FAST, compose_config
-from dataset_fixtures import make_fixture
+from helpers.dataset_fixtures import make_fixture
 from see_dml.errors import ConfigError
 from see_dml.scoring import best_on_test, format_results
 from see_dml.train import train
@@ -197,7 +197,7 @@ def test_resumed_run_reports_the_best_of_all_epochs(runs, tmp_path):
     """SIGTERM in the third epoch, resumed: the history of the first two epochs comes back
     from last.ckpt, and the run reports what the unbroken run did."""
     common = ["trainer.max_epochs=3", "test_every_epoch=true"]
-    stop = ["+callbacks.stop._target_=preemption.SignalOnce", "+callbacks.stop.step=7",
+    stop = ["+callbacks.stop._target_=helpers.preemption.SignalOnce", "+callbacks.stop.step=7",
             "+callbacks.stop.signum=SIGTERM", f"+callbacks.stop.marker={tmp_path / 'marker'}"]
     with pytest.raises(SystemExit) as stopped:
         train(_cfg(tmp_path, "run", *common, *stop))

@@ -6,8 +6,8 @@ import errno
 
 import pytest
 from hydra.errors import InstantiationException
-from tests.dataset_fixtures import make_cub
 
+from helpers.dataset_fixtures import make_cub
 from see_dml import errors
 from see_dml.errors import USER_ERRORS, DatasetCountError, user_error_line
 

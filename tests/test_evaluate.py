@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import FAST, compose_config
-from dataset_fixtures import make_fixture
+from helpers.dataset_fixtures import make_fixture
 from see_dml.build import build_model
 from see_dml.embedding_files import save_embeddings
 from see_dml.errors import CheckpointError, ConfigError

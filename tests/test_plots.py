@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from embedding_fixtures import unit_clusters
+from helpers.embedding_fixtures import unit_clusters
 from see_dml.metrics import retrieve
 from see_dml.plots import (
     QUERY,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from embedding_fixtures import unit_clusters
+from helpers.embedding_fixtures import unit_clusters
 from see_dml.metrics import nmi_score, retrieval_metrics
 from see_dml.scoring import (
     ReportOptions,

@@ -91,8 +91,9 @@ def test_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path, see, worker
 
 
 def _stop_at(step: int, signum: str, marker: Path) -> list[str]:
-    return ["+callbacks.stop._target_=preemption.SignalOnce", f"+callbacks.stop.step={step}",
-            f"+callbacks.stop.signum={signum}", f"+callbacks.stop.marker={marker}"]
+    return ["+callbacks.stop._target_=helpers.preemption.SignalOnce",
+            f"+callbacks.stop.step={step}", f"+callbacks.stop.signum={signum}",
+            f"+callbacks.stop.marker={marker}"]
 
 
 @pytest.mark.slow
@@ -339,7 +340,7 @@ def test_checkpoint_write_killed_at_a_fixed_byte_count_resumes_bit_exactly(make_
     cmd = [sys.executable, "-m", "see_dml.train", *FAST, "dataset.images_per_class=20",
            *_ATOMIC, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
            f"paths.cache_dir={tmp_path.parent / 'see_dml_cache'}",
-           "+callbacks.kill._target_=preemption.FileSizeLimitAt",
+           "+callbacks.kill._target_=helpers.preemption.FileSizeLimitAt",
            f"+callbacks.kill.marker={tmp_path / 'marker'}", "+callbacks.kill.max_bytes=65536"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "TMPDIR": str(tmpdir)}
     killed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

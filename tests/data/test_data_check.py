@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from dataset_fixtures import FixtureData, corrupt_image, make_cub, make_inshop, truncate_image
+from helpers.dataset_fixtures import (
+    FixtureData,
+    corrupt_image,
+    make_cub,
+    make_inshop,
+    truncate_image,
+)
 from see_dml.data.base import DatasetSource, Split
 from see_dml.data.cub import CUB200
 from see_dml.data.inshop import InShop

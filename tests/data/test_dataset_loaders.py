@@ -17,7 +17,7 @@ import scipy.io
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from dataset_fixtures import (
+from helpers.dataset_fixtures import (
     FIXTURES,
     FixtureData,
     corrupt_image,

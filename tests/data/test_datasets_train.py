@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from dataset_fixtures import make_fixture
+from helpers.dataset_fixtures import make_fixture
 from see_dml.train import train
 
 SMALL_PHOTOS = ["data.transforms.image_size=32", "data.transforms.resize=36",

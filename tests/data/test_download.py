@@ -29,7 +29,7 @@ import hydra
 import pytest
 from hydra import compose, initialize_config_dir
 
-from dataset_fixtures import make_cars, make_cub, make_inshop, make_sop
+from helpers.dataset_fixtures import make_cars, make_cub, make_inshop, make_sop
 from see_dml.config import CONFIG_DIR
 from see_dml.data import download as dl
 

@@ -1,6 +1,6 @@
 """Emoji-Styles on tiny generated @iconify-json packages: matching traps, split, cache, npm.
 
-The packages and the stand-in ``npm`` are in ``tests/emoji_fixtures.py``; every test that
+The packages and the stand-in ``npm`` are in ``tests/helpers/emoji_fixtures.py``; every test that
 builds puts that ``npm`` first on ``PATH``, so the build's own ``npm pack`` call runs and the
 network is never used.
 """
@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-import emoji_fixtures as fx
+from helpers import emoji_fixtures as fx
 from see_dml.data import emoji_styles as es
 from see_dml.data.emoji_styles import EmojiStyles, IconSet, build_arrays, match_classes
 from see_dml.data.transforms import TransformConfig, build_transforms
@@ -318,7 +318,7 @@ _BUILDER = """
 import sys, time
 from pathlib import Path
 from see_dml.data.emoji_styles import EmojiStyles
-import emoji_fixtures as fx
+from helpers import emoji_fixtures as fx
 barrier, root, me, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 (barrier / f"ready{me}").touch()
 while len(list(barrier.glob("ready*"))) < n:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from dataset_fixtures import make_fixture
+from helpers.dataset_fixtures import make_fixture
 from see_dml.config import CONFIG_DIR, compose, flatten, sweep_jobs, validate_config
 from see_dml.errors import ConfigError
 from see_dml.train import train

@@ -89,7 +89,7 @@ def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path):
            "model.embed_dim=16", "dataset.images_per_class=20", "callbacks.embedding_export=null",
            "test_final=false", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}",
            f"paths.cache_dir={tmp_path / 'cache'}",
-           "+callbacks.preempt._target_=preemption.PreemptOnce",
+           "+callbacks.preempt._target_=helpers.preemption.PreemptOnce",
            f"+callbacks.preempt.marker={tmp_path / 'preempted'}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}

@@ -1,6 +1,6 @@
 """Callbacks that stop their own training with a signal at a fixed point, as a scheduler does.
 
-Used through the config (``+callbacks.stop._target_=preemption.SignalOnce``), in-process or
+Used through the config (``+callbacks.stop._target_=helpers.preemption.SignalOnce``), in-process or
 inside a ``python -m see_dml.train`` / submitit job process (``PYTHONPATH`` holds ``tests``).
 A fixed step, not a timer, so the test kills the run at the same place on any machine.
 """

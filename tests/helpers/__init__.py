@@ -1,0 +1,2 @@
+"""What several test files share: fixture data in the datasets' official formats, embeddings
+with known geometry, the Emoji-Styles packages, and callbacks that stop a run on cue."""
