@@ -90,6 +90,13 @@ def test_resumed_run_equals_an_uninterrupted_one(make_cfg, tmp_path, see, worker
         assert torch.equal(a[key], b[key]), key
 
 
+def _same_threads() -> dict[str, str]:
+    """The subprocess trains with this process's torch thread count (a pytest-xdist worker
+    runs one): float sums over other thread counts differ in the last bits, and the
+    resumed weights are compared bit for bit with an in-process run."""
+    return {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
 def _stop_at(step: int, signum: str, marker: Path) -> list[str]:
     return ["+callbacks.stop._target_=helpers.preemption.SignalOnce",
             f"+callbacks.stop.step={step}", f"+callbacks.stop.signum={signum}",
@@ -109,7 +116,7 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
                 "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
                 f"paths.cache_dir={tmp_path / 'cache'}", *extra]
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), **_same_threads()}
     unbroken = subprocess.run(command(tmp_path / "unbroken"), capture_output=True, text=True,
                               timeout=600)
     assert unbroken.returncode == 0, unbroken.stderr[-3000:]
@@ -139,7 +146,7 @@ def test_sigterm_ends_a_local_sweep_and_says_so(tmp_path):
            "dataset.images_per_class=20", "callbacks.embedding_export=null",
            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}",
            f"paths.cache_dir={tmp_path / 'cache'}", *_stop_at(2, "SIGTERM", tmp_path / "m")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), **_same_threads()}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert "This was job 0 of a local sweep: the sweep stops here" in proc.stderr
@@ -342,7 +349,8 @@ def test_checkpoint_write_killed_at_a_fixed_byte_count_resumes_bit_exactly(make_
            f"paths.cache_dir={tmp_path.parent / 'see_dml_cache'}",
            "+callbacks.kill._target_=helpers.preemption.FileSizeLimitAt",
            f"+callbacks.kill.marker={tmp_path / 'marker'}", "+callbacks.kill.max_bytes=65536"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "TMPDIR": str(tmpdir)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "TMPDIR": str(tmpdir),
+           **_same_threads()}
     killed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert killed.returncode == -signal.SIGXFSZ, killed.stderr[-3000:]
     ckpts = run_dir / "checkpoints"
