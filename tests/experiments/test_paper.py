@@ -129,7 +129,7 @@ def test_setting_has_its_dataset_values_and_see_is_the_only_difference(make_cfg,
     published = make_table.load_published(make_table.PUBLISHED_FILE)
     row = dict(zip(make_table.KEY_NAMES,
                    make_table.named_columns(OmegaConf.to_container(on))))
-    match = make_table._published_entry(row, published)
+    match = make_table.published_entry(row, published)
     assert match is not None and match[1], row
 
 

@@ -109,8 +109,8 @@ def resolve_backend(backend: str, query: ArrayLike) -> Literal["faiss", "torch"]
     """``"auto"`` -> ``"torch"`` for embeddings on a GPU, else ``"faiss"``; others unchanged.
 
     faiss-cpu would first copy GPU embeddings to the host and search on the CPU; the chunked
-    matmul + top-k on the GPU is ~18x faster at SOP size (60,502 x 512, k = 1000: 1.2 s on an
-    H200 vs 22 s for faiss on that machine's 16 cores; ``benchmarks/README.md``).
+    matmul + top-k stays on the GPU, which is the faster of the two at SOP size (measured in
+    ``benchmarks/README.md``).
     """
     if backend == "faiss":
         return "faiss"

@@ -435,7 +435,7 @@ def load_published(path: Path) -> dict[str, Any]:
     return published
 
 
-def _published_entry(row: dict[str, Any], published: dict[str, Any]
+def published_entry(row: dict[str, Any], published: dict[str, Any]
                      ) -> tuple[dict[str, Any], bool] | None:
     """The published entry for a row's setting and whether it is that very setting; else one
     that names the setting in ``closest_for``; else ``None``."""
@@ -492,7 +492,7 @@ def add_published(rows: list[dict[str, Any]], published: dict[str, Any],
     refused = 0
     for row in rows:
         row[PUBLISHED[0]] = row[PUBLISHED[1]] = None
-        match = _published_entry(row, published)
+        match = published_entry(row, published)
         if match is None:
             continue
         if row["protocol"] != "authors" or checkpoint != "best_on_test":
