@@ -80,9 +80,8 @@ def run_cli(task: Callable[[Any], T], cfg: Any) -> T:
         line = user_error_line(err)
         if line is None:
             raise
-        print(f"error: {line}", file=sys.stderr)
         _remove_empty_run_dir(cfg)
-        sys.exit(USER_ERROR_STATUS)
+        exit_with_error(line)
 
 
 def exit_with_error(message: str) -> NoReturn:

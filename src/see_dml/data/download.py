@@ -506,8 +506,7 @@ def _main(cfg: DictConfig) -> None:
     try:
         status = download(cfg, source)
     except (DownloadError, DatasetNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(USER_ERROR_STATUS)
+        exit_with_error(str(err))
     if status:
         sys.exit(status)
 
