@@ -7,7 +7,8 @@
     python benchmarks/bench_framework_overhead.py --without-step-logging  # + what logging costs
 
 Both sides train the same module object, built as ``python -m see_dml.train`` builds it
-(``see_dml.build.build_model`` from the composed ``conf/train.yaml``), on the same batches:
+(``see_dml.module.DMLModule.from_config`` from the composed ``conf/train.yaml``), on the
+same batches:
 
 * **lightning**: ``trainer.fit`` with the trainer, callbacks and logger of the composed
   config (checkpointing, LR monitor, non-finite guard, CSV logger; validation off), as
@@ -209,7 +210,8 @@ def summarise(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> dic
 def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     import lightning as L
 
-    from see_dml.build import build_datamodule, build_model
+    from see_dml.build import build_datamodule
+    from see_dml.module import DMLModule
 
     device = torch.device(args.device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
@@ -225,7 +227,7 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
     num_classes = build_datamodule(cfg).num_classes if name == "small_cnn" else 64
-    module = build_model(cfg, num_classes).to(device)
+    module = DMLModule.from_config(cfg, num_classes).to(device)
     batches = make_batches(cfg, name, args.steps, args.batch, args.image_size, device)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     meta = {"model": name, "batch_shape": list(batches[0][0].shape),
@@ -259,7 +261,7 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str
         with open_dict(cfg):
             cfg.model.compile = True
         L.seed_everything(cfg.seed, verbose=False)
-        compiled = build_model(cfg, num_classes).to(device)
+        compiled = DMLModule.from_config(cfg, num_classes).to(device)
         step_c, step_e = (BareStep(compiled, loader, args.precision),
                           BareStep(module, loader, args.precision))
         t0 = time.perf_counter()

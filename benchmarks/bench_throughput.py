@@ -30,7 +30,7 @@ The recipe's image size (``data.transforms.image_size``, 224) and precision
 another input size than its own gets its patch grid and position embeddings resized by
 timm's ``set_input_size`` (dry runs only; recorded in the JSON).
 
-The module is built by ``see_dml.build.build_model`` and fitted by a ``lightning.Trainer``
+The module is built by ``DMLModule.from_config`` and fitted by a ``lightning.Trainer``
 instantiated from the composed ``trainer`` node with the config's callbacks (the SEE
 callback, registered as the module's embedding hook, checkpoints, LR monitor, non-finite
 guard) and CSV logger, as ``train`` builds them (validation off), over synthetic images
@@ -144,8 +144,9 @@ def bench_family(family: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-    from see_dml.build import build_callbacks, build_loggers, build_model
+    from see_dml.build import build_callbacks, build_loggers
     from see_dml.config import validate_config
+    from see_dml.module import DMLModule
 
     device = torch.device(args.device)
     setting, cfg = setting_config(family, args.dim, device, args, tmp / family)
@@ -155,7 +156,7 @@ def bench_family(family: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
         torch.set_float32_matmul_precision(cfg.matmul_precision)
     source = instantiate(cfg.dataset)  # reads nothing on disk: names, counts, recall Ks
     num_classes = train_classes(source, float(cfg.dataset.get("val_fraction", 0.0) or 0.0))
-    module = build_model(cfg, num_classes, source=source)
+    module = DMLModule.from_config(cfg, num_classes, source=source)
     size = int(cfg.data.transforms.image_size)
     native = module.backbone.body.pretrained_cfg.get("input_size", (3, size, size))[1:]
     resized = tuple(native) != (size, size) and hasattr(module.backbone.body,

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from see_dml.build import build_backbone, build_datamodule
+from see_dml.build import build_datamodule
 from see_dml.config import compose
 from see_dml.metrics.retrieval import retrieval_metrics
+from see_dml.module import build_backbone
 
 
 @torch.no_grad()

@@ -21,11 +21,11 @@ from PIL import Image
 
 from conftest import FAST, compose_config
 from see_dml.build import build_datamodule
+from see_dml.checkpoints import read_checkpoint
 from see_dml.config import validate_config, warn_ignored_keys
 from see_dml.data.base import RetrievalDataset, Split
 from see_dml.errors import CheckpointError, ConfigError, DatasetNotFoundError, UnreadableImageError
 from see_dml.evaluate import evaluate
-from see_dml.inference import read_checkpoint
 from see_dml.retrieve import retrieve_images
 from see_dml.train import train
 
@@ -206,7 +206,7 @@ def ckpt(tiny_run: dict) -> str:
 def test_checkpoint_of_the_old_flat_config_is_named(ckpt, tmp_path):
     """A checkpoint from before the backbone / head / loss ``_target_`` nodes: one clear
     error, not an OmegaConf traceback from deep inside the rebuild."""
-    from see_dml.inference import load_module_from_checkpoint
+    from see_dml.module import load_module_from_checkpoint
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model = state["see_dml_config"]["model"]

@@ -16,12 +16,13 @@ from PIL import Image
 
 from conftest import FAST, compose_config
 from helpers.dataset_fixtures import make_fixture
-from see_dml.build import build_model
+from see_dml.checkpoints import read_checkpoint
 from see_dml.embedding_files import save_embeddings
 from see_dml.errors import CheckpointError, ConfigError
 from see_dml.evaluate import evaluate
-from see_dml.inference import load_module_from_checkpoint, read_checkpoint, resolve_dataset_config
+from see_dml.inference import resolve_dataset_config
 from see_dml.metrics import retrieval_metrics
+from see_dml.module import DMLModule, load_module_from_checkpoint
 from see_dml.train import train
 
 TEST_IMAGES = 20 * 20  # Double-MNIST: 20 test classes x images_per_class=20
@@ -188,7 +189,7 @@ def test_query_gallery_dataset_with_image_paths(tmp_path):
                                 "dataset.strict_counts=false", "model.backbone.in_chans=3",
                                 "data.transforms.image_size=32", "data.transforms.resize=32",
                                 f"paths.run_dir={tmp_path / 'run'}"])
-    model = build_model(train_cfg, num_classes=3)
+    model = DMLModule.from_config(train_cfg, num_classes=3)
     ckpt = tmp_path / "untrained.ckpt"
     torch.save({"state_dict": model.state_dict(), "see_dml_config": model.config,
                 "see_dml_num_classes": 3}, ckpt)
@@ -214,7 +215,7 @@ def test_checkpoint_without_class_count_reads_it_from_the_loss_weights(tmp_path,
     """Checkpoints from before ``see_dml_num_classes``: the count comes from the class
     weights, ``(C, d)`` proxies or the softmax family's ``(d, C)`` W."""
     cfg = compose_config([*FAST, f"loss={loss}", f"paths.run_dir={tmp_path}"])
-    model = build_model(cfg, num_classes=7)  # 7 classes, 16-d: the two axes differ
+    model = DMLModule.from_config(cfg, num_classes=7)  # 7 classes, 16-d: the two axes differ
     ckpt = tmp_path / "old.ckpt"
     torch.save({"state_dict": model.state_dict(), "see_dml_config": model.config}, ckpt)
     module, _ = load_module_from_checkpoint(ckpt)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pytorch_metric_learning.losses import CircleLoss
 
-from see_dml.inference import load_module_from_checkpoint
+from see_dml.module import load_module_from_checkpoint
 from see_dml.train import train
 
 EXTENDING = Path(__file__).resolve().parents[1] / "docs" / "extending.md"

@@ -14,10 +14,10 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import FAST, compose_config
-from see_dml.build import build_model
 from see_dml.errors import IndexFileError
 from see_dml.gallery_index import load_index, sidecar_path
 from see_dml.index import run
+from see_dml.module import DMLModule
 from see_dml.retrieve import retrieve_images
 
 CLASSES, PER_CLASS = 3, 3
@@ -32,7 +32,7 @@ def _checkpoint(root: Path, name: str, *overrides: str, run: str | None = None,
                           "dataset.images_per_class=20",
                           f"paths.cache_dir={root.parent / 'see_dml_cache'}", *overrides])
     torch.manual_seed(weights_seed)
-    module = build_model(cfg, num_classes=4, source=instantiate(cfg.dataset))
+    module = DMLModule.from_config(cfg, num_classes=4, source=instantiate(cfg.dataset))
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)
     torch.save(ckpt, root / f"{name}.ckpt")

@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from see_dml.build import build_backbone, build_datamodule, build_model
+from see_dml.build import build_datamodule
 from see_dml.data.datamodule import RetrievalDataModule
-from see_dml.module import DMLModule
+from see_dml.module import DMLModule, build_backbone
 
 
 def build(cfg) -> tuple[DMLModule, RetrievalDataModule]:
@@ -21,7 +21,7 @@ def build(cfg) -> tuple[DMLModule, RetrievalDataModule]:
     source = instantiate(cfg.dataset)
     backbone = build_backbone(cfg, source.image_mode)
     dm = build_datamodule(cfg, backbone, source)
-    return build_model(cfg, dm.num_classes, backbone, source), dm
+    return DMLModule.from_config(cfg, dm.num_classes, backbone, source), dm
 
 
 def fit(cfg, module: DMLModule, dm: RetrievalDataModule,
@@ -61,7 +61,7 @@ def bn_layers(module: DMLModule) -> list[nn.modules.batchnorm._BatchNorm]:
 
 def test_param_groups_get_lr_times_their_multipliers(make_cfg):
     cfg = make_cfg("model.backbone_lr_mult=0.5", "model.head_lr_mult=2", "loss.lr_multiplier=100")
-    module = build_model(cfg, num_classes=10)
+    module = DMLModule.from_config(cfg, num_classes=10)
     optimizer = module.configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW)
     lr = cfg.optimizer.lr
@@ -80,7 +80,7 @@ def test_param_groups_get_lr_times_their_multipliers(make_cfg):
 
 def test_scheduler_scales_every_group_from_its_own_lr(make_cfg):
     cfg = make_cfg("model.head_lr_mult=2", "scheduler=step", "scheduler.step_size=1")
-    module = build_model(cfg, num_classes=10)
+    module = DMLModule.from_config(cfg, num_classes=10)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "epoch"
@@ -232,9 +232,9 @@ def test_model_compile_compiles_backbone_and_head_in_place(make_cfg, model):
     eager_cfg = make_cfg(f"model={model}", *over)
     assert eager_cfg.model.compile is False
     torch.manual_seed(0)
-    eager = build_model(eager_cfg, num_classes=10)
+    eager = DMLModule.from_config(eager_cfg, num_classes=10)
     torch.manual_seed(0)
-    compiled = build_model(make_cfg(f"model={model}", *over, "model.compile=true"), 10)
+    compiled = DMLModule.from_config(make_cfg(f"model={model}", *over, "model.compile=true"), 10)
     for part in ("backbone", "head"):
         assert getattr(eager, part)._compiled_call_impl is None
         assert getattr(compiled, part)._compiled_call_impl is not None

@@ -13,9 +13,9 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import FAST, compose_config
-from see_dml.build import build_model
 from see_dml.errors import ConfigError
 from see_dml.export import export_model
+from see_dml.module import DMLModule
 from see_dml.onnx_graph import export_onnx
 
 
@@ -25,7 +25,7 @@ def _model(tmp_path: Path, *overrides: str) -> tuple[torch.nn.Module, object]:
                           f"paths.run_dir={tmp_path / 'run'}", "dataset.images_per_class=20",
                           *overrides])
     torch.manual_seed(0)
-    return build_model(cfg, num_classes=4, source=instantiate(cfg.dataset)).eval(), cfg
+    return DMLModule.from_config(cfg, num_classes=4, source=instantiate(cfg.dataset)).eval(), cfg
 
 
 def _onnx_embeddings(path: Path, images: torch.Tensor) -> np.ndarray:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from see_dml.build import build_datamodule, build_model
+from see_dml.build import build_datamodule
+from see_dml.module import DMLModule
 from see_dml.train import train
 
 QUIET = ["callbacks.embedding_export=null", "test_final=false"]
@@ -32,14 +33,14 @@ def test_model_pooling_is_timms_own(make_cfg):
     """pooling=model hands the backbone's features to timm's own head (global average pooling
     for a ResNet): the same embeddings as the head's avg pooling with the same weights."""
     common = ["model.backbone.name=resnet18", "model.backbone.pretrained=false"]
-    timm_pool = build_model(make_cfg(*common, "model.head.pooling=model"), num_classes=4)
-    avg_pool = build_model(make_cfg(*common, "model.head.pooling=avg"), num_classes=4)
+    timm_pool = DMLModule.from_config(make_cfg(*common, "model.head.pooling=model"), num_classes=4)
+    avg_pool = DMLModule.from_config(make_cfg(*common, "model.head.pooling=avg"), num_classes=4)
     avg_pool.load_state_dict(timm_pool.state_dict())
     images = torch.randn(3, 1, 32, 32)
     timm_pool.eval(), avg_pool.eval()
     with torch.no_grad():
         torch.testing.assert_close(timm_pool(images), avg_pool(images))
-    small = build_model(make_cfg("model.head.pooling=model"), num_classes=4)
+    small = DMLModule.from_config(make_cfg("model.head.pooling=model"), num_classes=4)
     with pytest.raises(ValueError, match=r"model\.head\.pooling=model needs a timm backbone"):
         small(images)
 

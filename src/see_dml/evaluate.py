@@ -35,10 +35,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from see_dml.checkpoints import check_ckpt_path
 from see_dml.config import CONFIG_DIR, check_knn_backend, warn_ignored_keys
 from see_dml.embedding_files import EXPORT_FORMATS
 from see_dml.errors import ConfigError
-from see_dml.inference import EVAL_SPLITS, check_ckpt_path, embed_split, eval_split_names
+from see_dml.inference import EVAL_SPLITS, embed_split, eval_split_names
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

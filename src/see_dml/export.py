@@ -19,9 +19,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from see_dml.checkpoints import check_ckpt_path
 from see_dml.config import CONFIG_DIR, warn_ignored_keys
 from see_dml.errors import ConfigError
-from see_dml.inference import check_ckpt_path
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from see_dml.checkpoints import check_ckpt_path
 from see_dml.config import CONFIG_DIR, warn_ignored_keys
 from see_dml.errors import ConfigError, IndexFileError
 from see_dml.gallery_index import (
@@ -51,7 +52,6 @@ from see_dml.gallery_index import (
     sidecar_path,
 )
 from see_dml.image_sets import DATASET_SPLITS, image_files, image_set, skipped_line
-from see_dml.inference import check_ckpt_path
 
 if TYPE_CHECKING:
     import faiss

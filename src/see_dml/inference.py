@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from see_dml.checkpoints import check_ckpt_path, resolve_device
 from see_dml.config import to_dict
-from see_dml.errors import CheckpointError, ConfigError
+from see_dml.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -97,113 +98,14 @@ def open_checkpoint(cfg: DictConfig, device: str | torch.device | None = None
     ckpt_file = check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path")
                                 else cfg.ckpt_path)
     dev = resolve_device(device if device is not None else cfg.get("device", "auto"))
+    from see_dml.module import load_module_from_checkpoint
+
     module, ckpt_cfg = load_module_from_checkpoint(ckpt_file, dev)
     run_cfg = ckpt_cfg.copy()
     with open_dict(run_cfg):
         run_cfg.dataset = resolve_dataset_config(cfg, ckpt_cfg)
     return InferenceRun(ckpt_file, module, ckpt_cfg, run_cfg, dev,
                         batch_size=cfg.get("batch_size"), num_workers=cfg.get("num_workers"))
-
-
-# -- checkpoint -> model --------------------------------------------------------------------
-def check_ckpt_path(path: str | Path | None) -> Path:
-    """``ckpt_path`` as an existing file, or :class:`CheckpointError` naming ``ckpt_path``.
-
-    Cheap (no torch): the CLIs call it before seconds of imports.
-    """
-    if path is None or str(path) in ("", "???"):
-        raise CheckpointError("ckpt_path is required, e.g. "
-                              "ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt")
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise CheckpointError(f"ckpt_path='{path}' does not exist (or is not a file)")
-    return file
-
-
-def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
-    """Load a ``see_dml.train`` checkpoint on CPU; :class:`CheckpointError` names ``ckpt_path``.
-
-    ``weights_only=False``: Lightning checkpoints hold loop and callback state besides
-    tensors. Only load checkpoints you trust (as for any pickle).
-    """
-    file = check_ckpt_path(path)
-    import torch
-
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises pickle, zip and runtime errors alike
-        raise CheckpointError(f"ckpt_path='{path}' is not a readable checkpoint: {err}") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"ckpt_path='{path}' is not a Lightning checkpoint "
-                              "(no 'state_dict')")
-    if "see_dml_config" not in ckpt:
-        raise CheckpointError(f"ckpt_path='{path}' has no 'see_dml_config': it was not written "
-                              "by python -m see_dml.train, so the model cannot be rebuilt")
-    return ckpt
-
-
-def load_module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"
-                                ) -> tuple[DMLModule, DictConfig]:
-    """Rebuild the trained :class:`DMLModule` from a checkpoint alone, in eval mode.
-
-    Returns:
-        ``(module, cfg)``: the module with the checkpoint's weights on ``device``, and the
-        resolved run config it was trained with.
-    """
-    ckpt = read_checkpoint(path)
-    from see_dml.build import build_model
-    from see_dml.cli import one_lightning_console
-
-    one_lightning_console()
-
-    cfg = OmegaConf.create(ckpt["see_dml_config"])
-    check_config_layout(cfg, path)
-    num_classes = ckpt.get("see_dml_num_classes")
-    if num_classes is None:  # written before the class count was stored: read the proxies
-        num_classes = _num_classes_from_loss(ckpt["state_dict"])
-        if num_classes is None:
-            raise CheckpointError(f"ckpt_path='{path}' stores no 'see_dml_num_classes' and "
-                                  "its loss has no class weights to infer it from")
-    with open_dict(cfg):
-        # The weights come from the state dict: never reach for a hub or a weights file.
-        cfg.model.backbone.pretrained = False
-        cfg.model.backbone.weights_path = None
-    module = build_model(cfg, int(num_classes))
-    try:
-        module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"ckpt_path='{path}': weights do not fit the model its config "
-                              f"describes: {err}") from err
-    return module.eval().to(resolve_device(device)), cfg
-
-
-def check_config_layout(cfg: DictConfig, path: str | Path) -> None:
-    """:class:`CheckpointError` for a checkpoint whose stored config predates the
-    ``_target_`` nodes (``model.backbone: resnet50`` where a ``Backbone`` node now stands, a
-    loss without ``_target_``): this version cannot rebuild its model from it."""
-    backbone = OmegaConf.select(cfg, "model.backbone")
-    old = [key for key, ok in (("model.backbone", isinstance(backbone, DictConfig)
-                                and "_target_" in backbone),
-                               ("model.head", OmegaConf.select(cfg, "model.head") is not None),
-                               ("loss._target_", OmegaConf.select(cfg, "loss._target_")
-                                is not None)) if not ok]
-    if old:
-        what = f"model.backbone: {backbone}" if isinstance(backbone, str) else ", ".join(old)
-        raise CheckpointError(
-            f"ckpt_path='{path}' was written by an older see_dml, whose config stored the model "
-            f"and loss as flat keys ({what}; missing: {', '.join(old)}), before they became "
-            "_target_ nodes: this version cannot rebuild that model. Evaluate it with the "
-            "see_dml version that trained it, or train it again")
-
-
-def _num_classes_from_loss(state_dict: dict[str, Any]) -> int | None:
-    """The class count of a loss's class weights, by their name (the shapes alone are
-    ambiguous when C == d): pytorch-metric-learning's ``proxies`` are ``(C, d)``, the softmax
-    family's ``W`` (NormSoftmax, ArcFace, CosFace) ``(d, C)``."""
-    for key, weight in state_dict.items():
-        if key.startswith("criterion.") and key.endswith((".proxies", ".W")):
-            return int(weight.shape[0] if key.endswith(".proxies") else weight.shape[1])
-    return None
 
 
 # -- dataset of the evaluation --------------------------------------------------------------
@@ -279,15 +181,6 @@ def eval_split_names(dm: RetrievalDataModule, split: str) -> list[str]:
 
 
 # -- embedding a split ---------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto``/None -> cuda when available, else cpu; anything else as ``torch.device``."""
-    import torch
-
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def embed_split(module: nn.Module, dataset: Dataset, batch_size: int = 256,
                 device: str | torch.device | None = "auto", num_workers: int = 0,
                 progress: bool = True, desc: str = "embedding"

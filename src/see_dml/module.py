@@ -16,12 +16,26 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import lightning as L
 import numpy as np
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from see_dml.losses import MetricLoss
+from see_dml.checkpoints import (
+    check_config_layout,
+    num_classes_from_state_dict,
+    read_checkpoint,
+    resolve_device,
+)
+from see_dml.cli import one_lightning_console
+from see_dml.config import to_dict
+from see_dml.errors import CheckpointError
+from see_dml.losses import MetricLoss, build_metric_loss
 from see_dml.models import Backbone, EmbeddingHead
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from see_dml.data.base import DatasetSource
     from see_dml.metrics.knn import Backend
     from see_dml.scoring import EvaluationResult
 
@@ -98,13 +112,13 @@ class DMLModule(L.LightningModule):
             In-Shop).
         compile: ``torch.compile`` the backbone and the head (in place, so checkpoints keep
             their keys); off by default, which runs the eager modules unchanged.
+        config: the resolved run config, stored in checkpoints so any tool can rebuild
+            the model from a checkpoint alone.
 
     Every evaluation ends in one :class:`~see_dml.scoring.EvaluationResult` (one kNN
     search); the last test's stays in :attr:`test_result` for the export callback, and its
     metrics are logged as ``<prefix>/...``, the prefix ``test`` unless a test runs inside
     :meth:`test_metrics_prefix`.
-        config: the resolved run config, stored in checkpoints so any tool can rebuild
-            the model from a checkpoint alone.
 
     When the datamodule hands the test split(s) to the validation loop too (its
     ``val_split_names``; ``test_every_epoch``), every validation epoch also scores them, logs
@@ -147,18 +161,42 @@ class DMLModule(L.LightningModule):
 
     # -- model ----------------------------------------------------------------------------
     @classmethod
+    def from_config(cls, cfg: DictConfig, num_classes: int, backbone: Backbone | None = None,
+                    source: DatasetSource | None = None) -> DMLModule:
+        """The module ``cfg`` describes for ``num_classes`` training classes: the
+        ``model.backbone`` and ``model.head`` nodes, the ``loss`` node (see
+        :func:`see_dml.losses.build_metric_loss`), the optimiser and scheduler factories.
+        ``backbone`` and ``source`` (the dataset source, for its image mode and Recall@K's
+        Ks) are built from ``cfg`` when not given."""
+        m = cfg.model
+        source = source or instantiate(cfg.dataset)
+        backbone = backbone or build_backbone(cfg, source.image_mode)
+        head = instantiate(m.head, in_features=backbone.num_features,
+                           num_prefix_tokens=backbone.num_prefix_tokens)
+        criterion = build_metric_loss(cfg.loss, num_classes, m.embed_dim)
+        scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+        return cls(
+            backbone, head, criterion, optimizer=instantiate(cfg.optimizer),
+            scheduler=scheduler, backbone_lr_mult=m.backbone_lr_mult,
+            head_lr_mult=m.head_lr_mult, warmup_epochs=m.warmup_epochs, freeze_bn=m.freeze_bn,
+            recall_ks=source.recall_ks, knn_backend=cfg.get("knn_backend", "auto"),
+            compute_nmi=bool(cfg.get("nmi", False)), compile=bool(m.get("compile", False)),
+            config=to_dict(cfg),
+        )
+
+    @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None,
                              hparams_file: Any = None, strict: bool | None = None,
                              weights_only: bool | None = None, **kwargs: Any) -> DMLModule:
         """Lightning's usual call, ``DMLModule.load_from_checkpoint(path)``: the module its
         checkpoint describes (backbone, head and loss rebuilt from the config the checkpoint
-        stores, see :func:`see_dml.inference.load_module_from_checkpoint`), in eval mode, on
+        stores, see :func:`load_module_from_checkpoint`), in eval mode, on
         ``map_location`` (a device; default the CPU). Lightning's own version calls
         ``__init__`` with the saved hyperparameters, which this module does not save (its
         arguments are built modules)."""
         refused = dict(kwargs)
         # a parameter because Lightning's signature has it; the checkpoint is read as every
-        # tool reads it (see_dml.inference.read_checkpoint), so it is refused like the rest
+        # tool reads it (see_dml.checkpoints.read_checkpoint), so it is refused like the rest
         if weights_only is not None:
             refused["weights_only"] = weights_only
         if hparams_file is not None or refused:
@@ -166,8 +204,6 @@ class DMLModule(L.LightningModule):
             raise TypeError("DMLModule.load_from_checkpoint rebuilds the model from the config "
                             "the checkpoint stores: it takes no hparams_file or __init__ "
                             f"arguments (got {', '.join(given)})")
-        from see_dml.inference import load_module_from_checkpoint
-
         device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
         module, _ = load_module_from_checkpoint(checkpoint_path, device)
         return module
@@ -422,3 +458,42 @@ class DMLModule(L.LightningModule):
         self.test_result = self._evaluate(self._test_prefix, names, self.compute_nmi)
         if self.test_result is not None:
             self.log_dict(self.test_result.prefixed_metrics())
+
+
+def build_backbone(cfg: DictConfig, image_mode: str = "RGB") -> Backbone:
+    """``cfg.model.backbone``; ``in_chans: auto`` follows the dataset's image mode."""
+    node = cfg.model.backbone
+    in_chans = node.in_chans if node.in_chans != "auto" else (1 if image_mode == "L" else 3)
+    return instantiate(node, in_chans=in_chans)
+
+
+def load_module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+                                ) -> tuple[DMLModule, DictConfig]:
+    """Rebuild the trained :class:`DMLModule` from a checkpoint alone, in eval mode.
+
+    Returns:
+        ``(module, cfg)``: the module with the checkpoint's weights on ``device``, and the
+        resolved run config it was trained with.
+    """
+    ckpt = read_checkpoint(path)
+    one_lightning_console()
+
+    cfg = OmegaConf.create(ckpt["see_dml_config"])
+    check_config_layout(cfg, path)
+    num_classes = ckpt.get("see_dml_num_classes")
+    if num_classes is None:  # written before the class count was stored: read the proxies
+        num_classes = num_classes_from_state_dict(ckpt["state_dict"])
+        if num_classes is None:
+            raise CheckpointError(f"ckpt_path='{path}' stores no 'see_dml_num_classes' and "
+                                  "its loss has no class weights to infer it from")
+    with open_dict(cfg):
+        # The weights come from the state dict: never reach for a hub or a weights file.
+        cfg.model.backbone.pretrained = False
+        cfg.model.backbone.weights_path = None
+    module = DMLModule.from_config(cfg, int(num_classes))
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"ckpt_path='{path}': weights do not fit the model its config "
+                              f"describes: {err}") from err
+    return module.eval().to(resolve_device(device)), cfg

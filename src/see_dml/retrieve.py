@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from see_dml.checkpoints import check_ckpt_path
 from see_dml.config import CONFIG_DIR, check_knn_backend, warn_ignored_keys
 from see_dml.errors import ConfigError
 from see_dml.image_sets import DATASET_SPLITS, ImageSet, image_files, image_set, skipped_line
-from see_dml.inference import check_ckpt_path
 
 # As in evaluate.py, torch & co. load where they are used, after the cheap checks.
 if TYPE_CHECKING:

@@ -22,13 +22,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.build import (
-    build_backbone,
-    build_callbacks,
-    build_datamodule,
-    build_loggers,
-    build_model,
-)
+from see_dml.build import build_callbacks, build_datamodule, build_loggers
 from see_dml.config import ADDED_KEYS, CONFIG_DIR, flatten, validate_config
 from see_dml.errors import (
     USER_ERROR_STATUS,
@@ -347,6 +341,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from see_dml.cli import one_lightning_console
+    from see_dml.module import DMLModule, build_backbone
 
     one_lightning_console()
     L.seed_everything(cfg.seed, workers=True)
@@ -370,7 +365,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     backbone = build_backbone(cfg, source.image_mode)
     dm = build_datamodule(cfg, backbone, source)
     log.info("data: %s", dm.describe_line())
-    model = build_model(cfg, dm.num_classes, backbone, source)
+    model = DMLModule.from_config(cfg, dm.num_classes, backbone, source)
 
     trainer_kwargs: dict[str, Any] = {}
     test_every_epoch = bool(cfg.get("test_every_epoch", False))

@@ -9,10 +9,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from see_dml.build import build_backbone, build_datamodule, build_model
+from see_dml.build import build_datamodule
 from see_dml.callbacks.guards import NonFiniteGuard
 from see_dml.errors import DivergenceError
-from see_dml.module import DMLModule
+from see_dml.module import DMLModule, build_backbone
 from see_dml.train import train
 
 
@@ -65,7 +65,7 @@ def _fit(make_cfg, guard: NonFiniteGuard, poison: set[int]) -> DMLModule:
     source = instantiate(cfg.dataset)
     backbone = build_backbone(cfg, source.image_mode)
     dm = build_datamodule(cfg, backbone, source)
-    model = build_model(cfg, dm.num_classes, backbone, source)
+    model = DMLModule.from_config(cfg, dm.num_classes, backbone, source)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4,
                         limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
@@ -94,7 +94,7 @@ def test_nan_test_embeddings_are_refused_before_metrics(make_cfg):
     source = instantiate(cfg.dataset)
     backbone = build_backbone(cfg, source.image_mode)
     dm = build_datamodule(cfg, backbone, source)
-    model = build_model(cfg, dm.num_classes, backbone, source)
+    model = DMLModule.from_config(cfg, dm.num_classes, backbone, source)
     with torch.no_grad():
         next(model.head.parameters()).fill_(float("nan"))
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from see_dml.build import build_model
 from see_dml.callbacks.synthesis import (
     EmbeddingExpansionCallback,
     ProxySynthesisCallback,
@@ -23,6 +22,7 @@ from see_dml.callbacks.synthesis import (
 )
 from see_dml.config import CONFIG_DIR, validate_config
 from see_dml.errors import ConfigError
+from see_dml.module import DMLModule
 from see_dml.synthesis import class_axes, other_class_partners
 from see_dml.train import train
 
@@ -32,7 +32,7 @@ PROXY_LOSSES = ["arcface", "norm_softmax", "proxy_anchor"]
 
 def _module_and_batch(make_cfg, loss: str = "proxy_anchor", embed_dim: int = 16):
     cfg = make_cfg(f"loss={loss}", f"model.embed_dim={embed_dim}")
-    module = build_model(cfg, num_classes=10)
+    module = DMLModule.from_config(cfg, num_classes=10)
     torch.manual_seed(0)
     images = torch.randn(24, 1, 28, 56)
     labels = torch.arange(6).repeat_interleave(4)
@@ -176,7 +176,7 @@ def test_pair_loss_see_is_mined_and_carries_gradient(make_cfg, loss, m):
     term is non-zero and reaches the real embeddings. With the class mean as axis and m = 2
     every synthetic positive is easier than the real one, and the miner drops them all."""
     cfg = make_cfg(f"loss={loss}", f"data.m_per_class={m}", fast=False)
-    module = build_model(cfg, num_classes=100)
+    module = DMLModule.from_config(cfg, num_classes=100)
     emb, labels = _clustered(cfg.data.batch_size, m, cfg.model.embed_dim)
     emb.requires_grad_(True)
     see = build_synthesis_callback(make_cfg(f"loss={loss}", "see.enabled=true",
@@ -273,7 +273,7 @@ def test_ee_loss_is_the_hphn_triplet_by_hand(make_cfg):
     """The EE loss is one HPHN triplet per anchor, ``a2`` possibly synthetic, and it is the
     loss (``loss/metric``), not a term added to the plain mined triplet loss."""
     cfg = make_cfg("loss=triplet", "synthesis=embedding_expansion")
-    module = build_model(cfg, num_classes=10)
+    module = DMLModule.from_config(cfg, num_classes=10)
     module.criterion.double()
     # 3 classes x 2 on a 4-sphere; angles picked so anchors' groups matter
     # the model's output is L2-normalised: compare gradients with respect to what it
@@ -309,7 +309,7 @@ def test_ee_by_hand_with_four_per_class_pairs_neighbours_only(make_cfg):
     """With 4 images a class EE pairs (1st, 2nd) and (3rd, 4th) only (its code), and an
     anchor's group is its own pair's points; ``pairs=all`` gives the C(4, 2) version."""
     cfg = make_cfg("loss=triplet", "synthesis=embedding_expansion")
-    module = build_model(cfg, num_classes=10)
+    module = DMLModule.from_config(cfg, num_classes=10)
     module.criterion.double()
     x = F.normalize(torch.randn(8, 4, dtype=torch.float64,
                                 generator=torch.Generator().manual_seed(8)), dim=1)
@@ -402,7 +402,7 @@ def test_symmetric_official_is_the_authors_npair_by_hand(make_cfg, loss):
     the N-pair softmax over the max similarity of {anchor, positive, sym1, sym2}, checked
     against a float64 hand computation; ``hardest_pair`` keeps the old formulation."""
     cfg = make_cfg(f"loss={loss}", "synthesis=symmetric")
-    module = build_model(cfg, num_classes=10)
+    module = DMLModule.from_config(cfg, num_classes=10)
     module.criterion.double()
     d = int(cfg.model.embed_dim)
     raw = torch.randn(7, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
@@ -445,7 +445,7 @@ def test_proxy_synthesis_by_hand(make_cfg, loss, monkeypatch):
     """PS: mix embeddings and their proxies with λ, each mixture a new class with the mixed
     proxy as its proxy; the loss over the C + S classes is the loss."""
     cfg = make_cfg(f"loss={loss}", "synthesis=proxy_synthesis")
-    module = build_model(cfg, num_classes=3)
+    module = DMLModule.from_config(cfg, num_classes=3)
     module.criterion.double()
     ps = build_synthesis_callback(cfg)
     assert isinstance(ps, ProxySynthesisCallback) and (ps.ratio, ps.alpha) == (1.0, 0.4)
@@ -481,7 +481,7 @@ def test_proxy_synthesis_by_hand(make_cfg, loss, monkeypatch):
 
 def test_proxy_synthesis_needs_proxies(make_cfg):
     cfg = make_cfg("loss=multi_similarity", "synthesis=proxy_synthesis")
-    module = build_model(cfg, num_classes=10)
+    module = DMLModule.from_config(cfg, num_classes=10)
     with pytest.raises(ValueError, match="loss=multi_similarity has none"):
         build_synthesis_callback(cfg).setup(None, module, "fit")
 

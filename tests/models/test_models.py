@@ -103,10 +103,10 @@ def test_token_pooling_leaves_out_the_prefix_tokens(pooling):
 
 
 def test_vit_backbone_reports_its_prefix_tokens_to_the_head(make_cfg):
-    from see_dml.build import build_model
+    from see_dml.module import DMLModule
 
     for model, prefix in (("vit_small", 1), ("deit_small", 2)):  # DeiT-S distilled: cls, dist
-        module = build_model(make_cfg(f"model={model}", "model.backbone.pretrained=false",
+        module = DMLModule.from_config(make_cfg(f"model={model}", "model.backbone.pretrained=false",
                                       "model.head.pooling=avg"), num_classes=4)
         assert module.backbone.num_prefix_tokens == module.head.num_prefix_tokens == prefix
 
@@ -237,11 +237,11 @@ def test_deit_setting_is_the_authors_distilled_model_with_a_frozen_patch_embeddi
     the patch embedding stays frozen after the warm-up (their freeze(body, 0))."""
     import torch.nn.functional as F
 
-    from see_dml.build import build_model
+    from see_dml.module import DMLModule
 
     cfg = make_cfg("experiment=paper/deit_small_128_cub", "model.backbone.pretrained=false",
                    fast=False)
-    module = build_model(cfg, num_classes=4).eval()
+    module = DMLModule.from_config(cfg, num_classes=4).eval()
     body = module.backbone.body
     assert module.backbone.num_prefix_tokens == 2
     x = torch.randn(2, 3, 224, 224)

@@ -10,8 +10,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from see_dml.build import build_backbone, build_datamodule, build_model
+from see_dml.build import build_datamodule
 from see_dml.models import Backbone
+from see_dml.module import DMLModule, build_backbone
 
 LITE0_STAGES = [("conv_stem", "bn1"), *((f"blocks.{i}",) for i in range(6)),
                 ("blocks.6", "conv_head", "bn2")]
@@ -85,7 +86,7 @@ def test_warmup_then_only_the_last_stages_train(make_cfg, model, freeze_bn, n_st
     source = instantiate(cfg.dataset)
     backbone = build_backbone(cfg, source.image_mode)
     dm = build_datamodule(cfg, backbone, source)
-    module = build_model(cfg, dm.num_classes, backbone, source)
+    module = DMLModule.from_config(cfg, dm.num_classes, backbone, source)
     stages = module.backbone.stages()
     assert len(stages) == n_stages
     last = {f"body.{n}" for stage in stages[-2:] for n in stage}
