@@ -235,3 +235,46 @@ def test_table_pairs_with_the_one_baseline_cell_or_says_which_match(tmp_path, ca
     assert "synthesis=SEE epochs=5 see.n_points=2 (see.n_points=2): 2 baseline cells" in err
     assert "synthesis=none epochs=5 see.n_points=4: see.n_points=4 (2 runs, e.g. " in err
     assert "synthesis=none epochs=5 see.n_points=8: see.n_points=8 (2 runs" in err
+
+
+# --- a sweep's records without checkpoints (see_dml.reporting.records) ---
+
+
+def test_records_keep_what_the_reports_read_and_leave_checkpoints_behind(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        for arm in ("none", "SEE"):
+            run = _run(sweep / "runs", f"{arm}{seed}", arm, 32, seed, [math.nan, 5.0 + seed])
+            (run / "checkpoints").mkdir()
+            (run / "checkpoints" / "last.ckpt").write_bytes(b"\0" * 64)
+            (run / "checkpoints" / "hparams.yaml").write_text("a: 1\n")  # under checkpoints/
+            (run / "test_embeddings.npz").write_bytes(b"\0" * 64)
+            (run / ".hydra").mkdir()
+            (run / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n")
+            (run / "train.log").write_text("epoch 0\n")
+    _run(sweep / "runs", "running", "SEE", 32, 2, [math.nan, 9.0], finished=False)
+    out = tmp_path / "records"
+    assert reporting_main(["records", str(sweep), "--out", str(out)]) == 0
+    kept = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert kept == sorted(f"runs/{arm}{seed}/{name}" for seed in (0, 1) for arm in ("none", "SEE")
+                          for name in (".hydra/overrides.yaml", "config.yaml", "csv/metrics.csv",
+                                       "geometry.csv", "metrics.json", "train.log"))
+    # the records give the geometry report the sweep gives (less the run paths)
+    on_sweep = geometry_summary(geometry_frame([sweep]))
+    on_records = geometry_summary(geometry_frame([out]))
+    pd.testing.assert_frame_equal(on_sweep, on_records)
+
+
+def test_records_refuse_two_runs_at_one_place_and_an_empty_sweep(tmp_path, capsys):
+    for folder in ("a", "b"):
+        _run(tmp_path / folder, "run0", "none", 32, 0, [math.nan, 5.0])
+    with pytest.raises(SystemExit) as stop:
+        reporting_main(["records", str(tmp_path / "a"), str(tmp_path / "b"),
+                        "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert "two runs would be kept at" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        reporting_main(["records", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert "no finished runs" in capsys.readouterr().err

@@ -1,5 +1,6 @@
-"""``python -m see_dml.reporting table|geometry <folders> ...``: the results table of a sweep
-(:mod:`see_dml.reporting.tables`) or its geometry report (:mod:`see_dml.reporting.geometry`)."""
+"""``python -m see_dml.reporting table|geometry|records <folders> ...``: the results table of a
+sweep (:mod:`see_dml.reporting.tables`), its geometry report (:mod:`see_dml.reporting.geometry`)
+or its runs' records without checkpoints (:mod:`see_dml.reporting.records`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("table", "geometry")
+    commands = ("table", "geometry", "records")
     if not argv or argv[0] not in commands:
         asked = argv[:1] in (["-h"], ["--help"])  # --help: to stdout, status 0
         print(f"usage: python -m see_dml.reporting {{{','.join(commands)}}} <folders> ... "
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
 
         table(argv[1:])
         return 0
+    if argv[0] == "records":
+        from see_dml.reporting.records import main as records
+
+        return records(argv[1:])
     from see_dml.reporting.geometry import main as geometry
 
     return geometry(argv[1:])
