@@ -5,7 +5,11 @@
 # start. Run it as two workers side by side on the 2 cores:
 #   OMP_NUM_THREADS=1 nohup bash experiments/see_emoji_long.sh 0 2 > grid0.log 2>&1 &
 #   OMP_NUM_THREADS=1 nohup bash experiments/see_emoji_long.sh 1 2 > grid1.log 2>&1 &
+# DIMS, SEEDS and ARMS (synthesis options) narrow or widen the grid, e.g. the baselines:
+#   DIMS=32 SEEDS="0 1" ARMS="embedding_expansion proxy_synthesis" bash experiments/see_emoji_long.sh 0 2
 # Report: python -m see_dml.reporting geometry $GRID; python experiments/make_table.py $GRID
+# Keep (commit) the finished runs' records, without checkpoints:
+#   python -m see_dml.reporting records $GRID --out experiments/results/see_emoji_long_runs
 # To keep editing the checkout while the grid runs, run it from a worktree of one commit
 # (every run of the grid then loads that code, whatever the checkout holds meanwhile):
 #   git worktree add /work/grid-code <commit> && cd /work/grid-code
@@ -18,7 +22,7 @@ PY=${PY:-.venv/bin/python}
 # the first two runs were jobs of the first launch (multiruns), kept where they ran
 declare -A dirs=([128_0_none]=$GRID/seeds01/0 [128_2_none]=$GRID/seeds23/0)
 jobs=()
-for dim in 128 32; do for seed in 0 1 2 3; do for arm in none see; do
+for dim in ${DIMS:-128 32}; do for seed in ${SEEDS:-0 1 2 3}; do for arm in ${ARMS:-none see}; do
   jobs+=("${dim}_${seed}_${arm}")
 done; done; done
 i=0
