@@ -56,7 +56,13 @@ def test_ddp_cpu_trains_and_tests(make_cfg):
     assert cfg.trainer.devices == 2 and cfg.trainer.strategy.startswith("ddp_spawn")
     metrics = train(cfg)
 
-    saved = json.loads((Path(cfg.paths.run_dir) / "metrics.json").read_text())
+    run_dir = Path(cfg.paths.run_dir)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    # the workers tested; the export of their result came after metrics.json, as without DDP
+    written = run_dir / "metrics.json"
+    for name in ("embeddings_test.npz", "recall_at_k.png"):
+        assert (run_dir / name).stat().st_mtime_ns >= written.stat().st_mtime_ns, name
+    assert not list(run_dir.glob(".embedding_export_*"))  # the hand-off file is gone
     for key in ("test/recall@1", "test/recall@8", "test/map@r", "test/r_precision",
                 "test_final/recall@1", "best/val/map@r"):
         assert 0.0 <= saved[key] <= 1.0, key

@@ -424,7 +424,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
         log.warning("test_every_epoch=true but no epoch was tested: no best_on_test/...")
     write_metrics(run_dir, metrics, trainer)  # with its provenance (code, libraries, devices)
     if export is not None:
-        export.release(trainer)  # embeddings_<split>.npz, projection, recall curve, grid
+        export.release(trainer, dm)  # embeddings_<split>.npz, projection, recall curve, grid
 
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
         # W&B prints its sync hints when its run finishes: before our last lines, not after

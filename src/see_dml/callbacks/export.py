@@ -19,7 +19,10 @@ Enabled by ``conf/callbacks/default.yaml``; ``callbacks.embedding_export=null`` 
 ``train`` holds the report (:meth:`EmbeddingExport.hold`) until it has written
 ``metrics.json`` (:meth:`EmbeddingExport.release`), as ``evaluate`` writes its metrics
 before its plots: a t-SNE of thousands of points that crashes, or is cut short with Ctrl-C,
-never costs the run its metrics.
+never costs the run its metrics. Under ``ddp_spawn`` the tests run in worker processes,
+whose copy of the callback cannot hand the result back in memory: rank zero's copy saves it
+to a hand-off file in the run directory, which :meth:`EmbeddingExport.release` reports from
+and removes.
 """
 
 from __future__ import annotations
@@ -70,15 +73,31 @@ class EmbeddingExport(Callback):
     def hold(self) -> None:
         """Keep the result of the tests that follow, and report it in :meth:`release`.
 
-        Only this process holds it: a copy of the callback in a worker that ``ddp_spawn``
-        started reports at once, as before (its result never reaches this process)."""
+        A copy of the callback in a worker that ``ddp_spawn`` started (another pid) saves
+        the result to :meth:`_handoff_file` instead, for :meth:`release` to read."""
         self._holder = os.getpid()
 
-    def release(self, trainer: L.Trainer) -> None:
-        """Report the result held since :meth:`hold` (if its test ran), and hold no more."""
+    def release(self, trainer: L.Trainer, datamodule: Any = None) -> None:
+        """Report the result held since :meth:`hold` (if its test ran), and hold no more.
+
+        ``datamodule``: the tests' (for the images of the retrieval grid); default the
+        trainer's, which a ``ddp_spawn`` test does not leave in this process."""
+        handoff = self._handoff_file(trainer) if self._holder is not None else None
         held, self._holder, self._held = self._held, None, None
+        if held is None and handoff is not None and handoff.exists():
+            import torch
+
+            # written by this run's own worker (on_test_end below): not a foreign pickle
+            held = torch.load(handoff, map_location="cpu", weights_only=False)
+        if handoff is not None:
+            handoff.unlink(missing_ok=True)
         if held is not None:
-            self._report(trainer, held)
+            self._report(trainer, held, datamodule)
+
+    def _handoff_file(self, trainer: L.Trainer) -> Path:
+        """Where a spawned worker leaves the held result for the process that holds it."""
+        root = self.dirpath or Path(trainer.default_root_dir)
+        return root / f".embedding_export_{self._holder}.pt"
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # on_test_end: after the module's on_test_epoch_end (Lightning calls callbacks'
@@ -89,13 +108,20 @@ class EmbeddingExport(Callback):
             return
         if self._holder == os.getpid():
             self._held = result
-            return
-        self._report(trainer, result)
+        elif self._holder is not None:  # a ddp_spawn worker's copy of a held callback
+            import torch
 
-    def _report(self, trainer: L.Trainer, result: EvaluationResult) -> None:
+            file = self._handoff_file(trainer)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(result, file)
+        else:
+            self._report(trainer, result)
+
+    def _report(self, trainer: L.Trainer, result: EvaluationResult,
+                datamodule: Any = None) -> None:
         # Lightning's data connector sets trainer.datamodule; the Trainer class does not
         # declare it
-        dm = trainer.datamodule  # type: ignore[attr-defined]
+        dm = datamodule if datamodule is not None else trainer.datamodule  # type: ignore[attr-defined]
         done = report(result, dm, self.dirpath or trainer.default_root_dir, self.options)
         self.written += done.files
         if self.log_images:
