@@ -393,14 +393,18 @@ def test_cli_config_error_does_not_load_lightning(tmp_path):
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
-@pytest.mark.slow  # a subprocess sweep with one short training: ~30 s
-def test_local_sweep_with_a_failing_job_ends_with_the_list_and_its_error(tmp_path):
+@pytest.mark.slow  # a subprocess sweep with one short training: ~30 s (submitit: ~45 s)
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_a_sweep_with_a_failing_job_ends_with_the_list_and_its_error(tmp_path, launcher):
     """Two jobs, the second a config error: the first still trains; the sweep ends with the
     run directories (finished, failed) and the failed job's one line, status 2, no
-    traceback (the basic sweeper re-raised the first failure after the last job)."""
+    traceback (the basic sweeper re-raised the first failure after the last job). Under
+    submitit the jobs are processes of their own: the failed one's line reaches the sweep
+    through its run directory."""
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [sys.executable, "-m", "see_dml.train", "-m", *FAST, "model.embed_dim=16,0",
+        [sys.executable, "-m", "see_dml.train", "-m", f"hydra/launcher={launcher}", *FAST,
+         "model.embed_dim=16,0",
          "dataset.images_per_class=20", "callbacks.embedding_export=null", "test_final=false",
          f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"],
         capture_output=True, text=True, timeout=600)

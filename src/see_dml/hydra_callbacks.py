@@ -4,47 +4,77 @@ Under the submitit launchers (SLURM, ``submitit_local``) each job prints into it
 file, so the terminal that started the sweep saw no results and no run directories.
 :class:`RunDirectories` lists them at the end of every multirun, with each run's numbers.
 
-A job of a local sweep (the basic launcher and sweeper: every job in this process) that
-fails is recorded (:func:`record_failed_job`) instead of raising: Hydra's basic sweeper
-would end the sweep with the first failure's traceback, and no list. The sweep then ends with
-the list (each failed job with its error), one ``error:`` line per failed job and a
-non-zero status (2 when every failure is the user's).
+A job of a sweep of Hydra's basic sweeper that fails is recorded (:func:`record_failed_job`)
+instead of raising: the sweeper would end the sweep with the first failure's traceback, and
+no list. The record is a file in the job's run directory, so it reaches the sweep's process
+whether the job ran in it (the basic launcher) or in a process of its own (submitit,
+SLURM). The sweep then ends with the list (each failed job with its error), one ``error:``
+line per failed job and a non-zero status (2 when every failure is the user's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-#: The failed jobs of this process's local sweep: ``{resolved run dir: (error line, the
-#: user's error)}`` (see the module docstring).
+#: the file a failed job of a sweep leaves in its run directory: ``{"error": its one error
+#: line, "user_error": of the user's making}``; a job that starts again removes it (train)
+FAILURE_FILE = "failed.json"
+
+#: The failed jobs of this process: ``{resolved run dir: (error line, the user's error)}``,
+#: for a job whose run directory could not take :data:`FAILURE_FILE`.
 _FAILED_JOBS: dict[str, tuple[str, bool]] = {}
 
 
-def record_failed_job(run_dir: str | Path, line: str, user_error: bool) -> None:
+def record_failed_job(run_dir: str | Path, line: str, user_error: bool,
+                      write: bool = True) -> None:
     """Note that the job of ``run_dir`` failed with ``line`` (one line; ``user_error``: of the
-    user's making): :class:`RunDirectories` lists it and ends the sweep with it."""
+    user's making): :class:`RunDirectories` lists it and ends the sweep with it. The record
+    goes to the run directory's :data:`FAILURE_FILE` (``write``: False for a directory that
+    is another run's), which reaches the sweep's process from a job process of its own
+    (submitit, SLURM), and to this process's memory."""
     _FAILED_JOBS[str(Path(run_dir).resolve())] = (line, user_error)
+    if write:
+        # an OSError: the run directory itself is what failed, and the job's log says so
+        with contextlib.suppress(OSError):
+            Path(run_dir, FAILURE_FILE).write_text(
+                json.dumps({"error": line, "user_error": user_error}) + "\n")
 
 
-def sweep_summary(sweep_dir: str | Path, failed: Mapping[str, str] | None = None) -> list[str]:
-    """One line per job directory of a sweep (``<sweep>/<n>``, in job order): its test R@1
-    and MAP@R (validation-selected checkpoint), or why there are none; then the sweep.
-    ``failed``: ``{resolved job dir: error line}`` of the jobs known to have failed."""
-    sweep = Path(sweep_dir)
-    jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()),
+def read_failure(job: Path) -> tuple[str, bool] | None:
+    """``(error line, user's error)`` of the job whose run directory is ``job``, if it failed
+    (its :data:`FAILURE_FILE`, or this process's record); None otherwise."""
+    if str(job.resolve()) in _FAILED_JOBS:
+        return _FAILED_JOBS[str(job.resolve())]
+    try:
+        record = json.loads((job / FAILURE_FILE).read_text())
+        return str(record["error"]), bool(record["user_error"])
+    except (OSError, ValueError, KeyError, TypeError):  # none, or not one of ours
+        return None
+
+
+def _job_dirs(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()),
                   key=lambda p: int(p.name)) if sweep.is_dir() else []
+
+
+def sweep_summary(sweep_dir: str | Path) -> list[str]:
+    """One line per job directory of a sweep (``<sweep>/<n>``, in job order): its test R@1
+    and MAP@R (validation-selected checkpoint), or why there are none (the error line of a
+    job that failed: :func:`read_failure`); then the sweep."""
+    sweep = Path(sweep_dir)
     lines = []
-    for job in jobs:
+    for job in _job_dirs(sweep):
         metrics_file = job / "metrics.json"
-        if failed and str(job.resolve()) in failed:
-            lines.append(f"{job.resolve()}  failed: {failed[str(job.resolve())]}")
+        failure = read_failure(job)
+        if failure is not None:
+            lines.append(f"{job.resolve()}  failed: {failure[0]}")
         elif metrics_file.exists():
             metrics = json.loads(metrics_file.read_text())
             numbers = ", ".join(f"{name} {100 * metrics[key]:.2f}" for key, name in
@@ -147,14 +177,13 @@ class RunDirectories(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from see_dml.errors import USER_ERROR_STATUS
 
-        failed = dict(_FAILED_JOBS)
+        sweep = Path(config.hydra.sweep.dir)
+        failed = {job: failure for job in _job_dirs(sweep)
+                  if (failure := read_failure(job)) is not None}
+        print("\n" + "\n".join(sweep_summary(sweep)), flush=True)
         _FAILED_JOBS.clear()
-        print("\n" + "\n".join(sweep_summary(config.hydra.sweep.dir,
-                                             {d: line for d, (line, _) in failed.items()})),
-              flush=True)
         if not failed:
             return
-        for run_dir, (line, _) in failed.items():
-            print(f"error: job {Path(run_dir).name} of the sweep failed: {line}",
-                  file=sys.stderr)
+        for job, (line, _) in failed.items():
+            print(f"error: job {job.name} of the sweep failed: {line}", file=sys.stderr)
         sys.exit(USER_ERROR_STATUS if all(user for _, user in failed.values()) else 1)

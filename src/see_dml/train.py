@@ -31,6 +31,7 @@ from see_dml.errors import (
     RunDirectoryLockedError,
     user_error_line,
 )
+from see_dml.hydra_callbacks import FAILURE_FILE, record_failed_job
 from see_dml.rundir import is_rank_zero, lock_run_dir, remove_if_empty
 from see_dml.scoring import best_on_test, format_results, write_metrics
 
@@ -358,6 +359,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     if ckpt is not None:  # before anything in the run directory is touched
         check_resume_config(cfg, ckpt)
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier attempt's error line
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     source: DatasetSource = instantiate(cfg.dataset)
@@ -444,18 +446,16 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _in_local_sweep() -> bool:
-    """A multirun of Hydra's basic sweeper and launcher: every job runs in this process, and
-    the sweeper ends the sweep with the first failed job's traceback (see
-    :mod:`see_dml.hydra_callbacks`). Other sweepers read the job's return value (optuna's
-    objective), other launchers run jobs as processes of their own: a failure is raised."""
+def _in_basic_sweep() -> bool:
+    """A multirun of Hydra's basic sweeper, which ends the sweep with the first failed job's
+    traceback (see :mod:`see_dml.hydra_callbacks`), whichever launcher runs the jobs (in
+    this process, or submitit's processes of their own). Other sweepers read the job's return
+    value (optuna's objective): a failure is raised."""
     if not _in_multirun():
         return False
     from hydra.core.hydra_config import HydraConfig
 
-    choices = HydraConfig.get().runtime.choices
-    return (choices.get("hydra/launcher") == "basic"
-            and choices.get("hydra/sweeper") == "basic")
+    return HydraConfig.get().runtime.choices.get("hydra/sweeper") == "basic"
 
 
 def _remove_hydra_output() -> None:
@@ -490,10 +490,8 @@ def main(cfg: DictConfig) -> float | None:
         line = user_error_line(err)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if _in_local_sweep():  # recorded: the sweep goes on, and ends listing this job
+        if _in_basic_sweep():  # recorded: the sweep goes on, and ends listing this job
             from hydra.core.hydra_config import HydraConfig
-
-            from see_dml.hydra_callbacks import record_failed_job
 
             if line is None:  # a bug: its traceback now, in this job's output
                 import traceback
@@ -501,9 +499,11 @@ def main(cfg: DictConfig) -> float | None:
                 traceback.print_exc()
             else:
                 print(f"error: {line}", file=sys.stderr)
+            # a locked run directory is another run's: the record stays in memory
             record_failed_job(HydraConfig.get().runtime.output_dir,
-                              line or f"{type(err).__name__}: {err} (traceback above)",
-                              user_error=line is not None)
+                              line or f"{type(err).__name__}: {err} (traceback in the job's "
+                              "output)", user_error=line is not None,
+                              write=not isinstance(err, RunDirectoryLockedError))
             return None
         if line is None:
             raise

@@ -107,21 +107,33 @@ def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path):
     assert tail[1] == f"Sweep directory: {sweep.resolve()}"
 
 
-def test_sweep_summary_names_every_job_and_its_numbers(tmp_path):
-    from see_dml.hydra_callbacks import sweep_summary
+def test_sweep_summary_names_every_job_and_its_numbers(tmp_path, monkeypatch):
+    from see_dml import hydra_callbacks
+    from see_dml.hydra_callbacks import FAILURE_FILE, read_failure, record_failed_job, sweep_summary
+
+    monkeypatch.setattr(hydra_callbacks, "_FAILED_JOBS", {})  # this test's records only
 
     for job, metrics in (("0", {"test/recall@1": 0.5, "test/map@r": 0.25}), ("1", None),
-                         ("10", {"test/recall@1": 1.0, "test/map@r": 0.125})):
+                         ("2", None), ("10", {"test/recall@1": 1.0, "test/map@r": 0.125})):
         (tmp_path / job).mkdir()
         if metrics:
             (tmp_path / job / "metrics.json").write_text(json.dumps(metrics))
     (tmp_path / ".submitit").mkdir()  # not a job
+    # job 2 failed in a process of its own (submitit): only its file says so
+    (tmp_path / "2" / FAILURE_FILE).write_text(json.dumps({"error": "data.batch_size: -4",
+                                                           "user_error": True}))
     lines = sweep_summary(tmp_path)
     assert lines == [f"{tmp_path / '0'}  R@1 50.00, MAP@R 25.00",
                      f"{tmp_path / '1'}  no metrics.json: failed or still running "
                      "(its log says which)",
+                     f"{tmp_path / '2'}  failed: data.batch_size: -4",
                      f"{tmp_path / '10'}  R@1 100.00, MAP@R 12.50",
                      f"Sweep directory: {tmp_path}"]
+    # a record in a directory that is another run's stays in this process's memory
+    record_failed_job(tmp_path / "1", "run directory locked", user_error=True, write=False)
+    assert not (tmp_path / "1" / FAILURE_FILE).exists()
+    assert read_failure(tmp_path / "1") == ("run directory locked", True)
+    assert read_failure(tmp_path / "0") is None
 
 
 def test_table_script_rejects_an_empty_folder(tmp_path):
