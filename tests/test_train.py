@@ -117,8 +117,9 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
                 f"paths.cache_dir={tmp_path / 'cache'}", *extra]
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), **_same_threads()}
+    # all three with one environment: the same thread count, so the same float sums
     unbroken = subprocess.run(command(tmp_path / "unbroken"), capture_output=True, text=True,
-                              timeout=600)
+                              timeout=600, env=env)
     assert unbroken.returncode == 0, unbroken.stderr[-3000:]
 
     run_dir = tmp_path / "killed"
@@ -128,7 +129,8 @@ def test_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0
 
-    again = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=600,
+                           env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 4
     a, b = _final_weights(tmp_path / "unbroken"), _final_weights(run_dir)
