@@ -8,7 +8,8 @@
 # DIMS, SEEDS and ARMS (synthesis options) narrow or widen the grid, e.g. the baselines:
 #   DIMS=32 SEEDS="0 1" ARMS="embedding_expansion proxy_synthesis" bash experiments/see_emoji_long.sh 0 2
 # Report: python -m see_dml.reporting geometry $GRID; python experiments/make_table.py $GRID
-# Keep (commit) the finished runs' records, without checkpoints:
+# Keep (commit) the finished runs' records, without checkpoints: RECORDS=<dir> copies them
+# after every run, or at any time
 #   python -m see_dml.reporting records $GRID --out experiments/results/see_emoji_long_runs
 # To keep editing the checkout while the grid runs, run it from a worktree of one commit
 # (every run of the grid then loads that code, whatever the checkout holds meanwhile):
@@ -19,8 +20,8 @@ set -u
 worker=${1:-0}; workers=${2:-1}
 GRID=${GRID:-/work/runs/grid}
 PY=${PY:-.venv/bin/python}
-# the first two runs were jobs of the first launch (multiruns), kept where they ran
-declare -A dirs=([128_0_none]=$GRID/seeds01/0 [128_2_none]=$GRID/seeds23/0)
+# RECORDS: where each finished run's records (no checkpoints) are copied, to commit them
+RECORDS=${RECORDS:-}
 jobs=()
 for dim in ${DIMS:-128 32}; do for seed in ${SEEDS:-0 1 2 3}; do for arm in ${ARMS:-none see}; do
   jobs+=("${dim}_${seed}_${arm}")
@@ -29,7 +30,7 @@ i=0
 for job in "${jobs[@]}"; do
   if (( i++ % workers != worker )); then continue; fi
   IFS=_ read -r dim seed arm <<< "$job"
-  dir=${dirs[$job]:-$GRID/runs/d${dim}_s${seed}_${arm}}
+  dir=$GRID/runs/d${dim}_s${seed}_${arm}
   args=(experiment=see_emoji_long "model.embed_dim=$dim" "seed=$seed" "synthesis=$arm"
         "paths.output_dir=$GRID")
   if [[ -f $dir/metrics.json ]]; then
@@ -42,4 +43,7 @@ for job in "${jobs[@]}"; do
     "$PY" -m see_dml.train "${args[@]}" "hydra.run.dir=$dir"
   fi
   echo "$(date -Is) exit $?: $job"
+  if [[ -n $RECORDS && -f $dir/metrics.json ]]; then
+    "$PY" -m see_dml.reporting records "$GRID" --out "$RECORDS"
+  fi
 done
