@@ -3,6 +3,11 @@
 The module is deliberately thin. It does not know which synthesiser is active: a synthesis
 callback registers an *embedding hook* (:meth:`DMLModule.add_embedding_hook`) that receives
 the (DDP-gathered) batch embeddings and labels and returns extra loss terms and statistics.
+
+:meth:`DMLModule.from_config` builds the module a composed run config describes;
+:func:`load_module_from_checkpoint` (and Lightning's usual ``DMLModule.load_from_checkpoint``)
+rebuilds a trained one from the config its checkpoint stores. Both live here, below every
+tool that uses them, so that no import runs upwards (``make lint`` checks it).
 """
 
 from __future__ import annotations
