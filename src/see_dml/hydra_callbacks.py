@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +65,26 @@ def _job_dirs(sweep: Path) -> list[Path]:
                   key=lambda p: int(p.name)) if sweep.is_dir() else []
 
 
-def sweep_summary(sweep_dir: str | Path) -> list[str]:
+def failed_jobs(sweep_dir: str | Path) -> dict[Path, tuple[str, bool]]:
+    """``{job dir: (error line, user's error)}`` of the sweep's jobs that failed
+    (:func:`read_failure`), in job order."""
+    return {job: failure for job in _job_dirs(Path(sweep_dir))
+            if (failure := read_failure(job)) is not None}
+
+
+def sweep_summary(sweep_dir: str | Path,
+                  failed: Mapping[Path, tuple[str, bool]] | None = None) -> list[str]:
     """One line per job directory of a sweep (``<sweep>/<n>``, in job order): its test R@1
     and MAP@R (validation-selected checkpoint), or why there are none (the error line of a
-    job that failed: :func:`read_failure`); then the sweep."""
+    job that failed); then the sweep. ``failed``: :func:`failed_jobs` of the sweep, when the
+    caller has it already."""
     sweep = Path(sweep_dir)
+    if failed is None:
+        failed = failed_jobs(sweep)
     lines = []
     for job in _job_dirs(sweep):
         metrics_file = job / "metrics.json"
-        failure = read_failure(job)
+        failure = failed.get(job)
         if failure is not None:
             lines.append(f"{job.resolve()}  failed: {failure[0]}")
         elif metrics_file.exists():
@@ -178,9 +190,8 @@ class RunDirectories(Callback):
         from see_dml.errors import USER_ERROR_STATUS
 
         sweep = Path(config.hydra.sweep.dir)
-        failed = {job: failure for job in _job_dirs(sweep)
-                  if (failure := read_failure(job)) is not None}
-        print("\n" + "\n".join(sweep_summary(sweep)), flush=True)
+        failed = failed_jobs(sweep)
+        print("\n" + "\n".join(sweep_summary(sweep, failed)), flush=True)
         _FAILED_JOBS.clear()
         if not failed:
             return

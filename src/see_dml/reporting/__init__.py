@@ -21,10 +21,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+
+def finished_runs(folder: Path) -> list[Path]:
+    """The run directories below ``folder`` that finished: a ``metrics.json`` beside a
+    ``config.yaml`` (Hydra's own ``.hydra/config.yaml`` does not count)."""
+    return sorted(m.parent for m in folder.rglob("metrics.json")
+                  if (m.parent / "config.yaml").is_file() and ".hydra" not in m.parts)
 
 
 def synthesis_name(cfg: dict[str, Any]) -> str:

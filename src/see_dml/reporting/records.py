@@ -17,18 +17,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from see_dml.reporting import finished_runs
+
 #: the suffixes of a run's text records; everything else (checkpoints, embeddings, images)
 #: is left behind
 RECORD_SUFFIXES = frozenset({".json", ".yaml", ".csv", ".log", ".md", ".txt"})
 #: a record larger than this is left behind and named (a text file that large is not a record)
 MAX_RECORD_BYTES = 5 * 2**20
-
-
-def finished_runs(folder: Path) -> list[Path]:
-    """The run directories below ``folder`` that finished: a ``metrics.json`` beside a
-    ``config.yaml`` (Hydra's own ``.hydra/config.yaml`` does not count)."""
-    return sorted(m.parent for m in folder.rglob("metrics.json")
-                  if (m.parent / "config.yaml").is_file() and ".hydra" not in m.parts)
 
 
 def keep_records(folders: Sequence[Path], out: Path) -> tuple[list[Path], list[Path]]:

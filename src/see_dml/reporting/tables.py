@@ -75,7 +75,7 @@ import yaml
 from see_dml.cli import exit_with_error
 from see_dml.config import ADDED_KEYS, class_name, flatten
 from see_dml.errors import AmbiguousBaselineError, ProvenanceMismatchError, TableError
-from see_dml.reporting import markdown_table, paired_interval, synthesis_name
+from see_dml.reporting import finished_runs, markdown_table, paired_interval, synthesis_name
 
 #: ``--checkpoint``: the prefix of its metrics in metrics.json, and what it is
 CHECKPOINTS = {
@@ -168,11 +168,9 @@ def collect(folders: list[Path]) -> dict[tuple, dict[str, Any]]:
     "dirs": {seed: run directory}}}``."""
     cells: dict[tuple, dict[str, Any]] = {}
     for folder in folders:
-        for metrics_file in sorted(folder.rglob("metrics.json")):
-            config_file = metrics_file.with_name("config.yaml")
-            if not config_file.exists():
-                continue
-            cfg = yaml.safe_load(config_file.read_text())
+        for run in finished_runs(folder):
+            metrics_file = run / "metrics.json"
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
             key = config_key(cfg)
             frozen = tuple(sorted((k, repr(v)) for k, v in key.items()))
             cell = cells.setdefault(frozen, {"cfg": cfg, "key": key, "runs": {}, "dirs": {}})
