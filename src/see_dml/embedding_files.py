@@ -77,7 +77,9 @@ def save_embeddings(path: str | Path, embeddings: np.ndarray, labels: np.ndarray
         np.savez(out, embeddings=emb, **columns)  # type: ignore[arg-type]
         return out
     if fmt == "parquet":
-        import pyarrow as pa
+        from see_dml.extras import require
+
+        pa = require("pyarrow", "parquet", asked_by="format=parquet")
         import pyarrow.parquet as pq
 
         out = out.with_suffix(".parquet")

@@ -39,12 +39,14 @@ from see_dml.checkpoints import check_ckpt_path
 from see_dml.config import CONFIG_DIR, check_knn_backend, warn_ignored_keys
 from see_dml.embedding_files import EXPORT_FORMATS
 from see_dml.errors import ConfigError
+from see_dml.extras import check_config as check_config_extras
 from see_dml.inference import EVAL_SPLITS, embed_split, eval_split_names
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` as ``cfg`` says; return what ``metrics.json`` holds."""
     warn_ignored_keys(cfg, "evaluate")
+    check_config_extras(cfg)  # export.format=parquet without pyarrow: one line, before the work
     split = str(cfg.split)
     if split not in EVAL_SPLITS:  # before seconds of loading
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}; got '{split}'")

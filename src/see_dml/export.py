@@ -32,6 +32,9 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
     if cfg.format != "onnx":
         raise ConfigError(f"format must be onnx, got '{cfg.format}' (embeddings: "
                           "python -m see_dml.evaluate export.enabled=true)")
+    from see_dml.extras import check
+
+    check("onnx", asked_by="format=onnx")  # onnx writes the graph, onnxruntime checks it
     check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
     import torch
 

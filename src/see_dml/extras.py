@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from types import ModuleType
+from typing import Any
 
 from see_dml.errors import ConfigError
 
@@ -75,3 +76,61 @@ def require(module: str, extra: str, asked_by: str | None = None) -> ModuleType:
         raise KeyError(f"{module} is not a module of the '{extra}' extra")
     check(extra, asked_by)
     return importlib.import_module(module)
+
+
+#: ``_target_`` prefixes of components that need an extra.
+_TARGETS = {
+    "lightning.pytorch.loggers.WandbLogger": "wandb",
+    "lightning.pytorch.loggers.wandb.WandbLogger": "wandb",
+    "lightning.pytorch.loggers.TensorBoardLogger": "tensorboard",
+    "lightning.pytorch.loggers.tensorboard.TensorBoardLogger": "tensorboard",
+    "see_dml.data.emoji_styles.": "emoji",
+}
+#: Hydra launchers (``hydra/launcher=NAME``) of the ``slurm`` extra.
+SLURM_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
+
+
+def needed_by(cfg: Any) -> dict[str, str]:
+    """``{extra: the key that asks for it}`` for a composed (unresolved) config: loggers,
+    the Emoji-Styles dataset, the EfficientNet-Lite0 weights, parquet embedding files."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    raw = OmegaConf.to_container(cfg, resolve=False) if isinstance(
+        cfg, DictConfig | ListConfig) else cfg
+    found: dict[str, str] = {}
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+        elif isinstance(node, str):
+            leaf = path.rsplit(".", 1)[-1]
+            if leaf == "_target_":
+                for prefix, extra in _TARGETS.items():
+                    if node == prefix or (prefix.endswith(".") and node.startswith(prefix)):
+                        found.setdefault(extra, f"{path.rpartition('.')[0]} ({node})")
+            elif "${efficientnet_lite0_weights:" in node:
+                found.setdefault("weights", path)
+            elif leaf == "format" and node == "parquet":
+                found.setdefault("parquet", f"{path}=parquet")
+
+    walk(raw, "")
+    return found
+
+
+def check_config(cfg: Any) -> None:
+    """Raise :class:`MissingExtraError` for the first extra the config needs and lacks."""
+    for extra, key in needed_by(cfg).items():
+        check(extra, asked_by=key)
+
+
+def check_launcher_overrides(argv: list[str]) -> None:
+    """A ``hydra/launcher=`` override of the submitit launchers without the ``slurm`` extra:
+    one line now, instead of Hydra's failure to compose the launcher's config."""
+    for arg in argv:
+        name, _, value = arg.lstrip("+~").partition("=")
+        if name == "hydra/launcher" and value in SLURM_LAUNCHERS:
+            check("slurm", asked_by=f"hydra/launcher={value}")

@@ -43,13 +43,9 @@ def index_location(value: str | Path) -> Path:
     ran the command in (Hydra's ``runtime.cwd``), not from the process's working directory,
     which ``hydra.job.chdir=true`` (or a wrapper's ``cd``) moves into a run directory or the
     checkout; the index then stayed where the user never looked."""
-    path = Path(str(value)).expanduser()
-    if path.is_absolute():
-        return path
-    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import to_absolute_path  # runtime.cwd under Hydra, else the cwd
 
-    cwd = Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
-    return cwd / path
+    return Path(to_absolute_path(str(Path(str(value)).expanduser())))
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -48,7 +48,7 @@ def project_2d(embeddings: np.ndarray, method: ProjectionMethod = "pca", seed: i
                ) -> np.ndarray:
     """``(N, d)`` embeddings -> ``(N, 2)`` coordinates by PCA, t-SNE or UMAP.
 
-    UMAP needs the optional ``umap-learn`` package; without it t-SNE is used, with a warning.
+    UMAP needs the ``umap`` extra (umap-learn); without it t-SNE is used, with a warning.
     """
     from threadpoolctl import threadpool_limits
 
@@ -56,8 +56,9 @@ def project_2d(embeddings: np.ndarray, method: ProjectionMethod = "pca", seed: i
     if method not in ("pca", "tsne", "umap"):
         raise ValueError(f"plots.projection must be pca, tsne, umap or none; got '{method}'")
     if method == "umap" and importlib.util.find_spec("umap") is None:
-        warnings.warn("plots.projection=umap needs umap-learn (not installed); "
-                      "using t-SNE instead", stacklevel=2)
+        warnings.warn("plots.projection=umap needs the 'umap' extra (umap-learn is not "
+                      "installed: pip install 'see-dml[umap]'); using t-SNE instead",
+                      stacklevel=2)
         method = "tsne"
     # Small problems run on one thread: beside torch's OpenMP pool, BLAS / OpenMP threads
     # spin against each other and turn milliseconds into seconds (measured: PCA of 2,000

@@ -479,8 +479,21 @@ def _remove_hydra_output() -> None:
         job_log.unlink()
 
 
+def main() -> float | None:
+    """``python -m see_dml.train`` / ``see-dml-train``: a launcher of a missing extra is one
+    line before Hydra composes anything (:func:`see_dml.extras.check_launcher_overrides`)."""
+    from see_dml.extras import check_launcher_overrides
+
+    try:
+        check_launcher_overrides(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(USER_ERROR_STATUS)
+    return hydra_main()
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     from see_dml.cli import quiet_third_party
 
     quiet_third_party()

@@ -25,6 +25,14 @@ is written beside it (``<name>.sha256``), and every later run verifies it agains
 ``sha256=X``. Exit status: 0 done; 2 (:data:`see_dml.errors.USER_ERROR_STATUS`, as every
 tool) the files cannot be had or do not match (one ``error:`` line, and the manual route
 where there is no source), or they unpacked but the dataset is unusable (as ``data.check``).
+
+Why not ``pooch.retrieve``: it fetches one URL into a temporary file, checks the hash and
+moves the file into place, which is the core here too (its downloaders do the transfer).
+What it lacks, and this module adds: fallback sources tried in order, a bounded number of
+retries per source, a file with a wrong hash moved aside (``retrieve`` deletes it), files
+with no recorded hash fetched unverified and their hash recorded once they pass
+``data.check``, an ``archive=`` fetched elsewhere, and unpacking that strips a top folder
+and refuses members that point outside the dataset folder (``..``, absolute names).
 """
 
 from __future__ import annotations
@@ -511,8 +519,28 @@ def _main(cfg: DictConfig) -> None:
         sys.exit(status)
 
 
+def usage() -> str:
+    """``--help`` without a dataset: how to call the tool and the datasets it fetches (Hydra's
+    own help needs the mandatory ``dataset`` to compose the config it prints)."""
+    choices = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml")
+                     if p.stem in SOURCES)
+    head = (__doc__ or "").split("\n\n")
+    return "\n\n".join([
+        "see-dml-download (python -m see_dml.data.download): " + head[0],
+        head[1].rstrip(),
+        f"dataset: one of {', '.join(choices)} (required).",
+        "Options (key=value; `--help dataset=NAME` prints the whole config): archive, sha256, "
+        "base_url, download_dir, keep_archives, retries, timeout, progress, check.*.",
+        "Sources, hashes and the manual routes: docs/datasets-download.md.",
+    ])
+
+
 def main() -> None:
-    sys.argv[1:] = _translate_flags(sys.argv[1:])
+    argv = sys.argv[1:]
+    if ({"--help", "-h"} & set(argv)) and not any(a.startswith("dataset=") for a in argv):
+        print(usage())
+        return
+    sys.argv[1:] = _translate_flags(argv)
     _main()
 
 

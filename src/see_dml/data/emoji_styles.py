@@ -48,12 +48,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import resvg_py
 from PIL import Image
 
 from see_dml.data.base import DatasetSource, Split
 from see_dml.data.cache import cached_arrays
 from see_dml.errors import DatasetNotFoundError
+from see_dml.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +400,7 @@ def render(drawing: Drawing, size: int) -> np.ndarray:
 
     System fonts are not loaded: no set draws text, and renders must not depend on the machine.
     """
+    resvg_py = require("resvg_py", "emoji", asked_by="building Emoji-Styles")
     png = resvg_py.svg_to_bytes(svg_string=drawing.svg(size), background="#ffffff",
                                 skip_system_fonts=True, width=size, height=size)
     with Image.open(BytesIO(bytes(png))) as img:
