@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from see_dml.errors import ConfigError
 from see_dml.extras import check_config as check_config_extras
+from see_dml.schema import check_schema
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"matmul_precision must be highest, high, medium or null; "
                           f"got '{cfg.matmul_precision}'")
     check_config_extras(cfg)  # an optional part the config uses but lacks: one line now
+    check_schema(cfg)  # keys, types and choices of the groups the project owns
     check_knn_backend(cfg)
     check_learning_rate(cfg)
     check_see_effect(cfg)

@@ -16,7 +16,7 @@ the authors' code, in ``docs/method.md``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import lightning as L
 import numpy as np
@@ -165,11 +165,14 @@ class SEECallback(SynthesisCallback):
         name, seed: see :class:`SynthesisCallback`.
     """
 
-    def __init__(self, n_points: int = 8, mode: str = "top_fraction", p_min: float = 0.0,
-                 p_max: float = 0.4, scheduled: bool = True, ramp_end_epoch: int = 200,
-                 threshold_floor: float = 0.0, weight: float = 0.2,
-                 directions: ExpansionMode = "simplex", pair_axes: str = "leave_one_out",
-                 pair_integration: str = "mined", name: str = "see", seed: int = 0) -> None:
+    def __init__(self, n_points: int = 8,
+                 mode: Literal["top_fraction", "threshold"] = "top_fraction",
+                 p_min: float = 0.0, p_max: float = 0.4, scheduled: bool = True,
+                 ramp_end_epoch: int = 200, threshold_floor: float = 0.0, weight: float = 0.2,
+                 directions: ExpansionMode = "simplex",
+                 pair_axes: Literal["leave_one_out", "class_mean"] = "leave_one_out",
+                 pair_integration: Literal["mined", "joint"] = "mined", name: str = "see",
+                 seed: int = 0) -> None:
         super().__init__(name, seed)
         for key, value, allowed in (
                 ("mode", mode, ("top_fraction", "threshold")),

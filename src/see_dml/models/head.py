@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,8 +29,10 @@ class EmbeddingHead(nn.Module):
 
     POOLINGS = ("avg", "max", "avg+max", "cls", "distilled", "model")
 
-    def __init__(self, in_features: int, embed_dim: int, pooling: str = "avg+max",
-                 layer_norm: bool = False, init: str = "orthogonal",
+    def __init__(self, in_features: int, embed_dim: int,
+                 pooling: Literal["avg", "max", "avg+max", "cls", "distilled",
+                                  "model"] = "avg+max",
+                 layer_norm: bool = False, init: Literal["orthogonal", "kaiming"] = "orthogonal",
                  num_prefix_tokens: int = 0) -> None:
         super().__init__()
         if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim <= 0:
