@@ -88,7 +88,7 @@ def _parameters(target: Callable[..., Any]) -> dict[str, Any] | None:
     """``{argument: type hint}`` of ``target``'s keyword arguments (through ``**kwargs`` to
     the base classes' ``__init__``); None when it takes any keyword (nothing to check)."""
     params: dict[str, Any] = {}
-    functions = ([c.__init__ for c in inspect.getmro(target) if "__init__" in vars(c)]
+    functions = ([vars(c)["__init__"] for c in inspect.getmro(target) if "__init__" in vars(c)]
                  if inspect.isclass(target) else [target])
     for function in functions:
         if function is object.__init__:
