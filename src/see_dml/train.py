@@ -396,6 +396,11 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     from see_dml.checkpoint_io import AtomicCheckpointIO
 
     plugins = [*(instantiate(cfg.trainer.get("plugins")) or []), AtomicCheckpointIO()]
+    # a SIGTERM (or SLURM's requeue signal) that reaches one DDP task stops them all at the
+    # same step; Lightning's own handlers would mismatch the tasks' collectives
+    from see_dml.callbacks.signals import SynchronizedSignals
+
+    callbacks = [*callbacks, SynchronizedSignals()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, plugins=plugins,
                                      logger=loggers or False, **trainer_kwargs)
     _fit(trainer, model, dm, ckpt, cfg)
