@@ -178,3 +178,20 @@ def test_a_signal_to_one_node_stops_both_and_the_requeued_job_resumes_exactly(un
     # the three starts: one metrics.json, every file by rank zero
     writes = _writes(tmp_path / "audit", run_dir)
     assert {w.split(" ", 1)[1] for w in writes["1"]} == {str(run_dir / "train.rank1.log")}
+
+
+def test_other_ranks_write_no_hydra_files_and_log_to_their_own_file(monkeypatch):
+    from see_dml.config import hydra_subdir, rank_log_suffix
+
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert (hydra_subdir(None), rank_log_suffix()) == (".hydra", "")
+    monkeypatch.setenv("SLURM_PROCID", "0")  # node 0's task: the global rank zero
+    assert (hydra_subdir(None), rank_log_suffix()) == (".hydra", "")
+    monkeypatch.setenv("SLURM_PROCID", "3")  # a task of another node: its local rank is 0
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert (hydra_subdir(None), hydra_subdir("/runs/a"), rank_log_suffix()) == (
+        None, None, ".rank3")
+    monkeypatch.delenv("SLURM_PROCID")
+    monkeypatch.setenv("NODE_RANK", "1")  # started by hand: node 1, local rank 0
+    assert (hydra_subdir(None), rank_log_suffix()) == (None, ".node1.local0")

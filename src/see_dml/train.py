@@ -526,6 +526,8 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {line}", file=sys.stderr)
         if _in_multirun():  # the sweep goes on with its other jobs and lists this one
             raise
+        if not is_rank_zero():  # DDP's other ranks: the run directory is rank zero's
+            sys.exit(USER_ERROR_STATUS)
         if isinstance(err, NotARunError):  # Hydra's files of this attempt go with it
             _remove_hydra_output()
         if not isinstance(err, RunDirectoryLockedError):  # the directory is another run's

@@ -57,10 +57,12 @@ class SynchronizedSignals(Callback):
         self._active = False
 
     def _note(self, what: str) -> Any:
+        then = ("every task stops at the end of this step" if what == "term" else
+                "the global rank zero requeues the SLURM job at the end of this step")
+
         def handler(signum: int, frame: FrameType | None) -> None:
             self._noted[what] = True
-            log.info("received %s: every task stops at the end of this step",
-                     signal.Signals(signum).name)
+            log.info("received %s: %s", signal.Signals(signum).name, then)
         return handler
 
     def _install(self, trainer: L.Trainer) -> None:
