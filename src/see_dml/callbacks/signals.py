@@ -85,7 +85,9 @@ class SynchronizedSignals(Callback):
         self._install(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.training:  # trainer.validate: a _run of its own
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if trainer.state.fn == TrainerFn.VALIDATING:  # trainer.validate: a _run of its own
             self._install(trainer)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
