@@ -515,11 +515,13 @@ def main(cfg: DictConfig) -> float | None:
                 traceback.print_exc()
             else:
                 print(f"error: {line}", file=sys.stderr)
-            # a locked run directory is another run's: the record stays in memory
+            # a locked run directory is another run's: the record stays in memory; DDP's
+            # other ranks (a multi-task SLURM job) leave the file to the global rank zero
             record_failed_job(HydraConfig.get().runtime.output_dir,
                               line or f"{type(err).__name__}: {err} (traceback in the job's "
                               "output)", user_error=line is not None,
-                              write=not isinstance(err, RunDirectoryLockedError))
+                              write=not isinstance(err, RunDirectoryLockedError)
+                              and is_rank_zero())
             return None
         if line is None:
             raise
