@@ -62,7 +62,7 @@ def unbroken(tmp_path_factory) -> dict:
             "metrics": json.loads((run_dir / "metrics.json").read_text())}
 
 
-@pytest.mark.slow  # two node processes train, then one process: ~90 s
+@pytest.mark.slow  # two node processes train, then one process: ~70 s
 @pytest.mark.timeout(900)
 def test_two_nodes_split_the_global_batch_and_match_one_process(unbroken, make_cfg, tmp_path):
     from see_dml.train import train
@@ -131,7 +131,7 @@ def test_two_nodes_write_every_file_once_from_global_rank_zero(unbroken):
     assert not list(run_dir.glob("checkpoints/.*.tmp-*"))  # no partial checkpoint left
 
 
-@pytest.mark.slow  # three launches of the two nodes: ~120 s
+@pytest.mark.slow  # three launches of the two nodes: ~100 s
 @pytest.mark.timeout(900)
 def test_a_signal_to_one_node_stops_both_and_the_requeued_job_resumes_exactly(unbroken,
                                                                              tmp_path):

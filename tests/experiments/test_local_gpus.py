@@ -114,7 +114,7 @@ def test_local_gpus_sweep_gives_each_running_job_its_own_gpu_set(tmp_path):
     assert json.loads((sweep / "4" / "failed.json").read_text())["user_error"] is False
 
 
-@pytest.mark.slow  # four job processes, three at a time: ~20 s
+@pytest.mark.slow  # four job processes, three at a time: ~10 s
 def test_local_gpus_sweep_one_gpu_per_job(tmp_path):
     proc, records = _sweep(tmp_path, "seed=0,1,2,3", "hydra.launcher.devices='0,1,2'",
                            "+probe.together=3")
