@@ -45,7 +45,8 @@ RUN_UID = uuid.uuid4().hex[:6]
 def register_resolvers() -> None:
     """Resolvers the configs use: ``${run_uid:}`` (per-process id), ``${mul:a,b}``,
     ``${ddp_strategy:warmup_epochs,freeze_bn}``, ``${path_id:dir}``, ``${either:a,b}``,
-    ``${hydra_subdir:resume}``, ``${gpus_per_node:devices}``, ``${class_name:path}``."""
+    ``${hydra_subdir:resume}``, ``${rank_log_suffix:}``, ``${gpus_per_node:devices}``,
+    ``${class_name:path}``."""
     if not OmegaConf.has_resolver("run_uid"):
         OmegaConf.register_new_resolver("run_uid", lambda: RUN_UID)
     if not OmegaConf.has_resolver("mul"):
@@ -59,6 +60,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("either", lambda a, b: b if a is None else a)
     if not OmegaConf.has_resolver("hydra_subdir"):
         OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)
+    if not OmegaConf.has_resolver("rank_log_suffix"):
+        OmegaConf.register_new_resolver("rank_log_suffix", rank_log_suffix)
     if not OmegaConf.has_resolver("gpus_per_node"):
         OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node)
     if not OmegaConf.has_resolver("wandb_offline"):
@@ -93,12 +96,33 @@ def class_name(path: Any) -> str:
     return str(path).rsplit(".", 1)[-1]
 
 
-def hydra_subdir(resume: str | None) -> str:
+def hydra_subdir(resume: str | None) -> str | None:
     """Where Hydra saves a run's config files: ``.hydra``, or for a resumed run
-    (``resume=<run dir>``) ``.hydra/resume-<time>``, leaving the first run's files alone."""
+    (``resume=<run dir>``) ``.hydra/resume-<time>``, leaving the first run's files alone.
+    None (no files) in a DDP rank other than the global rank zero: the tasks of a multi-node
+    SLURM job run this script in one run directory, and its files are rank zero's."""
+    from see_dml.rundir import is_rank_zero
+
+    if not is_rank_zero():
+        return None
     if resume is None:
         return ".hydra"
     return f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}_{RUN_UID}"
+
+
+def rank_log_suffix() -> str:
+    """``""`` in the global rank zero, else ``.rank<global rank>`` (``.node<n>.local<l>`` when
+    only those are known): the name of the job log Hydra opens in every DDP task of a run
+    (``${hydra.job.name}${rank_log_suffix:}.log``), one file per task instead of all of them
+    appending to rank zero's."""
+    from see_dml.rundir import is_rank_zero
+
+    if is_rank_zero():
+        return ""
+    for name in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if (os.environ.get(name) or "").isdigit():
+            return f".rank{os.environ[name]}"
+    return f".node{os.environ.get('NODE_RANK', '0')}.local{os.environ.get('LOCAL_RANK', '0')}"
 
 
 def path_id(path: str) -> str:

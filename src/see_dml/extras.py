@@ -24,7 +24,8 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "wandb": (("wandb",), "the W&B logger (logger=wandb)"),
     "tensorboard": (("tensorboard",), "the TensorBoard logger (logger=tensorboard)"),
     "slurm": (("hydra_plugins.hydra_submitit_launcher", "submitit"),
-              "the submitit / SLURM launchers (hydra/launcher=slurm or submitit_local)"),
+              "the submitit / SLURM launchers (hydra/launcher=slurm, submitit_local or "
+              "local_gpus)"),
     "onnx": (("onnx", "onnxruntime"), "the ONNX export (python -m see_dml.export format=onnx)"),
     "parquet": (("pyarrow",), "parquet embedding files (format=parquet)"),
     "emoji": (("resvg_py",), "building the Emoji-Styles benchmark (dataset=emoji_styles)"),

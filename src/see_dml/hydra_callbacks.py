@@ -131,7 +131,10 @@ class RunDirectoryCreatable(Callback):
     (``hydra: default``) gets this."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, "hydra.run.dir")
+        from see_dml.rundir import is_rank_zero
+
+        if is_rank_zero():  # DDP's other ranks write nothing there (train): not theirs to probe
+            self._check(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")

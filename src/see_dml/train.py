@@ -325,15 +325,21 @@ def check_resume_dir(cfg: DictConfig) -> None:
         "to start a new run")
 
 
-def _run_dir_lock(run_dir: Path) -> AbstractContextManager[None]:
-    """The run directory's lock (:func:`see_dml.rundir.lock_run_dir`), taken by the global
-    rank zero only: DDP's other ranks run this script too, in the same directory."""
+def _global_rank_zero() -> bool:
+    """Whether this process is DDP's global rank zero, before a trainer says so: DDP's other
+    ranks run this script too, in the same run directory (Lightning's subprocess launcher on
+    one node; every task of a multi-node SLURM job, whose node-local rank zero is not the
+    global one), and the run directory's files are the global rank zero's alone."""
     from lightning.pytorch.utilities import rank_zero_only
 
     # Lightning sets rank_zero_only.rank at import (0 when no launcher says otherwise)
-    if getattr(rank_zero_only, "rank", 0) != 0 or not is_rank_zero():
-        return nullcontext()
-    return lock_run_dir(run_dir)
+    return getattr(rank_zero_only, "rank", 0) == 0 and is_rank_zero()
+
+
+def _run_dir_lock(run_dir: Path) -> AbstractContextManager[None]:
+    """The run directory's lock (:func:`see_dml.rundir.lock_run_dir`), taken by the global
+    rank zero only (:func:`_global_rank_zero`)."""
+    return lock_run_dir(run_dir) if _global_rank_zero() else nullcontext()
 
 
 def _train_locked(cfg: DictConfig) -> dict[str, Any]:
@@ -351,16 +357,20 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.run_dir)
     callbacks = build_callbacks(cfg)
     last_file = _last_checkpoint_file(callbacks)
-    if last_file is not None:  # what a killed checkpoint write left (the lock is ours)
+    # every file of the run directory is written (and removed) by the global rank zero
+    # alone; the other ranks read what it wrote
+    rank_zero = _global_rank_zero()
+    if last_file is not None and rank_zero:  # what a killed checkpoint write left (ours)
         from see_dml.checkpoint_io import remove_partial_checkpoints
 
         remove_partial_checkpoints(last_file.parent)
     ckpt = _resolve_ckpt_path(cfg.get("ckpt_path"), last_file)
     if ckpt is not None:  # before anything in the run directory is touched
         check_resume_config(cfg, ckpt)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier attempt's error line
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if rank_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier attempt's error line
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     source: DatasetSource = instantiate(cfg.dataset)
     source.splits()  # a missing dataset fails here, before a backbone fetches its weights
@@ -386,6 +396,11 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     from see_dml.checkpoint_io import AtomicCheckpointIO
 
     plugins = [*(instantiate(cfg.trainer.get("plugins")) or []), AtomicCheckpointIO()]
+    # a SIGTERM (or SLURM's requeue signal) that reaches one DDP task stops them all at the
+    # same step; Lightning's own handlers would mismatch the tasks' collectives
+    from see_dml.callbacks.signals import SynchronizedSignals
+
+    callbacks = [*callbacks, SynchronizedSignals()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, plugins=plugins,
                                      logger=loggers or False, **trainer_kwargs)
     _fit(trainer, model, dm, ckpt, cfg)
@@ -424,9 +439,10 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(best_on_test(history))
     if test_every_epoch and not history:
         log.warning("test_every_epoch=true but no epoch was tested: no best_on_test/...")
-    write_metrics(run_dir, metrics, trainer)  # with its provenance (code, libraries, devices)
-    if export is not None:
-        export.release(trainer, dm)  # embeddings_<split>.npz, projection, recall curve, grid
+    if trainer.is_global_zero:  # every rank has the metrics; rank zero writes the files
+        write_metrics(run_dir, metrics, trainer)  # with its provenance (code, libraries, devices)
+        if export is not None:
+            export.release(trainer, dm)  # embeddings_<split>.npz, projection, recall curve, grid
 
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
         # W&B prints its sync hints when its run finishes: before our last lines, not after
@@ -512,17 +528,21 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 traceback.print_exc()
             else:
                 print(f"error: {line}", file=sys.stderr)
-            # a locked run directory is another run's: the record stays in memory
+            # a locked run directory is another run's: the record stays in memory; DDP's
+            # other ranks (a multi-task SLURM job) leave the file to the global rank zero
             record_failed_job(HydraConfig.get().runtime.output_dir,
                               line or f"{type(err).__name__}: {err} (traceback in the job's "
                               "output)", user_error=line is not None,
-                              write=not isinstance(err, RunDirectoryLockedError))
+                              write=not isinstance(err, RunDirectoryLockedError)
+                              and is_rank_zero())
             return None
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
         if _in_multirun():  # the sweep goes on with its other jobs and lists this one
             raise
+        if not is_rank_zero():  # DDP's other ranks: the run directory is rank zero's
+            sys.exit(USER_ERROR_STATUS)
         if isinstance(err, NotARunError):  # Hydra's files of this attempt go with it
             _remove_hydra_output()
         if not isinstance(err, RunDirectoryLockedError):  # the directory is another run's

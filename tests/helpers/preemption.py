@@ -19,13 +19,20 @@ class SignalOnce(Callback):
     ``epoch``), once: the marker file remembers it across the resumed or requeued attempt."""
 
     def __init__(self, marker: str, signum: str = "SIGUSR2", epoch: int | None = None,
-                 step: int | None = None) -> None:
+                 step: int | None = None, rank: int | None = None) -> None:
         self.marker = Path(marker)
         self.signum = getattr(signal, signum)
         self.epoch = epoch
         self.step = step
+        self.rank = rank  # under DDP: only the process of this global rank (None: any)
+        self.global_rank = 0
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self.global_rank = trainer.global_rank
 
     def _fire(self) -> None:
+        if self.rank is not None and self.global_rank != self.rank:
+            return
         if not self.marker.exists():
             self.marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), self.signum)
