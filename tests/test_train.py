@@ -289,7 +289,7 @@ def test_bad_config_fails_before_training_naming_the_key(make_cfg, override, key
 def test_bad_component_option_fails_before_training_naming_the_key(make_cfg):
     """Single-key options are checked once, by the component their node builds."""
     cfg = make_cfg("model.head.pooling=median")
-    with pytest.raises(Exception, match=r"model\.head\.pooling must be one of"):
+    with pytest.raises(Exception, match=r"model\.head\.pooling='median': must be one of"):
         train(cfg)
     assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()
 
@@ -326,7 +326,7 @@ def test_cli_help_lists_the_config_groups():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     for line in ("loss: arcface, contrastive, multi_similarity", "synthesis: embedding_expansion",
-                 "dataset: cars, cub, double_mnist, emoji_styles, inshop, mnist, sop"):
+                 "dataset: cars, csv, cub, double_mnist, emoji_styles, folder, inshop, mnist, sop"):
         assert line in proc.stdout
 
 

@@ -88,7 +88,7 @@ _TARGETS = {
     "see_dml.data.emoji_styles.": "emoji",
 }
 #: Hydra launchers (``hydra/launcher=NAME``) of the ``slurm`` extra.
-SLURM_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
+SLURM_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local", "local_gpus")
 
 
 def needed_by(cfg: Any) -> dict[str, str]:

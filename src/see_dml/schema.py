@@ -44,6 +44,8 @@ OWNED_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
 SUBSTITUTED: dict[tuple[str, str], Any] = {
     ("model.backbone", "in_chans"): int | typing.Literal["auto"],  # 1 for grey, 3 for RGB
 }
+#: the dataclass that ``data.transforms`` is read into
+TRANSFORMS_SCHEMA = "see_dml.data.transforms.TransformConfig"
 _HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 _MISSING = object()
 
@@ -51,7 +53,9 @@ _MISSING = object()
 def check_schema(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first key of an owned group that its component
     does not take, or whose value has the wrong type or is not one of its choices."""
-    from see_dml.data.transforms import TransformConfig
+    # located by name, as every _target_ is: the schema reads the components a config names
+    # and imports none of the library's layers itself (no cycle through see_dml.config)
+    transform_config = _locate(TRANSFORMS_SCHEMA, "data.transforms")
 
     for key, extra in OWNED_GROUPS:
         node = OmegaConf.select(cfg, key, default=None)
@@ -68,8 +72,9 @@ def check_schema(cfg: DictConfig) -> None:
         _check(values, params, key, str(node._target_), extra)
     transforms = OmegaConf.select(cfg, "data.transforms", default=None)
     if isinstance(transforms, DictConfig):
-        hints = typing.get_type_hints(TransformConfig)
-        fields = {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TransformConfig)
+        hints = typing.get_type_hints(transform_config)
+        fields = {f.name: hints.get(f.name, Any)
+                  for f in dataclasses.fields(typing.cast(Any, transform_config))
                   if f.name != "native_size"}  # set by the DataModule, not by config
         _check(_resolved(transforms, "data.transforms"), fields, "data.transforms",
                "see_dml.data.transforms.TransformConfig", frozenset())
