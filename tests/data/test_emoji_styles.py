@@ -19,8 +19,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from helpers import emoji_fixtures as fx
-from see_dml.data import emoji_styles as es
-from see_dml.data.emoji_styles import EmojiStyles, IconSet, build_arrays, match_classes
+from see_dml.data import emoji_build as es
+from see_dml.data.emoji_build import IconSet, build_arrays, match_classes
+from see_dml.data.emoji_styles import EmojiStyles
 from see_dml.data.transforms import TransformConfig, build_transforms
 from see_dml.errors import DatasetNotFoundError
 
@@ -96,7 +97,7 @@ def test_an_alias_naming_another_emoji_is_not_matched(matched, icon_sets, caplog
     assert "emojione" not in classes[cricket]
     assert classes[bat]["emojione"] == emojione.drawing("cricket-game")
     assert report["emojione: alias naming another emoji, ignored"] == 1
-    with caplog.at_level("INFO", logger="see_dml.data.emoji_styles"):
+    with caplog.at_level("INFO", logger="see_dml.data.emoji_build"):
         match_classes(icon_sets)
     assert "'cricket-game' is 1f3cf by its name; an alias of it names 1f997" in caplog.text
 
@@ -242,7 +243,7 @@ def test_the_build_is_cached_by_versions_and_size(npm, tmp_path, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("rebuilt although the cache was there")
 
-    monkeypatch.setattr(es, "build_arrays", no_build)
+    monkeypatch.setattr("see_dml.data.emoji_styles.build_arrays", no_build)  # the source calls it
     again = source(tmp_path).splits()
     for name in first:
         np.testing.assert_array_equal(again[name].items, first[name].items)
