@@ -20,6 +20,7 @@ wheel, sdist = sys.argv[1:]
 names = zipfile.ZipFile(wheel).namelist()
 assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "no LICENSE in the wheel"
 assert "see_dml/conf/train.yaml" in names, "no configs in the wheel"
+assert "see_dml/data/sources.yaml" in names, "no download table in the wheel"
 meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA")))
 meta = meta.decode()
 reqs = [l for l in meta.splitlines() if l.startswith("Requires-Dist:")]

@@ -98,74 +98,22 @@ class DatasetFiles:
     manual: str
 
 
-SOURCES: dict[str, DatasetFiles] = {
-    "cub": DatasetFiles(
-        "CUB-200-2011",
-        (Resource("archive", "CUB_200_2011.tgz",
-                  ("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",),
-                  "md5:97eceeb196236b17998738112f37df78", "tgz", ".", "CUB_200_2011"),),
-        "verified: CaltechDATA record 65de6-vp158, the MD5 the dataset has always had",
-        """\
-Get CUB_200_2011.tgz (1.15 GB, md5 97eceeb196236b17998738112f37df78) from
-  https://data.caltech.edu/records/65de6-vp158 (the old vision.caltech.edu links are dead),
-then: python -m see_dml.data.download dataset=cub archive=/path/to/CUB_200_2011.tgz""",
-    ),
-    "sop": DatasetFiles(
-        "Stanford Online Products",
-        (Resource("archive", "Stanford_Online_Products.zip",
-                  ("https://drive.usercontent.google.com/download?"
-                   "id=1TclrpQOF_ullUP99wk_gjGN8pKvtErG8&export=download&confirm=t",
-                   "ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip"),
-                  "md5:7f73d41a2f44250d4779881525aea32e", "zip", ".",
-                  "Stanford_Online_Products"),),
-        "verified by the archive's known MD5; the sources are the authors' Google Drive file "
-        "(the one pytorch-metric-learning 2.8 fetched) and the original Stanford FTP",
-        """\
-Get Stanford_Online_Products.zip (2.9 GB, md5 7f73d41a2f44250d4779881525aea32e) from the
-project page https://cvgl.stanford.edu/projects/lifted_struct/ (Google Drive file
-1TclrpQOF_ullUP99wk_gjGN8pKvtErG8), then:
-  python -m see_dml.data.download dataset=sop archive=/path/to/Stanford_Online_Products.zip""",
-    ),
-    "cars": DatasetFiles(
-        "Cars-196",
-        (Resource("images", "car_ims.tgz", (), "md5:d5c8f0aa497503f355e17dc7886c3f14", "tgz"),
-         Resource("annotations", "cars_annos.mat", (), "md5:b407c6086d669747186bd1d764ff9dbc",
-                  "file", "cars_annos.mat")),
-        "NO STABLE PUBLIC SOURCE: the Stanford hosts are gone (torchvision issues #7545, "
-        "#7930); the MD5s of the original car_ims.tgz and cars_annos.mat are recorded, so a "
-        "byte-identical copy from a mirror is still verified",
-        """\
-Cars-196 has no stable public source since the Stanford hosts went away (torchvision issues
-#7545, #7930). Get, from a mirror you trust (e.g. a Kaggle copy of the official files):
-  car_ims.tgz     (1.9 GB, md5 d5c8f0aa497503f355e17dc7886c3f14)  -> unpacks to car_ims/
-  cars_annos.mat  (md5 b407c6086d669747186bd1d764ff9dbc)
-then: python -m see_dml.data.download dataset=cars \\
-          archive=[/path/car_ims.tgz,/path/cars_annos.mat]
-(a repacked copy: add +sha256.images=<hex> +sha256.annotations=<hex>; a mirror serving both
-names: base_url=<its URL>). torchvision's StanfordCars folder (devkit/, cars_train/,
-cars_test/, cars_test_annos_withlabels.mat) also works as dataset.root, unpacked by hand.""",
-    ),
-    "inshop": DatasetFiles(
-        "In-Shop Clothes Retrieval",
-        (Resource("images", "img.zip",
-                  ("https://drive.usercontent.google.com/download?id=0B7EVK8r0v71pS2YxRE1QTFZzekU"
-                   "&resourcekey=0-2n-dbZygJiZdm0UbEaFRTA&export=download&confirm=t",),
-                  None, "zip", "Img"),
-         Resource("partition", "list_eval_partition.txt",
-                  ("https://drive.usercontent.google.com/download?id=0B7EVK8r0v71pYVBqLXpRVjhHeWM"
-                   "&resourcekey=0-rxJ2QcImN-IRo_Bv9QSXmg&export=download&confirm=t",),
-                  None, "file", "Eval/list_eval_partition.txt")),
-        "NO KNOWN HASH: the only source is the DeepFashion Google Drive folder; the files are "
-        "fetched unverified, checked by data.check, and their SHA-256 recorded then",
-        """\
-In-Shop's only source is the DeepFashion Google Drive folder linked from
-  https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion/InShopRetrieval.html
-("In-shop Clothes Retrieval Benchmark"). Get Img/img.zip (the 256x256 images, not
-img_highres.zip) and Eval/list_eval_partition.txt, then:
-  python -m see_dml.data.download dataset=inshop \\
-      archive=[/path/img.zip,/path/list_eval_partition.txt]""",
-    ),
-}
+def load_sources(path: Path | None = None) -> dict[str, DatasetFiles]:
+    """The table of :file:`sources.yaml` beside this module (which file, from where, with
+    which hash, unpacked how; how to get it by hand) as :class:`DatasetFiles`."""
+    import yaml
+
+    raw = yaml.safe_load((path or Path(__file__).with_name("sources.yaml")).read_text())
+    return {key: DatasetFiles(
+        entry["name"],
+        tuple(Resource(r["key"], r["filename"], tuple(r.get("urls") or ()), r.get("hash"),
+                       r["kind"], r.get("dest", "."), r.get("strip")) for r in entry["files"]),
+        entry["status"], entry["manual"].rstrip("\n"))
+        for key, entry in raw.items()}
+
+
+#: every dataset's files (``sources.yaml``)
+SOURCES: dict[str, DatasetFiles] = load_sources()
 
 #: which ``SOURCES`` entry a dataset class is.
 _BY_CLASS = {"CUB200": "cub", "StanfordOnlineProducts": "sop", "Cars196": "cars",
