@@ -67,6 +67,18 @@ def test_objective_is_the_chosen_checkpoints_validation_metric(make_cfg):
     assert f"objective={spec.objective}" in trial_overrides(spec, {"optimizer.lr": 1e-3})
 
 
+def test_train_main_returns_the_validation_objective(make_cfg):
+    """What ``python -m see_dml.train`` hands an optimising sweeper: the chosen checkpoint's
+    validation MAP@R (the run's best/val/map@r), not its test MAP@R."""
+    from see_dml.train import main
+
+    cfg = make_cfg("test_final=false", "callbacks.embedding_export=null")
+    value = main.__wrapped__(cfg)  # the function hydra.main wraps, on the composed config
+    metrics = json.loads((Path(cfg.paths.run_dir) / "metrics.json").read_text())
+    assert value == pytest.approx(metrics["best/val/map@r"])
+    assert value != pytest.approx(metrics["test/map@r"])
+
+
 def test_objective_must_be_the_checkpoint_monitor(make_cfg):
     with pytest.raises(ConfigError, match="objective=val/recall@1 but the checkpoint is chosen"):
         validate_config(make_cfg("objective=val/recall@1"))
@@ -217,3 +229,18 @@ def test_tiny_study_under_the_submitit_local_launcher(tmp_path):
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
     assert (study_dir / "best.yaml").is_file()
     assert sorted(p.name for p in (study_dir / "workers").iterdir()) == ["0", "1"]
+
+
+@pytest.mark.slow  # one trial of 2 folds: ~40 s
+def test_kfold_study_objective_is_the_mean_of_its_folds(tmp_path):
+    proc = _tune(tmp_path, *_tiny(tmp_path, "study.folds=2", "study.n_trials=1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = _rows(tmp_path / "out" / "tune" / "double_mnist_tiny")
+    folds = []
+    for i in range(2):
+        run = Path(row["trial_dir"]) / f"fold{i}"
+        cfg = OmegaConf.load(run / "config.yaml")
+        assert (cfg.dataset.folds, cfg.dataset.fold, cfg.dataset.val_fraction) == (2, i, 0.0)
+        folds.append(json.loads((run / "metrics.json").read_text())["best/val/map@r"])
+        assert float(row[f"fold{i}"]) == pytest.approx(folds[-1])
+    assert float(row["val/map@r"]) == pytest.approx(sum(folds) / 2)
