@@ -17,8 +17,10 @@
 # The arms are tuned in rounds of $STEP trials (none, then SEE, then none...), so that at any
 # moment both have the same number of trials (±STEP) whenever the machine is taken away.
 # Progress: $OUT/tune/<study>/trials.csv and history.png; best.yaml holds each arm's best
-# trial and its full training overrides. Report (after the seeds): the paired table
-#   python experiments/make_table.py $OUT/seeds
+# trial and its full training overrides. Report (after the seeds): the paired table, each
+# arm's best configuration against the other's, seed by seed (--tuned: the keys they chose)
+#   python experiments/make_table.py $OUT/seeds --tuned optimizer.lr optimizer.weight_decay \
+#       model.head_lr_mult loss.lr_multiplier
 # and the records to commit (no checkpoints):
 #   python -m see_dml.reporting records $OUT/seeds --out experiments/results/see_emoji_tuned_runs
 set -u
