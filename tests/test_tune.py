@@ -178,11 +178,13 @@ def test_tiny_study_runs_and_summarises(tmp_path):
     assert len(_rows(study_dir)) == 2
 
 
-@pytest.mark.slow  # a killed 3-epoch trial, resumed, then a second trial: ~60 s
-def test_killed_study_resumes_to_the_same_trial_count(tmp_path):
-    """SIGKILL the tuner in its first trial's second epoch: the training stops with it; the
-    same command again marks that trial failed (interrupted), re-runs its parameters resuming
-    its run directory, and ends with n_trials finished trials."""
+@pytest.mark.slow  # a killed 3-epoch trial, resumed, then a second trial: ~60 s each
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_study_resumes_to_the_same_trial_count(tmp_path, signum):
+    """Kill the tuner in its first trial's second epoch (SIGKILL, or a scheduler's SIGTERM):
+    the training stops with it; the same command again marks that trial failed
+    (interrupted), re-runs its parameters resuming its run directory, and ends with n_trials
+    finished trials."""
     args = _tiny(tmp_path, _train("trainer.max_epochs=3", "+trainer.limit_train_batches=3",
                                   "trainer.enable_progress_bar=false", "data.batch_size=32",
                                   "data.m_per_class=4", "model.embed_dim=16",
@@ -195,8 +197,9 @@ def test_killed_study_resumes_to_the_same_trial_count(tmp_path):
     while not (first / "checkpoints" / "last.ckpt").exists():  # epoch 1 of 3 written
         assert tuner.poll() is None and time.time() < deadline, "the first trial never saved"
         time.sleep(0.2)
-    tuner.send_signal(signal.SIGKILL)
-    tuner.wait(timeout=60)
+    tuner.send_signal(signum)
+    status = tuner.wait(timeout=120)
+    assert status == (-signal.SIGKILL if signum == signal.SIGKILL else 143)
     deadline = time.time() + 60  # the training follows its tuner (and frees its directory)
     while (first / ".see_dml.lock.holder").exists() and time.time() < deadline:
         time.sleep(0.2)

@@ -434,16 +434,34 @@ class Interrupted(Exception):
     """SIGTERM (a scheduler's, ``kill``) or Ctrl-C reached the tuner."""
 
 
+#: what a SIGTERM / SIGINT reaching the tuner asked (``signal``), and the running trial's
+#: training process (``child``), which the handler stops
+_STOP: dict[str, Any] = {"signal": None, "child": None}
+
+
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
-    def raise_interrupted(signum: int, frame: Any) -> None:
-        raise Interrupted(signal.Signals(signum).name)
+    """SIGTERM and SIGINT stop the running training (it keeps its last.ckpt) and then the
+    study, between two journal writes: the handler only records the signal and passes it on,
+    so that no write to the journal is cut short."""
+    def stop(signum: int, frame: Any) -> None:
+        _STOP["signal"] = signal.Signals(signum).name
+        child = _STOP["child"]
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, raise_interrupted)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    _STOP["signal"] = None
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _check_stop() -> None:
+    if _STOP["signal"] is not None:
+        raise Interrupted(_STOP["signal"])
 
 
 def _die_with_parent() -> None:
@@ -484,12 +502,16 @@ def train_run(overrides: list[str], run_dir: Path, objective: str) -> float:
             sink.flush()
             child = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT,
                                      preexec_fn=_die_with_parent)
+            _STOP["child"] = child
             try:
                 status = child.wait()
-            except BaseException:  # Interrupted, KeyboardInterrupt: the training stops too
+            except BaseException:  # a signal's handler outside _interruptible: stop it too
                 child.send_signal(signal.SIGTERM)
                 child.wait()
                 raise
+            finally:
+                _STOP["child"] = None
+        _check_stop()
         if status in (-signal.SIGTERM, -signal.SIGINT, -signal.SIGKILL, 130, 143):
             raise Interrupted(f"the training in {run_dir} was stopped (status {status})")
         if status != 0 or not metrics_file.is_file():
@@ -660,6 +682,7 @@ def tune(cfg: DictConfig) -> dict[str, Any] | None:
         with _interruptible():
             try:
                 while True:
+                    _check_stop()
                     requeued = requeue_interrupted(study)
                     if requeued:
                         print(f"re-running interrupted trial(s) {requeued}", flush=True)
@@ -673,7 +696,8 @@ def tune(cfg: DictConfig) -> dict[str, Any] | None:
                 print(f"\n{err or 'interrupted'}: study {spec.name} stopped; the trial that "
                       f"was running re-runs (resuming its run) when the same command runs "
                       f"again, in {study_dir}", file=sys.stderr, flush=True)
-                sys.exit(143 if isinstance(err, Interrupted) else 130)
+                sys.exit(130 if _STOP["signal"] == "SIGINT" or isinstance(
+                    err, KeyboardInterrupt) else 143)
     record = summarize(study, spec, study_dir)
     _print_summary(spec, study_dir, record)
     return record
