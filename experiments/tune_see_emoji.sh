@@ -7,12 +7,18 @@
 # Run it (one process, one thread: the machine is shared) from a git worktree of one commit,
 # so that every trial loads that code whatever the checkout holds meanwhile:
 #   git worktree add /work/study-wt <commit> && cd /work/study-wt
-#   PYTHONPATH=$PWD/src PY=/work/main/.venv/bin/python OMP_NUM_THREADS=1 nohup \
+#   PYTHONPATH=$PWD/src PY=/work/main/.venv/bin/python OMP_NUM_THREADS=1 \
+#       RECORDS=/work/runs/tune/records nohup \
 #       bash experiments/tune_see_emoji.sh >> /work/runs/tune/tune_see_emoji.log 2>&1 &
 # Resume: the same command again. The studies are Optuna journals under $OUT/tune/<study>/:
 # finished trials stay, a trial killed mid-run is marked failed ("interrupted") and re-run
 # resuming its run directory; a finished seed run (metrics.json) is skipped, a started one
 # resumes (resume=<run dir>).
+# RECORDS=<dir>: after every round and seed run, each study's journal.log, trials.csv,
+# history.png and best.yaml are copied to <dir>/<study>/ and the seed runs' records to
+# <dir>/seeds (no checkpoints), to commit. On a new machine the studies resume from the
+# copied journals: copy <dir>/<study>/journal.log to $OUT/tune/<study>/ and run this again
+# (a trial that was running then starts over; the finished ones stay).
 #
 # The arms are tuned in rounds of $STEP trials (none, then SEE, then none...), so that at any
 # moment both have the same number of trials (±STEP) whenever the machine is taken away.
@@ -29,7 +35,23 @@ PY=${PY:-.venv/bin/python}
 TRIALS=${TRIALS:-24}          # per arm: the study files' n_trials (docs/results.md, the budget)
 STEP=${STEP:-4}
 SEEDS=${SEEDS:-1 2 3 4}
+RECORDS=${RECORDS:-}
 ARMS=(none see)
+
+keep_records() {
+  [[ -n $RECORDS ]] || return 0
+  for arm in "${ARMS[@]}"; do
+    study=$OUT/tune/see_emoji32_$arm
+    [[ -d $study ]] || continue
+    mkdir -p "$RECORDS/see_emoji32_$arm"
+    for f in journal.log trials.csv history.png best.yaml; do
+      [[ -f $study/$f ]] && cp "$study/$f" "$RECORDS/see_emoji32_$arm/"
+    done
+  done
+  if [[ -d $OUT/seeds ]] && compgen -G "$OUT/seeds/*/metrics.json" > /dev/null; then
+    "$PY" -m see_dml.reporting records "$OUT/seeds" --out "$RECORDS/seeds"
+  fi
+}
 
 for (( n = STEP; n < TRIALS + STEP; n += STEP )); do
   (( n > TRIALS )) && n=$TRIALS
@@ -37,6 +59,7 @@ for (( n = STEP; n < TRIALS + STEP; n += STEP )); do
     echo "$(date -Is) study see_emoji32_$arm: up to $n trials"
     "$PY" -m see_dml.tune "study=see_emoji32_$arm" "study.n_trials=$n" "paths.output_dir=$OUT"
     status=$?
+    keep_records
     if (( status != 0 )); then
       echo "$(date -Is) study see_emoji32_$arm stopped (exit $status): run this script again"
       exit "$status"
@@ -64,5 +87,6 @@ for o in yaml.safe_load(open(sys.argv[1]))["overrides"]:
       "$PY" -m see_dml.train "${args[@]}" "hydra.run.dir=$dir"
     fi
     echo "$(date -Is) exit $?: $arm seed $seed"
+    keep_records
   done
 done

@@ -383,7 +383,12 @@ def _counts(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def _lock_is_free(folder: Path) -> bool:
+    """Whether no live worker holds ``folder``'s trial lock (a folder that is gone, say the
+    study's journal copied to another machine without its runs, is held by none)."""
     from filelock import FileLock, Timeout
+
+    if not folder.is_dir():
+        return True
 
     lock = FileLock(str(folder / TRIAL_LOCK), timeout=0)
     try:
