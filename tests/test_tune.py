@@ -176,6 +176,9 @@ def test_tiny_study_runs_and_summarises(tmp_path):
     again = _tune(tmp_path, *_tiny(tmp_path))  # a finished study: nothing more to train
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(_rows(study_dir)) == 2
+    summary = _tune(tmp_path, *_tiny(tmp_path), "summary_only=true", "study.n_trials=5")
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    assert "2 of 5 trials finished" in summary.stdout and len(_rows(study_dir)) == 2
 
 
 @pytest.mark.slow  # a killed 3-epoch trial, resumed, then a second trial: ~60 s each
