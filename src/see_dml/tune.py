@@ -654,6 +654,9 @@ def _plot_history(done: list[optuna.trial.FrozenTrial], spec: StudySpec, path: P
         ax.scatter(xs, ys, s=14, label="trial")
         ax.step(xs, best, where="post", color="C1", label="best so far")
         ax.legend(loc="best", fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{spec.objective} (validation classes)")
     ax.set_title(f"study {spec.name}: {len(done)} of {spec.n_trials} trials finished",
