@@ -237,6 +237,28 @@ def test_table_pairs_with_the_one_baseline_cell_or_says_which_match(tmp_path, ca
     assert "synthesis=none epochs=5 see.n_points=8: see.n_points=8 (2 runs" in err
 
 
+def test_tuned_arms_pair_seed_by_seed_across_their_tuned_keys(tmp_path):
+    """Each arm of a tuned comparison has its own learning rate: --tuned names the keys the
+    pairing may cross, and the SEE row is paired with the baseline, seed by seed."""
+    from see_dml.reporting import tables
+
+    for seed in range(3):
+        none = _table_run(tmp_path, f"none_{seed}", seed, 0.10 + seed / 100)
+        see = _table_run(tmp_path, f"see_{seed}", seed, 0.12 + seed / 50, see=True)
+        for run, lr in ((none, 1e-4), (see, 3e-4)):
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            cfg["optimizer"] = {"lr": lr, "weight_decay": 1e-4}
+            (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    untuned = {r["synthesis"]: r for r in tables.table_rows(tables.collect([tmp_path]))}
+    assert untuned["SEE"]["ΔMAP@R"] is None  # other learning rates: no baseline
+    rows = {r["synthesis"]: r for r in tables.table_rows(tables.collect([tmp_path]),
+                                                         tuned=("optimizer.lr",))}
+    mean, low, high, pairs = rows["SEE"]["ΔMAP@R"]
+    assert (mean, pairs) == (pytest.approx(3.0), 3)  # 2 + 1 x seed points, seeds 0-2
+    assert reporting_main(["table", str(tmp_path), "--tuned", "optimizer.lr"]) == 0
+    assert "| +3.00 [" in (tmp_path / "results.md").read_text()
+
+
 # --- a sweep's records without checkpoints (see_dml.reporting.records) ---
 
 

@@ -196,7 +196,9 @@ def to_dict(node: DictConfig, resolve: bool = True) -> dict[str, Any]:
 #: Keys added to the config after runs were made, with the value that does what the code did
 #: before them: a checkpoint without the key resumes when the key has that value (train),
 #: and a run without it pools with runs that have that value (make_table).
-ADDED_KEYS = {"protocol": "held_out", "data.transforms.interpolation": "bicubic"}
+ADDED_KEYS = {"protocol": "held_out", "data.transforms.interpolation": "bicubic",
+              "dataset.folds": None, "dataset.fold": None, "dataset.fold_seed": 0,
+              "objective": "val/map@r"}
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -250,6 +252,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_recipe_dataset(cfg)
     check_protocol(cfg)
     check_monitors(cfg)
+    check_objective(cfg)
     check_test_epochs(cfg)
     for key in ("optimizer", "scheduler"):
         check_factory_keys(cfg, key)
@@ -281,16 +284,57 @@ def validate_config(cfg: DictConfig) -> None:
 TEST_PREFIXES = ("test/", "test_final/", "test_epoch/", "best_on_test/")
 
 
+def check_not_test(key: str, metric: object, does: str = "would select") -> None:
+    """:class:`ConfigError` when ``metric`` (the value of ``key``) is a metric of the test
+    classes (:data:`TEST_PREFIXES`): they select and tune nothing."""
+    if isinstance(metric, str) and metric.startswith(TEST_PREFIXES):
+        raise ConfigError(
+            f"{key}={metric} {does} on the test classes; use a val/ metric (held-out training "
+            "classes). test_every_epoch's best_on_test/... is reported for comparison with "
+            "the papers only")
+
+
 def check_monitors(cfg: DictConfig) -> None:
     """Fail when a callback would select or stop on test-class metrics (``test_epoch/...``
     exist during training with ``test_every_epoch=true``): test classes select nothing."""
     for name, node in (cfg.get("callbacks") or {}).items():
         monitor = node.get("monitor") if isinstance(node, DictConfig) else None
-        if isinstance(monitor, str) and monitor.startswith(TEST_PREFIXES):
-            raise ConfigError(
-                f"callbacks.{name}.monitor={monitor} would select on the test classes; "
-                "monitor a val/ metric (held-out training classes). test_every_epoch's "
-                "best_on_test/... is reported for comparison with the papers only")
+        check_not_test(f"callbacks.{name}.monitor", monitor)
+
+
+def check_objective(cfg: DictConfig) -> str:
+    """The tuning objective ``objective`` (default ``val/map@r``), checked: a ``val/`` metric,
+    never a test one (:func:`check_not_test`), and the metric that chooses the checkpoint
+    (``callbacks.model_checkpoint.monitor``, whose value for the chosen checkpoint is
+    ``best/<monitor>`` in metrics.json; without that callback any ``val/`` metric)."""
+    objective = cfg.get("objective", "val/map@r")
+    check_not_test("objective", objective, does="would tune")
+    if not isinstance(objective, str) or not objective.startswith("val/"):
+        raise ConfigError(f"objective must name a validation metric (val/map@r, "
+                          f"val/recall@1, ...), got {objective!r}")
+    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
+    if monitor is not None and monitor != objective:
+        raise ConfigError(
+            f"objective={objective} but the checkpoint is chosen on "
+            f"callbacks.model_checkpoint.monitor={monitor}: metrics.json holds the chosen "
+            f"checkpoint's {monitor} only. Set both to the same metric")
+    return objective
+
+
+#: The one line when tuning is asked of a run without validation classes.
+NO_VALIDATION_CLASSES = (
+    "tuning needs validation classes: this run has none (dataset.val_fraction=0, or "
+    "protocol=authors), so it has no validation metric to return; hold some training "
+    "classes out (dataset.val_fraction=0.2, or dataset.folds=K) or do not tune it")
+
+
+def objective_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """What a tuner is given: the validation metric ``cfg.objective`` (default ``val/map@r``)
+    of the checkpoint chosen on the validation classes (``best/<objective>`` in
+    ``metrics.json``), or None when the run had no validation classes. Never a test metric:
+    :func:`check_objective` refuses one, and only the ``best/`` key is read."""
+    value = metrics.get(f"best/{check_objective(cfg)}")
+    return None if value is None else float(value)
 
 
 def check_test_epochs(cfg: DictConfig) -> None:
@@ -312,6 +356,9 @@ def check_protocol(cfg: DictConfig) -> None:
         raise ConfigError(f"protocol must be held_out or authors (conf/protocol/), got "
                           f"'{protocol}'")
     val_fraction = OmegaConf.select(cfg, "dataset.val_fraction", default=0.0) or 0.0
+    if protocol == "authors" and OmegaConf.select(cfg, "dataset.folds", default=None):
+        raise ConfigError("protocol=authors trains on every training class, but dataset.folds "
+                          "holds a fold out: drop dataset.folds, or use protocol=held_out")
     if protocol == "authors" and val_fraction > 0:
         raise ConfigError(
             f"protocol=authors trains on every training class, but dataset.val_fraction="

@@ -23,7 +23,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.build import build_callbacks, build_datamodule, build_loggers
-from see_dml.config import ADDED_KEYS, CONFIG_DIR, flatten, validate_config
+from see_dml.config import (
+    ADDED_KEYS,
+    CONFIG_DIR,
+    NO_VALIDATION_CLASSES,
+    flatten,
+    objective_value,
+    validate_config,
+)
 from see_dml.errors import (
     USER_ERROR_STATUS,
     ConfigError,
@@ -181,7 +188,8 @@ def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
 RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "hydra.",
                      "trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar",
                      "data.num_workers", "data.eval_batch_size", "tags", "test_final", "nmi",
-                     "knn_backend", "model.compile", "test_every_epoch", "test_epochs")
+                     "knn_backend", "model.compile", "test_every_epoch", "test_epochs",
+                     "objective")
 
 
 def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:
@@ -548,8 +556,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if not isinstance(err, RunDirectoryLockedError):  # the directory is another run's
             remove_if_empty(cfg.paths.run_dir, cfg.paths.output_dir)
         sys.exit(USER_ERROR_STATUS)
-    # the sweeper's objective (e.g. for optuna): validation-selected test MAP@R
-    return metrics.get("test/map@r")
+    value = objective_value(cfg, metrics)
+    if value is None and _in_multirun() and not _in_basic_sweep():
+        # an optimising sweeper (optuna's) reads this value: nothing to give it is an error
+        print(f"error: {NO_VALIDATION_CLASSES}", file=sys.stderr)
+        raise ConfigError(NO_VALIDATION_CLASSES)
+    return value
 
 
 if __name__ == "__main__":

@@ -119,6 +119,34 @@ def hold_out_classes(train: Split, fraction: float, seed: int) -> tuple[Split, S
     return train.subset(~is_val, "train"), train.subset(is_val, "val")
 
 
+def class_folds(classes: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """The ``folds`` class-disjoint folds of ``classes`` that cover them: the classes
+    shuffled by ``seed`` and cut into ``folds`` parts of sizes differing by at most one (each
+    sorted). The same ``classes`` and ``seed`` give the same folds in every run, whatever its
+    training seed: the K runs of a k-fold validation see one partition."""
+    classes = np.unique(np.asarray(classes))
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"dataset.folds must be an integer >= 2, got {folds!r}")
+    if folds > len(classes):
+        raise ValueError(f"dataset.folds={folds} is more than the {len(classes)} training "
+                         "classes: every fold needs a class")
+    order = np.random.default_rng(seed).permutation(classes)
+    return [np.sort(part) for part in np.array_split(order, folds)]
+
+
+def fold_split(train: Split, folds: int, fold: int, seed: int = 0) -> tuple[Split, Split]:
+    """``(train, val)``: fold ``fold`` of :func:`class_folds` of the training classes as the
+    validation classes, the other ``folds - 1`` folds as the training classes (the k-fold
+    validation of Musgrave et al., "A Metric Learning Reality Check", 2020)."""
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not (
+            0 <= fold < folds):
+        raise ValueError(f"dataset.fold must be an integer in [0, {folds}) for "
+                         f"dataset.folds={folds}, got {fold!r}")
+    val_classes = class_folds(train.classes, folds, seed)[fold]
+    is_val = np.isin(train.labels, val_classes)
+    return train.subset(~is_val, "train"), train.subset(is_val, "val")
+
+
 def load_image(path: Path | str, mode: str = "RGB") -> Image.Image:
     """Open and decode one image, naming the file when it cannot be read."""
     try:
@@ -220,6 +248,13 @@ class DatasetSource(ABC):
         strict_counts: insist on the official image/class counts.
         on_error: unreadable image policy, ``fail`` or ``skip``.
         recall_ks: the Ks of Recall@K reported for this dataset (default: the field's).
+        folds: ``K`` for class-disjoint k-fold validation: the training classes (with a
+            dataset's fixed validation classes, those too) cut into ``K`` folds
+            (:func:`class_folds`), fold ``fold`` the validation classes, the others trained
+            on; ``val_fraction`` must then be 0. None: one draw by ``val_fraction``.
+        fold: which fold validates, ``0..K-1``.
+        fold_seed: seed of the fold partition (fixed, so that the ``K`` runs, whatever their
+            training seed, share one partition).
     """
 
     name: str = "dataset"
@@ -237,8 +272,27 @@ class DatasetSource(ABC):
 
     def __init__(self, root: str | Path | None = None, val_fraction: float = 0.0, seed: int = 0,
                  strict_counts: bool = True, on_error: OnError = "fail",
-                 recall_ks: Sequence[int] | None = None) -> None:
+                 recall_ks: Sequence[int] | None = None, folds: int | None = None,
+                 fold: int | None = None, fold_seed: int = 0) -> None:
         self.root = Path(root).expanduser() if root is not None else None
+        self.folds = None if folds is None else folds
+        self.fold = 0 if fold is None else fold
+        self.fold_seed = int(fold_seed)
+        if folds is not None:
+            if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+                raise ValueError(f"dataset.folds must be an integer >= 2 (or null), got "
+                                 f"{folds!r}")
+            if float(val_fraction) > 0:
+                raise ValueError(
+                    f"dataset.folds={folds} chooses the validation classes (fold "
+                    f"dataset.fold of the training classes); set dataset.val_fraction=0 "
+                    f"(got {val_fraction})")
+            if isinstance(self.fold, bool) or not isinstance(self.fold, int) or not (
+                    0 <= self.fold < folds):
+                raise ValueError(f"dataset.fold must be an integer in [0, {folds}) for "
+                                 f"dataset.folds={folds}, got {fold!r}")
+        elif fold is not None:
+            raise ValueError(f"dataset.fold={fold} needs dataset.folds=K (K >= 2)")
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
         self.strict_counts = bool(strict_counts)
@@ -279,6 +333,9 @@ class DatasetSource(ABC):
         if self._splits is None:
             splits = self.load_splits()
             self.check_counts(splits)
+            if self.folds is not None:
+                self._splits = self._fold_splits(splits)
+                return self._splits
             if "val" in splits:  # the dataset defines its own validation classes
                 if self.val_fraction > 0:
                     raise ValueError(
@@ -293,6 +350,22 @@ class DatasetSource(ABC):
                 splits["val"] = val
             self._splits = splits
         return self._splits
+
+    def _fold_splits(self, splits: dict[str, Split]) -> dict[str, Split]:
+        """``splits`` with ``train`` and ``val`` made by :func:`fold_split` of every
+        non-test class (``train``, and a dataset's fixed ``val`` with it)."""
+        assert self.folds is not None
+        pool = splits["train"]
+        if "val" in splits:  # a dataset's own validation classes are training classes too
+            fixed = splits["val"]
+            if isinstance(pool.items, np.ndarray) and isinstance(fixed.items, np.ndarray):
+                items: Sequence[Path] | np.ndarray = np.concatenate([pool.items, fixed.items])
+            else:
+                items = [*pool.items, *fixed.items]
+            pool = Split(items, np.concatenate([pool.labels, fixed.labels]), "train",
+                         dict(pool.meta))
+        train, val = fold_split(pool, self.folds, self.fold, self.fold_seed)
+        return {**splits, "train": train, "val": val}
 
     # Helpers for datasets read from files (all but the in-memory ones).
 

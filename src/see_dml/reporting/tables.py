@@ -104,7 +104,7 @@ PATH_KEYS = ("paths", "ckpt_path", "resume")
 #: differ only in these, or that predate one of them, are seeds of one cell
 REPORT_KEYS = ("test_every_epoch", "test_epochs", "test_final", "nmi", "knn_backend",
                "logger", "tags", "trainer.enable_progress_bar", "callbacks.embedding_export",
-               "callbacks.lr_monitor", "data.eval_batch_size")
+               "callbacks.lr_monitor", "data.eval_batch_size", "objective")
 SYNTHESIS_KEYS = ("see", "synthesis")
 #: the ``provenance/*`` keys of metrics.json (see_dml.provenance, not imported: it loads torch)
 #: that the seeds of one cell must agree in: the code version (``--pool-commits`` lets it
@@ -288,10 +288,14 @@ def summarise(values: list[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def _context(key: dict[str, Any]) -> tuple:
-    """A cell's config without its synthesiser: cells with equal contexts are compared."""
+def _context(key: dict[str, Any], tuned: tuple[str, ...] = ()) -> tuple:
+    """A cell's config without its synthesiser, and without the ``tuned`` keys (and the keys
+    under them): cells with equal contexts are compared. ``tuned``: the keys each arm of a
+    tuned comparison chose for itself (``python -m see_dml.tune``), so that each arm's best
+    configuration is paired, seed by seed, with the baseline's."""
     return tuple(sorted((k, repr(v)) for k, v in key.items()
-                        if k.split(".")[0] not in SYNTHESIS_KEYS))
+                        if k.split(".")[0] not in SYNTHESIS_KEYS
+                        and not any(k == t or k.startswith(t + ".") for t in tuned)))
 
 
 def _other_columns(cells: list[dict[str, Any]]) -> list[str]:
@@ -313,11 +317,12 @@ def _other_columns(cells: list[dict[str, Any]]) -> list[str]:
 
 
 def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none",
-               checkpoint: str = "val") -> list[dict[str, Any]]:
+               checkpoint: str = "val", tuned: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """One row per cell: the named columns, mean ± std of each metric of ``METRICS`` and the
     paired ``DELTAS`` (relative keys read under the ``checkpoint``'s prefix), and ``at``:
     ``{metric: (mean, std)}`` of every percent metric of that checkpoint (all Recall@K),
-    which the paper layout shows."""
+    which the paper layout shows. ``tuned``: keys a row and its baseline may differ in
+    (:func:`_context`)."""
     prefix = CHECKPOINTS[checkpoint][0]
     ordered = sorted(cells.values(), key=lambda c: (
         *named_columns(c["cfg"])[:2], int(named_columns(c["cfg"])[2]),
@@ -326,7 +331,7 @@ def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none",
     baselines: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for c in ordered:
         if c["key"]["synthesis"] == baseline:
-            baselines[_context(c["key"])].append(c)
+            baselines[_context(c["key"], tuned)].append(c)
     other = _other_columns(ordered)
     names = {id(cell): cell_name(cell["cfg"], extra) for cell, extra in zip(ordered, other)}
     rows = []
@@ -349,7 +354,7 @@ def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none",
                     at[metric[len(prefix):]].append(value * 100)
         row["at"] = {metric: summarise(values) for metric, values in at.items()}
         base = (None if cell["key"]["synthesis"] == baseline else
-                _baseline_of(cell, baselines.get(_context(cell["key"]), []), names))
+                _baseline_of(cell, baselines.get(_context(cell["key"], tuned), []), names))
         for metric, name in DELTAS:
             metric = prefix + metric
             row[name] = None
@@ -820,7 +825,7 @@ def _write_tables(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error(f"no finished runs (metrics.json + config.yaml) under {args.folders}")
     check_checkpoint(cells, args.checkpoint)
     provenance_notes = check_provenance(cells, args.pool_commits)
-    rows = table_rows(cells, args.baseline, args.checkpoint)
+    rows = table_rows(cells, args.baseline, args.checkpoint, tuple(args.tuned))
     notes = ([] if args.published == "none"
              else add_published(rows, load_published(Path(args.published)), args.checkpoint))
     notes += [*missing_notes(rows), *provenance_notes]
@@ -872,6 +877,10 @@ def main(argv: list[str] | None = None) -> str:
                         help="pool the seeds of a config across code versions "
                              "(provenance/commit, provenance/dirty), naming the commits under "
                              "the table; library versions and devices must still agree")
+    parser.add_argument("--tuned", nargs="+", default=[], metavar="KEY",
+                        help="config keys each arm tuned for itself (python -m see_dml.tune): "
+                             "a row is paired with the baseline that differs in these keys "
+                             "(and the keys under them), seed by seed")
     args = parser.parse_args(argv)
     for folder in args.folders:
         if not folder.is_dir():
