@@ -880,3 +880,86 @@ def test_ddps_other_ranks_do_not_take_the_run_directory_lock(held_run_dir, monke
     with pytest.raises(SystemExit):
         RunDirectoryInUse().on_run_start(OmegaConf.create(
             {"task_name": "train", "hydra": {"run": {"dir": str(run_dir)}}}))
+
+
+# -- a checkpoint someone sent --------------------------------------------------------------
+_EVIL = ("import os, sys, torch\n"
+         "class Evil:\n"
+         "    def __reduce__(self):\n"
+         "        return (os.system, ('touch ' + sys.argv[2],))\n"
+         "state = torch.load(sys.argv[3], map_location='cpu', weights_only=True)\n"
+         "state['see_dml_config'] = Evil()\n"
+         "torch.save(state, sys.argv[1])\n")
+
+
+@pytest.fixture
+def evil_ckpt(tmp_path: Path, ckpt: str) -> tuple[Path, Path]:
+    """``(checkpoint, marker)``: a real checkpoint whose config unpickles by running a shell
+    command that creates ``marker`` (written by a process of its own, as a stranger's file)."""
+    evil, marker = tmp_path / "evil.ckpt", tmp_path / "PWNED"
+    subprocess.run([sys.executable, "-c", _EVIL, str(evil), str(marker), ckpt], check=True,
+                   timeout=120)
+    assert evil.is_file() and not marker.exists()
+    return evil, marker
+
+
+def test_a_checkpoint_with_code_in_it_runs_nothing_in_any_reader(evil_ckpt, make_cfg):
+    from see_dml.checkpoint_io import DamagedCheckpointError, find_resumable
+    from see_dml.checkpoints import UnsafeCheckpointError
+    from see_dml.module import DMLModule, load_module_from_checkpoint
+    from see_dml.train import check_resume_config
+
+    evil, marker = evil_ckpt
+    readers = [read_checkpoint, load_module_from_checkpoint, DMLModule.load_from_checkpoint,
+               lambda p: check_resume_config(make_cfg(), p)]
+    for reader in readers:
+        with pytest.raises(UnsafeCheckpointError) as err:
+            reader(evil)
+        line = str(err.value)
+        assert "\n" not in line and f"'{evil}' holds 'posix.system'" in line, line
+    with pytest.raises(DamagedCheckpointError, match="posix.system"):
+        find_resumable(evil)  # resume's ckpt_path=auto: taken for damaged, not run
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("module", "args"), [
+    ("see_dml.evaluate", []),
+    pytest.param("see_dml.index", ["build", "gallery=test"], marks=pytest.mark.slow),
+    pytest.param("see_dml.retrieve", ["query=test"], marks=pytest.mark.slow),
+    pytest.param("see_dml.export", [], marks=pytest.mark.slow),
+])
+def test_cli_of_a_checkpoint_with_code_in_it_exits_2_running_nothing(tmp_path, evil_ckpt,
+                                                                     module, args):
+    evil, marker = evil_ckpt
+    extra = [f"index.path={tmp_path / 'x.faiss'}"] if module == "see_dml.index" else []
+    last = _cli_error_line(module, *args, f"ckpt_path={evil}", *extra,
+                           f"paths.output_dir={tmp_path / 'out'}")
+    assert last.startswith(f"error: ckpt_path='{evil}' holds 'posix.system'")
+    assert not marker.exists()
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_checkpoints_hold_only_what_the_safe_loader_reads(ckpt):
+    """A checkpoint of this version loads with torch's weights_only=True as it is (no
+    allowed globals): its config is plain containers."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert isinstance(state["see_dml_config"], dict)
+    assert state["see_dml_config"]["model"]["embed_dim"] == 16
+
+
+def test_a_checkpoint_of_an_older_see_dml_with_a_dictconfig_still_loads(ckpt, tmp_path):
+    """Older see_dml stored the config as a DictConfig: its omegaconf types are allowed by
+    name (see_dml.checkpoints.OMEGACONF_GLOBALS), nothing else."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from see_dml.module import load_module_from_checkpoint
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["see_dml_config"] = OmegaConf.create(state["see_dml_config"])
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    with pytest.raises(Exception, match="DictConfig"):  # torch alone refuses it
+        torch.load(old, map_location="cpu", weights_only=True)
+    assert isinstance(read_checkpoint(old)["see_dml_config"], DictConfig)
+    module, cfg = load_module_from_checkpoint(old)
+    assert cfg.model.embed_dim == 16 and not module.training

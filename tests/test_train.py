@@ -199,6 +199,32 @@ def test_resume_with_another_config_fails_before_touching_the_run(make_cfg):
     assert (run_dir / "config.yaml").read_text() == config_before
 
 
+def test_a_moved_run_directory_resumes_with_its_checkpoint_record(make_cfg, tmp_path):
+    """Paths say where a run lives, not what it is: a run directory moved elsewhere resumes
+    (trainer.default_root_dir, the callbacks' dirpath and paths.* differ), and its
+    checkpoint callback keeps the epochs before the move in its top-k record."""
+    import shutil
+
+    common = ["callbacks.embedding_export=null", "test_final=false",
+              "callbacks.model_checkpoint.save_top_k=2"]
+    first = tmp_path / "first"
+    train(make_cfg(*common, "trainer.max_epochs=1", f"paths.run_dir={first}"))
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.move(first, moved)
+    resumed = train(make_cfg(*common, "trainer.max_epochs=2", f"paths.run_dir={moved}"))
+    assert resumed["epochs"] == 2
+    assert Path(resumed["best_checkpoint"]).is_file()
+    assert Path(resumed["best_checkpoint"]).parent == (moved / "checkpoints").resolve()
+    state = torch.load(moved / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    [record] = [v for k, v in state["callbacks"].items()
+                if k.startswith("ModelCheckpoint") and "best_k_models" in v and v["best_k_models"]]
+    # top 2 of 2 epochs: the record of the epoch before the move was kept (Lightning drops
+    # it when the dirpath changed)
+    assert sorted(Path(p).name for p in record["best_k_models"]) == ["epoch000.ckpt",
+                                                                      "epoch001.ckpt"]
+    assert all(str(moved.resolve()) in p for p in record["best_k_models"])
+
+
 def _csv_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))

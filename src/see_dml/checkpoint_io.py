@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from see_dml.checkpoints import load_checkpoint_file
 from see_dml.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,8 @@ def remove_partial_checkpoints(directory: str | Path) -> list[Path]:
 
 def read_error(path: str | Path) -> str | None:
     """Why ``path`` is not an intact Lightning checkpoint, or None when it is."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    try:  # weights only: a damaged or foreign file runs nothing
+        state = load_checkpoint_file(path, mmap=True)
     except Exception as err:  # noqa: BLE001 - torch raises pickle, zip and runtime errors alike
         return f"{type(err).__name__}: {err}"
     if not isinstance(state, dict) or "state_dict" not in state:
@@ -96,7 +97,7 @@ def read_error(path: str | Path) -> str | None:
 
 
 def _progress(path: Path) -> tuple[int, int, float]:
-    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    state = load_checkpoint_file(path, mmap=True)
     return int(state.get("global_step", -1)), int(state.get("epoch", -1)), path.stat().st_mtime
 
 

@@ -198,11 +198,13 @@ class DMLModule(L.LightningModule):
         stores, see :func:`load_module_from_checkpoint`), in eval mode, on
         ``map_location`` (a device; default the CPU). Lightning's own version calls
         ``__init__`` with the saved hyperparameters, which this module does not save (its
-        arguments are built modules)."""
+        arguments are built modules). The file is loaded with ``weights_only=True``
+        (:func:`see_dml.checkpoints.load_checkpoint_file`): nothing in it runs."""
         refused = dict(kwargs)
-        # a parameter because Lightning's signature has it; the checkpoint is read as every
-        # tool reads it (see_dml.checkpoints.read_checkpoint), so it is refused like the rest
-        if weights_only is not None:
+        # a parameter because Lightning's signature has it: the checkpoint is read as every
+        # tool reads it (see_dml.checkpoints.read_checkpoint), weights only, so a file
+        # someone sent runs no code; weights_only=False is refused like the rest
+        if weights_only is not None and weights_only is not True:
             refused["weights_only"] = weights_only
         if hparams_file is not None or refused:
             given = ["hparams_file"] * (hparams_file is not None) + sorted(refused)

@@ -143,9 +143,9 @@ def _epochs_run(trainer: L.Trainer, ckpt_cb: ModelCheckpoint | None, last: Path 
     count are then read from ``last.ckpt``."""
     if trainer.global_step > 0 or ckpt_cb is None or last is None:
         return trainer.current_epoch
-    import torch
+    from see_dml.checkpoints import load_checkpoint_file
 
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = load_checkpoint_file(last)
     if ckpt_cb.best_model_score is None:
         ckpt_cb.best_model_score = state.get("callbacks", {}).get(ckpt_cb.state_key, {}).get(
             "best_model_score")
@@ -159,9 +159,9 @@ def _test_history(trainer: L.Trainer, model: DMLModule, last: Path | None
     module; under ``ddp_spawn`` the fit ran in worker processes: read from ``last.ckpt``."""
     if trainer.global_step > 0 or last is None:
         return dict(model.test_history)
-    import torch
+    from see_dml.checkpoints import load_checkpoint_file
 
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = load_checkpoint_file(last)
     return {int(e): dict(m) for e, m in state.get("see_dml_test_history", {}).items()}
 
 
@@ -183,32 +183,45 @@ RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "
                      "data.num_workers", "data.eval_batch_size", "tags", "test_final", "nmi",
                      "knn_backend", "model.compile", "test_every_epoch", "test_epochs")
 
+#: The last part of a key that says where something lives, not what the run is: a run
+#: directory that was moved or copied (another ``trainer.default_root_dir``), a dataset or
+#: weights file found under another folder, resume with them changed. (The weights file
+#: only starts a run: a resumed one takes its weights from the checkpoint.)
+PATH_KEYS = ("default_root_dir", "root", "dirpath", "save_dir", "weights_path", "data_dir",
+             "output_dir", "cache_dir", "run_dir")
+
+
+def _changes_training(key: str) -> bool:
+    """Whether a resumed run whose config differs at ``key`` trains another experiment
+    (see :data:`RESUMABLE_CHANGES` and :data:`PATH_KEYS`)."""
+    return not key.startswith(RESUMABLE_CHANGES) and key.rsplit(".", 1)[-1] not in PATH_KEYS
+
 
 def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:
     """Fail, naming the keys, when ``ckpt`` was trained with another config than ``cfg``.
 
-    Runs before anything in the run directory is written. Only the keys in
-    :data:`RESUMABLE_CHANGES` may differ (paths, loggers, training length, reporting);
-    anything else (a model, loss or data key) would resume into another experiment, or
-    fail later with a raw ``size mismatch``.
+    Runs before anything in the run directory is written. Only what changes the training
+    is compared: the keys of :data:`RESUMABLE_CHANGES` (paths, loggers, training length,
+    reporting) and of :data:`PATH_KEYS` (where a run, its data or its weights live: a
+    moved run directory resumes) may differ; anything else (a model, loss or data key)
+    would resume into another experiment, or fail later with a raw ``size mismatch``.
     """
-    import torch
+    from see_dml.checkpoints import load_checkpoint_file
 
-    try:
-        stored = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # torch raises pickle, zip and runtime errors alike
-        raise ConfigError(f"ckpt_path='{ckpt}' is not a readable checkpoint: {err}") from err
+    # weights only, as every tool reads a checkpoint: ckpt_path may be someone else's file
+    stored = load_checkpoint_file(ckpt, mmap=True)
     if not isinstance(stored, dict) or "state_dict" not in stored:
         raise ConfigError(f"ckpt_path='{ckpt}' is not a Lightning checkpoint (no 'state_dict')")
     before = stored.get("see_dml_config")
     if before is None:
         return  # a checkpoint from elsewhere: Lightning itself checks what it can
+    if isinstance(before, DictConfig):  # an older see_dml stored the DictConfig itself
+        before = OmegaConf.to_container(before, resolve=False)
     old = flatten(before)
     new = flatten(OmegaConf.to_container(cfg, resolve=True))
     old = {**{k: v for k, v in ADDED_KEYS.items() if k not in old and k in new}, **old}
     differ = sorted(k for k in old.keys() | new.keys()
-                    if old.get(k, "<absent>") != new.get(k, "<absent>")
-                    and not k.startswith(RESUMABLE_CHANGES))
+                    if old.get(k, "<absent>") != new.get(k, "<absent>") and _changes_training(k))
     if differ:
         shown = ", ".join(f"{k} (checkpoint {old.get(k, '<absent>')!r}, now "
                           f"{new.get(k, '<absent>')!r})" for k in differ[:8])
@@ -252,8 +265,13 @@ def _fit(trainer: L.Trainer, model: DMLModule, dm: RetrievalDataModule, ckpt: st
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from see_dml.checkpoints import safe_loading
+
     try:
-        trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+        # Lightning's resume loads weights only too (the omegaconf types of an older
+        # see_dml's config allowed by name): resuming needs nothing more
+        with safe_loading():
+            trainer.fit(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     except SIGTERMException:
         status, why = 143, "SIGTERM"
     except SystemExit as stop:
@@ -386,6 +404,10 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     from see_dml.checkpoint_io import AtomicCheckpointIO
 
     plugins = [*(instantiate(cfg.trainer.get("plugins")) or []), AtomicCheckpointIO()]
+    if ckpt is not None:  # a run moved since: its checkpoints' paths follow it
+        from see_dml.callbacks.relocated import RelocatedRun
+
+        callbacks = [*callbacks, RelocatedRun(run_dir)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, plugins=plugins,
                                      logger=loggers or False, **trainer_kwargs)
     _fit(trainer, model, dm, ckpt, cfg)
@@ -407,9 +429,11 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
         export.hold()
     if cfg.get("test_final", True) and best and last and Path(best) != Path(last):
         runs.append(("test_final", str(last)))
+    from see_dml.checkpoints import safe_loading
+
     for prefix, ckpt in runs:
-        with model.test_metrics_prefix(prefix):
-            trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=False)
+        with model.test_metrics_prefix(prefix), safe_loading():
+            trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
                         if k.startswith(prefix + "/")})
     if best and ckpt_cb is not None and ckpt_cb.best_model_score is not None:
