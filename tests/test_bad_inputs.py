@@ -963,3 +963,62 @@ def test_a_checkpoint_of_an_older_see_dml_with_a_dictconfig_still_loads(ckpt, tm
     assert isinstance(read_checkpoint(old)["see_dml_config"], DictConfig)
     module, cfg = load_module_from_checkpoint(old)
     assert cfg.model.embed_dim == 16 and not module.training
+
+
+def test_a_run_refused_for_a_held_directory_writes_none_of_hydras_files_there(tmp_path):
+    """Two trainings into one hydra.run.dir: the first is paused just after Hydra wrote its
+    .hydra files (before its task runs); the second is refused, and the first run's
+    config.yaml, hydra.yaml and overrides.yaml are still the first run's (the second used
+    to pass the check before the first held the lock, and wrote its own over them)."""
+    import time
+
+    run_dir, ready, go = tmp_path / "run", tmp_path / "ready", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "see_dml.train", f"hydra.run.dir={run_dir}", "seed=1",
+         "+hydra.callbacks.pause._target_=helpers.hydra_pause.PauseAtJobStart",
+         f"+hydra.callbacks.pause.ready={ready}", f"+hydra.callbacks.pause.go={go}",
+         f"paths.cache_dir={tmp_path / 'cache'}"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 120
+        while not ready.exists() and first.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert ready.exists(), first.stderr.read() if first.poll() is not None else "timeout"
+        hydra_files = {name: (run_dir / name).read_text() for name in (
+            ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log")}
+        assert "seed=1" in hydra_files[".hydra/overrides.yaml"]
+        second = subprocess.run(
+            [sys.executable, "-m", "see_dml.train", f"hydra.run.dir={run_dir}", "seed=2", *FAST,
+             "dataset.images_per_class=20", "callbacks.embedding_export=null",
+             f"paths.cache_dir={tmp_path / 'cache'}"], env=env, capture_output=True, text=True,
+            timeout=300)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "Traceback" not in second.stderr
+        assert second.stderr.strip().splitlines()[-1].startswith(
+            f"error: run directory '{run_dir}' is in use by pid {first.pid} ")
+        for name, text in hydra_files.items():
+            assert (run_dir / name).read_text() == text, name
+        assert sorted(p.name for p in run_dir.iterdir()) == [  # nothing of the second's
+            ".hydra", ".see_dml.lock", ".see_dml.lock.holder", "train.log"]
+    finally:
+        go.touch()
+        first.wait(timeout=60)
+
+
+def test_a_run_that_fails_after_its_data_is_built_leaves_the_error_in_its_log(tmp_path):
+    """A run directory that stays (its csv log was written) holds the error in train.log."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "see_dml.train", f"hydra.run.dir={run_dir}", *FAST,
+         "dataset.images_per_class=20", "+callbacks.fail._target_=helpers.preemption.FailAt",
+         f"paths.cache_dir={tmp_path / 'cache'}"], env=env, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "error: failing on cue at step 1"
+    assert (run_dir / "csv").is_dir()  # the directory stays: its log says why it stopped
+    assert (run_dir / "train.log").read_text().strip().splitlines()[-1].endswith(
+        "error: failing on cue at step 1")
+    assert not (run_dir / ".see_dml.lock.holder").exists()

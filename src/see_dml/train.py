@@ -503,6 +503,36 @@ def _remove_hydra_output() -> None:
         job_log.unlink()
 
 
+def _log_to_file(line: str | None, err: BaseException) -> None:
+    """Write why the run failed into its log file (Hydra's ``<run dir>/train.log``), which
+    a run directory that stays keeps beside its other files: the error line, or a bug's
+    traceback. Only to the file: the console gets the ``error:`` line (or the traceback)
+    from the caller."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not handlers:
+        return
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s",
+                            (line or f"{type(err).__name__}: {err}",),
+                            None if line else (type(err), err, err.__traceback__))
+    for handler in handlers:
+        handler.handle(record)
+
+
+def _release_run_dirs(cfg: DictConfig) -> None:
+    """Give up the run directory this process took at Hydra's run start (and the one of
+    ``paths.run_dir``): the process ends next, and the directory may be removed."""
+    from see_dml.rundir import release_run_dir
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            release_run_dir(HydraConfig.get().run.dir)
+        release_run_dir(cfg.paths.run_dir)
+    except Exception:  # noqa: BLE001 - an unresolvable path: nothing of ours to give up
+        pass
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from see_dml.cli import quiet_third_party
@@ -524,11 +554,16 @@ def main(cfg: DictConfig) -> float | None:
             else:
                 print(f"error: {line}", file=sys.stderr)
             # a locked run directory is another run's: the record stays in memory
+            if not isinstance(err, RunDirectoryLockedError):
+                _log_to_file(line, err)
             record_failed_job(HydraConfig.get().runtime.output_dir,
                               line or f"{type(err).__name__}: {err} (traceback in the job's "
                               "output)", user_error=line is not None,
                               write=not isinstance(err, RunDirectoryLockedError))
             return None
+        if line is None or _in_multirun():  # the directory stays: its log says why
+            if not isinstance(err, (RunDirectoryLockedError, NotARunError)):
+                _log_to_file(line, err)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
@@ -536,8 +571,13 @@ def main(cfg: DictConfig) -> float | None:
             raise
         if isinstance(err, NotARunError):  # Hydra's files of this attempt go with it
             _remove_hydra_output()
-        if not isinstance(err, RunDirectoryLockedError):  # the directory is another run's
-            remove_if_empty(cfg.paths.run_dir, cfg.paths.output_dir)
+        if not isinstance(err, RunDirectoryLockedError):  # else the directory is another's
+            _release_run_dirs(cfg)
+            # a run directory that stays (a failure after its logs were written) keeps the
+            # error in its train.log; else it goes, as if the run never started
+            if (not remove_if_empty(cfg.paths.run_dir, cfg.paths.output_dir)
+                    and not isinstance(err, NotARunError)):  # that folder is not a run's
+                _log_to_file(line, err)
         sys.exit(USER_ERROR_STATUS)
     # the sweeper's objective (e.g. for optuna): validation-selected test MAP@R
     return metrics.get("test/map@r")
