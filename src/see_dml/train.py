@@ -561,9 +561,10 @@ def main(cfg: DictConfig) -> float | None:
                               "output)", user_error=line is not None,
                               write=not isinstance(err, RunDirectoryLockedError))
             return None
-        if line is None or _in_multirun():  # the directory stays: its log says why
-            if not isinstance(err, (RunDirectoryLockedError, NotARunError)):
-                _log_to_file(line, err)
+        # the directory stays (a bug, a sweep's job): its log says why
+        if ((line is None or _in_multirun())
+                and not isinstance(err, (RunDirectoryLockedError, NotARunError))):
+            _log_to_file(line, err)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
