@@ -551,7 +551,13 @@ def test_on_error_skip_is_honoured_by_every_plot_and_metrics_come_first(make_cfg
     with caplog.at_level(logging.WARNING):
         train(cfg)
     run_dir = Path(cfg.paths.run_dir)
-    assert "test/map@r" in json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "test/map@r" in metrics
+    # the unreadable test image is left out and counted, never replaced by another
+    assert metrics["test/skipped_images"] == 1
+    exported = np.load(run_dir / "embeddings_test.npz")
+    assert str(gone) not in [str(p) for p in exported["paths"]]
+    assert len(exported["labels"]) == len(fx.images["test"]) - 1
     assert (run_dir / "retrieval_grid_test.png").exists()
     assert str(gone) in caplog.text and "could not draw recall_at_k.png" in caplog.text
 
@@ -567,9 +573,12 @@ def test_on_error_skip_is_honoured_by_every_plot_and_metrics_come_first(make_cfg
                              "plots.enabled=true", "plots.projection=pca", "progress=false"],
                             config_name="evaluate"))
     assert seen == [True] and (tmp_path / "eval" / "metrics.json").exists()
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())[
+        "test/skipped_images"] == 1
     monkeypatch.undo()
     report = _retrieve(tmp_path, str(ckpt), "test", "test", "k=3")
-    assert len(report["results"]) == len(fx.images["test"])
+    assert len(report["results"]) == len(fx.images["test"]) - 1
+    assert str(gone) not in [r["query"] for r in report["results"]]
     assert (tmp_path / "out" / "retrieval_grid.png").exists()
 
 
@@ -1022,3 +1031,35 @@ def test_a_run_that_fails_after_its_data_is_built_leaves_the_error_in_its_log(tm
     assert (run_dir / "train.log").read_text().strip().splitlines()[-1].endswith(
         "error: failing on cue at step 1")
     assert not (run_dir / ".see_dml.lock.holder").exists()
+
+
+def test_on_error_skip_leaves_an_unreadable_test_image_out_and_counts_it(tmp_path, capsys):
+    """dataset.on_error=skip in an evaluation split: the unreadable image has no row (it
+    used to be replaced by another image of its class: an exact duplicate, a free Recall@1
+    hit for both, and the unreadable file's path on the other image's embedding); the
+    metrics count it, and the table says so."""
+    from see_dml.inference import embed_split
+    from see_dml.scoring import evaluate_embeddings, format_results
+
+    files = []
+    for i, colour in enumerate([(255, 0, 0), (250, 5, 0), (0, 0, 255), (0, 5, 250)]):
+        files.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (8, 8), colour).save(files[-1])
+    files[1].write_bytes(b"not an image")
+    split = Split(files, np.array([0, 0, 1, 1]), "test")
+    dataset = RetrievalDataset(split, lambda im: torch.from_numpy(np.asarray(im, np.float32)
+                                                                  ).permute(2, 0, 1).flatten(),
+                               "RGB", "skip")
+    module = torch.nn.Sequential(torch.nn.Linear(192, 4), torch.nn.Identity())
+    emb, labels, idx = embed_split(module, dataset, batch_size=4, device="cpu", progress=False)
+    assert idx.tolist() == [0, 2, 3] and labels.tolist() == [0, 1, 1] and len(emb) == 3
+    result = evaluate_embeddings("test", {"test": (emb, labels, idx)}, [1],
+                                 skipped={"test": len(dataset) - len(idx)})
+    assert result.metrics["skipped_images"] == 1
+    table = format_results(result.prefixed_metrics(), {"test": "selected"})
+    assert table.splitlines()[-1] == ("(selected: 1 unreadable image left out and not scored, "
+                                      "dataset.on_error=skip)")
+    # training still trains on the class's next image in its place
+    train_set = RetrievalDataset(split, None, "RGB", "skip", substitute=True)
+    assert train_set[1][2] == 1 and np.array_equal(np.asarray(train_set[1][0]),
+                                                   np.asarray(Image.open(files[0])))

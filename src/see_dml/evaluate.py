@@ -68,9 +68,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                   run.device, dm.num_workers, progress=cfg.get("progress", True),
                                   desc=f"embedding {name}")
                 for name in names}
+    # images dataset.on_error=skip left out: counted, not scored
+    skipped = {name: len(dm.eval_dataset(name)) - len(embedded[name][2]) for name in names}
     result = evaluate_embeddings(split, embedded, dm.source.recall_ks,
                                  knn_backend=cfg.get("knn_backend", "auto"),
-                                 compute_nmi=bool(cfg.get("nmi", False)))
+                                 compute_nmi=bool(cfg.get("nmi", False)), skipped=skipped)
     sizes = {s.name: len(s.indices) for s in result.splits}
     query = result.query
     title = (f"{dm.source.name} {split}: " + (

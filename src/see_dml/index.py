@@ -90,8 +90,9 @@ def _embed_gallery(cfg: DictConfig, saved: SavedIndex | None = None
     gallery = image_set(cfg.gallery, "gallery", run, files)
     dm = run.datamodule()
     model["preprocessing"] = eval_preprocessing(dm)
-    emb = embed_split(run.module, gallery.dataset, dm.eval_batch_size, run.device,
-                      progress=cfg.progress, desc=f"embedding {gallery.source}")[0]
+    emb, _, rows = embed_split(run.module, gallery.dataset, dm.eval_batch_size, run.device,
+                               progress=cfg.progress, desc=f"embedding {gallery.source}")
+    gallery = gallery.keep(rows.tolist())  # without a split's images on_error=skip left out
     return l2_normalised(emb), gallery.index_rows(), model, files.unreadable if files else []
 
 

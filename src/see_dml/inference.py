@@ -202,7 +202,9 @@ def embed_split(module: nn.Module, dataset: Dataset, batch_size: int = 256,
 
     Returns:
         ``(embeddings (N, d) float32 on device, labels (N,) int64, indices (N,) int64)``
-        (labels and indices on the CPU).
+        (labels and indices on the CPU). An image that ``dataset.on_error=skip`` left out
+        has no row: ``N`` is then less than the dataset's size, and ``indices`` say which
+        images the rows are.
 
     Raises:
         RuntimeError: when the loop did not see each of the ``len(dataset)`` images exactly
@@ -211,6 +213,8 @@ def embed_split(module: nn.Module, dataset: Dataset, batch_size: int = 256,
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
+
+    from see_dml.data.base import skipped_rows
 
     dev = resolve_device(device)
     module.eval().to(dev)
@@ -230,10 +234,15 @@ def embed_split(module: nn.Module, dataset: Dataset, batch_size: int = 256,
     emb = torch.cat(embs)
     lab = torch.cat(labels).long()
     idx = torch.cat(indices).long()
-    if len(idx) != n or not torch.equal(torch.sort(idx).values, torch.arange(n)):
+    dropped = skipped_rows(idx)  # dataset.on_error=skip: index -1 - i, left out
+    seen = torch.where(dropped, -1 - idx, idx)
+    if len(idx) != n or not torch.equal(torch.sort(seen).values, torch.arange(n)):
         raise RuntimeError(f"{desc}: embedded {len(idx)} rows for a dataset of {n} images, "
                            "or some index twice; a sampler or a custom dataset is the likely "
                            "cause")
+    if bool(dropped.any()):
+        keep = ~dropped
+        emb, lab, idx = emb[keep.to(emb.device)], lab[keep], idx[keep]
     return emb, lab, idx
 
 

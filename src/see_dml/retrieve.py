@@ -98,9 +98,16 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     sets: list[tuple[str, ImageSet]] = [("query", query)]
     if not isinstance(gallery, IndexedGallery):  # a saved index's gallery is embedded already
         sets.append(("gallery", gallery))
-    embedded = [embed_split(run.module, s.dataset, batch_size, run.device,
-                            progress=cfg.progress, desc=f"embedding {name}")[0]
-                for name, s in sets]
+    embedded = []
+    for name, s in sets:
+        emb, _, rows = embed_split(run.module, s.dataset, batch_size, run.device,
+                                   progress=cfg.progress, desc=f"embedding {name}")
+        embedded.append(emb)
+        # a split's images that dataset.on_error=skip left out have no row
+        if name == "query":
+            query = s.keep(rows.tolist())
+        else:
+            gallery = s.keep(rows.tolist())
     k_used = min(k, len(gallery.ids))
     if k_used < k:
         log.warning("k=%d but the gallery holds %d images: showing %d", k, k_used, k_used)
