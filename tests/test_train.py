@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from see_dml.config import validate_config
+from see_dml.config import hydra_quote, validate_config
 from see_dml.errors import ConfigError
 from see_dml.train import train
 
@@ -433,8 +433,37 @@ def test_resume_command_keeps_every_override_hydra_ones_too(tmp_path):
         words = shlex.split(resume_command(cfg))
     finally:
         HydraConfig.instance().cfg = None
-    assert words[1:3] == ["-m", "see_dml.train"]
+    assert words[:3] == [sys.executable, "-m", "see_dml.train"]  # works un-activated
     assert set(words[3:]) == {"hydra.searchpath=[file:///my/losses]", "hydra.job.chdir=false",
                               "seed=3", "loss.loss.margin=0.2",
                               f"paths.run_dir={tmp_path / 'run'}",
                               f"resume={(tmp_path / 'run').resolve()}"}
+
+
+def test_resume_command_of_a_non_ascii_path_works_as_printed(tmp_path):
+    """A run directory with a non-ASCII letter, a space and a quote: the printed command,
+    run by a shell, reaches the run (Hydra parses it: no LexerNoViableAltException), and
+    composing its overrides gives back the path."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from see_dml.config import compose
+    from see_dml.train import resume_command
+
+    run_dir = tmp_path / "résumé d'été" / "run"
+    cfg = compose([f"hydra.run.dir={hydra_quote(str(run_dir))}", "seed=3",
+                   f"paths.run_dir={hydra_quote(str(run_dir))}", "hydra.mode=RUN"], hydra=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        command = resume_command(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    words = shlex.split(command)
+    assert compose(words[3:]).resume == str(run_dir.resolve())
+    # as printed, by a shell: the run directory is read (here: not a run yet, one error line)
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: resume='{run_dir.resolve()}' is not a run directory")
+    assert not run_dir.exists()

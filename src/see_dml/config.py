@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -444,3 +445,22 @@ def _efficientnet_lite0_weights() -> str:
 
 if not OmegaConf.has_resolver("efficientnet_lite0_weights"):
     OmegaConf.register_new_resolver("efficientnet_lite0_weights", _efficientnet_lite0_weights)
+
+
+#: A value Hydra's override grammar reads as it is, unquoted (ASCII letters, digits and the
+#: path characters): anything else (a space, a non-ASCII letter, ``=``, ``,``, brackets) is
+#: quoted by :func:`hydra_quote`.
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.\-+:@~%]+")
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` written so that Hydra's override grammar reads it back as it is, for a
+    ``key=<this>`` override: unchanged when plain, else single-quoted, with a quote and the
+    backslashes before it escaped, trailing backslashes doubled and ``${`` escaped (an
+    interpolation otherwise). Hydra has no such helper; without it a path with a non-ASCII
+    letter fails with ``LexerNoViableAltException``."""
+    if _HYDRA_PLAIN.fullmatch(value):
+        return value
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return "'" + body.replace("${", "\\${") + "'"

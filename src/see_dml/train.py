@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.build import build_callbacks, build_datamodule, build_loggers
-from see_dml.config import ADDED_KEYS, CONFIG_DIR, flatten, validate_config
+from see_dml.config import ADDED_KEYS, CONFIG_DIR, flatten, hydra_quote, validate_config
 from see_dml.errors import (
     USER_ERROR_STATUS,
     ConfigError,
@@ -239,8 +239,11 @@ _PLACEMENT = ("hydra.mode=", "hydra.run.dir=", "hydra.sweep.dir=", "hydra.sweep.
 
 def resume_command(cfg: DictConfig) -> str:
     """The command that resumes (or extends, with a larger ``trainer.max_epochs``) this run
-    in its own directory: every command-line override of the run, ``hydra.*`` ones too (a
-    loss found through ``hydra.searchpath`` resumes only with it), plus ``resume=<run dir>``."""
+    in its own directory: this interpreter (``sys.executable``), every command-line override
+    of the run as it was given, ``hydra.*`` ones too (a loss found through
+    ``hydra.searchpath`` resumes only with it), plus ``resume=<run dir>``; quoted for the
+    shell, and the run directory for Hydra (:func:`see_dml.config.hydra_quote`), so that it
+    works as printed."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -250,8 +253,11 @@ def resume_command(cfg: DictConfig) -> str:
     except ValueError:  # called outside a Hydra app (tests, notebooks)
         overrides = []
     run_dir = str(Path(cfg.paths.run_dir).resolve())
-    return shlex.join([sys.executable.rsplit("/", 1)[-1], "-m", "see_dml.train", *overrides,
-                       f"resume={run_dir}"])
+    # the running interpreter by its full path: the command works from a shell where the
+    # virtual environment is not activated; quoted for the shell, and the run directory
+    # for Hydra too (a non-ASCII letter or a space is no plain Hydra value)
+    return shlex.join([sys.executable or "python", "-m", "see_dml.train", *overrides,
+                       f"resume={hydra_quote(run_dir)}"])
 
 
 def _fit(trainer: L.Trainer, model: DMLModule, dm: RetrievalDataModule, ckpt: str | None,
