@@ -38,6 +38,8 @@ from see_dml.train import train
     (["data.sampler=shuffled"], "data.sampler"),
     (["trainer.max_epochs=-2"], "trainer.max_epochs"),
     (["matmul_precision=ultra"], "matmul_precision"),
+    (["threads=0"], "threads"),
+    (["threads=all"], "threads"),
     (["knn_backend=annoy"], "knn_backend"),
     (["optimizer.lr=-0.001"], "optimizer.lr"),
     (["optimizer.lr=fast"], "optimizer.lr"),

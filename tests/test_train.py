@@ -467,3 +467,33 @@ def test_resume_command_of_a_non_ascii_path_works_as_printed(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f"error: resume='{run_dir.resolve()}' is not a run directory")
     assert not run_dir.exists()
+
+
+@pytest.mark.slow  # two trainings as subprocesses: ~1 min
+def test_make_train_gives_the_same_numbers_with_1_and_2_threads(tmp_path):
+    """make train's configuration (small CNN, Proxy-Anchor, SEE on Double-MNIST), shrunk in
+    length only, in two processes whose torch would take 1 and 2 CPU threads: the threads
+    key pins them, so the weights and every metric agree bit for bit (without it, float
+    sums split over 1 and 2 threads trained other weights), and provenance records it."""
+    def run(n: int) -> tuple[dict, dict]:
+        run_dir = tmp_path / f"threads{n}"
+        env = {**os.environ, "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "see_dml.train", "loss=proxy_anchor", "see.enabled=true",
+             "trainer.max_epochs=2", "+trainer.limit_train_batches=8",
+             "dataset.images_per_class=20", "callbacks.embedding_export=null",
+             "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+             f"paths.cache_dir={tmp_path / 'cache'}"],
+            capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                           weights_only=True)["state_dict"]
+        return metrics, state
+
+    (m1, w1), (m2, w2) = run(1), run(2)
+    assert m1["provenance/threads"] == m2["provenance/threads"] == 1
+    scores = [k for k in m1 if k.startswith(("test/", "test_final/", "best/"))]
+    assert scores and {k: m1[k] for k in scores} == {k: m2[k] for k in scores}
+    for key in w1:
+        assert torch.equal(w1[key], w2[key]), key

@@ -214,6 +214,11 @@ def validate_config(cfg: DictConfig) -> None:
     if not by_steps and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0):
         raise ConfigError(f"trainer.max_epochs must be a non-negative integer (or -1 with "
                           f"trainer.max_steps > 0: training by steps), got {epochs!r}")
+    threads = cfg.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or threads <= 0):
+        raise ConfigError(f"threads must be a positive integer (torch's CPU threads) or null "
+                          f"(torch's default, which depends on the machine); got {threads!r}")
     if cfg.get("matmul_precision") not in (None, "highest", "high", "medium"):
         raise ConfigError(f"matmul_precision must be highest, high, medium or null; "
                           f"got '{cfg.matmul_precision}'")

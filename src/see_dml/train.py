@@ -14,7 +14,8 @@ import logging
 import os
 import shlex
 import sys
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,7 +182,8 @@ def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
 RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "hydra.",
                      "trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar",
                      "data.num_workers", "data.eval_batch_size", "tags", "test_final", "nmi",
-                     "knn_backend", "model.compile", "test_every_epoch", "test_epochs")
+                     "knn_backend", "model.compile", "test_every_epoch", "test_epochs",
+                     "threads")
 
 #: The last part of a key that says where something lives, not what the run is: a run
 #: directory that was moved or copied (another ``trainer.default_root_dir``), a dataset or
@@ -329,8 +331,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     check_resume_dir(cfg)
     check_accelerator(cfg)
-    with _run_dir_lock(Path(cfg.paths.run_dir)):
+    with _run_dir_lock(Path(cfg.paths.run_dir)), _torch_threads(cfg.get("threads")):
         return _train_locked(cfg)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``threads`` (the ``threads`` key; None: left as
+    they are) for the block, and set back after it. The thread count decides how CPU
+    kernels split their float sums (convolutions, BatchNorm statistics, reductions), and
+    so the last bits of every result: a fixed count gives the same weights on a machine with
+    2 cores or 64, loaded or idle (torch's OpenMP pool splits work by thread, statically)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def check_resume_dir(cfg: DictConfig) -> None:

@@ -104,7 +104,10 @@ PATH_KEYS = ("paths", "ckpt_path", "resume")
 #: differ only in these, or that predate one of them, are seeds of one cell
 REPORT_KEYS = ("test_every_epoch", "test_epochs", "test_final", "nmi", "knn_backend",
                "logger", "tags", "trainer.enable_progress_bar", "callbacks.embedding_export",
-               "callbacks.lr_monitor", "data.eval_batch_size")
+               "callbacks.lr_monitor", "data.eval_batch_size",
+               # torch's CPU threads change the last bits of the weights, not the experiment
+               # (provenance/threads records them); runs from before the key pool with it
+               "threads")
 SYNTHESIS_KEYS = ("see", "synthesis")
 #: the ``provenance/*`` keys of metrics.json (see_dml.provenance, not imported: it loads torch)
 #: that the seeds of one cell must agree in: the code version (``--pool-commits`` lets it
