@@ -116,6 +116,9 @@ CODE_KEYS = ("provenance/commit", "provenance/dirty")
 SETUP_KEYS = ("provenance/torch", "provenance/lightning", "provenance/timm",
               "provenance/pytorch_metric_learning", "provenance/device",
               "provenance/device_count")
+#: ``provenance/*`` keys recorded but not compared: the CPU threads and vector instructions
+#: change the last bits of a run's numbers, not its experiment (seeds may differ in them)
+RECORDED_KEYS = ("provenance/threads", "provenance/cpu_capability")
 #: a provenance value that tells nothing (see_dml.provenance.UNKNOWN): it agrees with any
 UNKNOWN = "unknown"
 
