@@ -1065,3 +1065,37 @@ def test_on_error_skip_leaves_an_unreadable_test_image_out_and_counts_it(tmp_pat
     train_set = RetrievalDataset(split, None, "RGB", "skip", substitute=True)
     assert train_set[1][2] == 1 and np.array_equal(np.asarray(train_set[1][0]),
                                                    np.asarray(Image.open(files[0])))
+
+
+def test_full_disk_during_a_checkpoint_write_names_the_directory_and_the_space(tmp_path,
+                                                                               monkeypatch):
+    """torch's writer raises 'RuntimeError: ... unexpected pos' around the ENOSPC of a full
+    disk (a 60-line traceback from inside the fit): one line naming the directory, what was
+    written and what is free; the partial file is gone and the previous checkpoint kept."""
+    import errno
+
+    from see_dml import checkpoint_io
+    from see_dml.errors import user_error_line
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint_io.atomic_torch_save({"epoch": 0}, target)
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"x" * 4096)
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "704 vs 598") from None
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    with pytest.raises(OSError) as err:
+        checkpoint_io.AtomicCheckpointIO().save_checkpoint({"epoch": 1}, target)
+    line = user_error_line(err.value)
+    assert line is not None and "\n" not in line
+    assert line.startswith(f"No space left on device while writing a checkpoint into "
+                           f"'{target.parent}' (4.0 KB written when it failed, ")
+    assert " free there) " in line and "paths.output_dir" in line
+    monkeypatch.undo()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+    assert torch.load(target, weights_only=True) == {"epoch": 0}
