@@ -1099,3 +1099,30 @@ def test_full_disk_during_a_checkpoint_write_names_the_directory_and_the_space(t
     monkeypatch.undo()
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
     assert torch.load(target, weights_only=True) == {"epoch": 0}
+
+
+def test_cli_cache_dir_that_cannot_be_written_names_its_key(tmp_path):
+    """A dataset cache that cannot be written is blamed on paths.cache_dir /
+    SEE_DML_CACHE_DIR (it was blamed on paths.output_dir), before the data is built; no run
+    directory is left."""
+    out = tmp_path / "out"
+    last = _cli_error_line("see_dml.train", "paths.cache_dir=/sys/see_dml_cache",
+                           f"paths.output_dir={out}")
+    assert last.startswith("error: Operation not permitted '/sys/see_dml_cache': the dataset "
+                           "cache '/sys/see_dml_cache' is dataset.root, by default "
+                           "paths.cache_dir (or the environment's SEE_DML_CACHE_DIR)")
+    assert "paths.output_dir" not in last
+    assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_cli_config_dir_variable_pointing_nowhere_is_named(tmp_path):
+    env = {**os.environ, "SEE_DML_CONFIG_DIR": str(tmp_path / "no_conf")}
+    for module in ("see_dml.train", "see_dml.evaluate"):
+        proc = subprocess.run([sys.executable, "-m", module, f"paths.output_dir={tmp_path}"],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines() == [
+            f"error: SEE_DML_CONFIG_DIR='{tmp_path / 'no_conf'}' is not a folder, so it has "
+            f"no {module.split('.')[-1]}.yaml: point it at a whole config tree of your own (a "
+            "copy of the package's conf/ folder), or unset it to use the package's configs"]
+    assert list(tmp_path.iterdir()) == []

@@ -11,17 +11,19 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.errors import ConfigError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _find_config_dir() -> Path:
@@ -35,6 +37,46 @@ def _find_config_dir() -> Path:
 
 
 CONFIG_DIR: Path = _find_config_dir()
+
+
+def check_config_dir(config_name: str) -> None:
+    """Exit with one ``error:`` line (status 2) naming ``SEE_DML_CONFIG_DIR`` when it is set
+    but holds no ``<config_name>.yaml`` (a typo, a folder not there): Hydra's own answer,
+    "Primary config directory not found", names neither the variable nor what to do."""
+    env = os.environ.get("SEE_DML_CONFIG_DIR")
+    if not env or (CONFIG_DIR / f"{config_name}.yaml").is_file():
+        return
+    from see_dml.errors import USER_ERROR_STATUS
+
+    what = "holds no" if CONFIG_DIR.is_dir() else "is not a folder, so it has no"
+    print(f"error: SEE_DML_CONFIG_DIR='{env}' {what} {config_name}.yaml: point it at a whole "
+          "config tree of your own (a copy of the package's conf/ folder), or unset it to "
+          "use the package's configs", file=sys.stderr)
+    sys.exit(USER_ERROR_STATUS)
+
+
+def hydra_main(config_name: str
+               ) -> Callable[[Callable[[DictConfig], T]], Callable[..., T]]:
+    """``hydra.main`` of an entry point on :data:`CONFIG_DIR`'s ``<config_name>.yaml``,
+    after :func:`check_config_dir` (a config handed in, as to ``hydra.main``'s function,
+    runs as it is)."""
+    import functools
+
+    import hydra
+
+    def decorate(task: Callable[[DictConfig], T]) -> Callable[..., T]:
+        run = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name,
+                         version_base="1.3")(task)
+
+        @functools.wraps(task)
+        def entry(cfg_passthrough: DictConfig | None = None) -> T:
+            if cfg_passthrough is None:
+                check_config_dir(config_name)
+            return cast(T, run(cfg_passthrough))
+
+        return entry
+
+    return decorate
 
 #: One id per process, in its run and Hydra folder names (``${run_uid:}``): run directories
 #: of two jobs started in the same second never collide.

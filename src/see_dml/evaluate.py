@@ -32,11 +32,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import CONFIG_DIR, check_knn_backend, warn_ignored_keys
+from see_dml.config import check_knn_backend, hydra_main, warn_ignored_keys
 from see_dml.embedding_files import EXPORT_FORMATS
 from see_dml.errors import ConfigError
 from see_dml.inference import EVAL_SPLITS, embed_split, eval_split_names
@@ -92,7 +91,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
+@hydra_main("evaluate")
 def main(cfg: DictConfig) -> float | None:
     from see_dml.cli import run_cli
 

@@ -16,11 +16,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import CONFIG_DIR, warn_ignored_keys
+from see_dml.config import hydra_main, warn_ignored_keys
 from see_dml.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
     return sidecar
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="export", version_base="1.3")
+@hydra_main("export")
 def main(cfg: DictConfig) -> None:
     from see_dml.cli import run_cli
 

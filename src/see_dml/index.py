@@ -34,11 +34,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import CONFIG_DIR, warn_ignored_keys
+from see_dml.config import hydra_main, warn_ignored_keys
 from see_dml.errors import ConfigError, IndexFileError
 from see_dml.gallery_index import (
     KINDS,
@@ -211,7 +210,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return build_index(cfg) if action == "build" else add_to_index(cfg)
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="index", version_base="1.3")
+@hydra_main("index")
 def main(cfg: DictConfig) -> None:
     from see_dml.cli import run_cli
 

@@ -31,11 +31,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import CONFIG_DIR, check_knn_backend, warn_ignored_keys
+from see_dml.config import check_knn_backend, hydra_main, warn_ignored_keys
 from see_dml.errors import ConfigError
 from see_dml.image_sets import DATASET_SPLITS, ImageSet, image_files, image_set, skipped_line
 
@@ -184,7 +183,7 @@ def _draw_grid(cfg: DictConfig, query: ImageSet, gallery: Any, indices: Any, sco
                     type(err).__name__, err)
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="retrieve", version_base="1.3")
+@hydra_main("retrieve")
 def main(cfg: DictConfig) -> None:
     from see_dml.cli import run_cli
 

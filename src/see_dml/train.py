@@ -19,12 +19,11 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.build import build_callbacks, build_datamodule, build_loggers
-from see_dml.config import ADDED_KEYS, CONFIG_DIR, flatten, hydra_quote, validate_config
+from see_dml.config import ADDED_KEYS, flatten, hydra_main, hydra_quote, validate_config
 from see_dml.errors import (
     USER_ERROR_STATUS,
     ConfigError,
@@ -561,7 +560,7 @@ def _release_run_dirs(cfg: DictConfig) -> None:
         pass
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+@hydra_main("train")
 def main(cfg: DictConfig) -> float | None:
     from see_dml.cli import quiet_third_party
 

@@ -43,7 +43,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from see_dml.cli import exit_with_error
-from see_dml.config import CONFIG_DIR
+from see_dml.config import hydra_main
 from see_dml.data.base import DatasetSource
 from see_dml.data.validation import check_source, format_report
 from see_dml.errors import USER_ERROR_STATUS
@@ -491,7 +491,7 @@ def _quote(value: str) -> str:
     return value
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="download", version_base="1.3")
+@hydra_main("download")
 def _main(cfg: DictConfig) -> None:
     from hydra.errors import InstantiationException
 
