@@ -771,13 +771,17 @@ def test_full_disk_is_one_line_naming_the_file(capsys):
         run_cli(bug, None)
 
 
-@pytest.mark.slow
-def test_cli_export_to_a_place_that_may_not_be_written_exits_2(tmp_path, ckpt):
+def test_cli_export_to_a_place_that_may_not_be_written_exits_2_before_exporting(tmp_path):
+    """Refused before the checkpoint is even read (it came after the whole export): the
+    stand-in checkpoint here is no checkpoint at all, and is never opened."""
     target = "/sys/see_dml_test/model.onnx"  # EPERM even for root
-    last = _cli_error_line("see_dml.export", f"ckpt_path={ckpt}", f"output={target}",
-                           f"paths.output_dir={tmp_path}", timeout=300)
-    assert last.startswith("error: ") and "/sys/see_dml_test" in last and "output=" in last
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    dummy = tmp_path / "model.ckpt"
+    dummy.touch()
+    last = _cli_error_line("see_dml.export", f"ckpt_path={dummy}", f"output={target}",
+                           f"paths.output_dir={tmp_path / 'out'}", timeout=300)
+    assert last == ("error: Operation not permitted '/sys/see_dml_test': give output=<a file "
+                    "where you may write> (by default the export goes beside the checkpoint)")
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
 
 
 @pytest.mark.parametrize(("module", "args", "kind"), [
@@ -869,6 +873,8 @@ def test_proxy_synthesis_with_a_loss_without_proxies_is_a_config_error(make_cfg)
     with pytest.raises(ConfigError, match="synthesis=proxy_synthesis mixes proxies, but "
                                           "loss=multi_similarity has none"):
         train(cfg)
+    # before the data is built (it came after, ~100 s on a real dataset): no run directory
+    assert not Path(cfg.paths.run_dir).exists()
 
 
 @pytest.mark.parametrize("variable", ["LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"])

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from see_dml.checkpoints import check_ckpt_path
 from see_dml.config import hydra_main, warn_ignored_keys
 from see_dml.errors import ConfigError
+from see_dml.rundir import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,10 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
     if cfg.format != "onnx":
         raise ConfigError(f"format must be onnx, got '{cfg.format}' (embeddings: "
                           "python -m see_dml.evaluate export.enabled=true)")
-    check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
+    ckpt = check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
+    out = Path(cfg.output).expanduser() if cfg.get("output") else ckpt.with_suffix(".onnx")
+    check_writable(out.parent, "output=<a file where you may write> (by default the export "
+                               "goes beside the checkpoint)")  # before seconds of exporting
     import torch
 
     from see_dml.inference import eval_preprocessing, open_checkpoint
@@ -44,7 +48,6 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("input_size=[H,W] is required: this checkpoint's eval transform "
                           f"keeps each image's size (got input_size={size})")
     prep["input_size"] = [int(size[0]), int(size[1])]
-    out = Path(cfg.output) if cfg.get("output") else run.path.with_suffix(".onnx")
     export_onnx(run.module, out, (prep["channels"], *prep["input_size"]), opset=int(cfg.opset))
     sidecar = {"format": "onnx", "ckpt_path": str(run.path.resolve()), **run.identity,
                "opset": int(cfg.opset),

@@ -180,3 +180,33 @@ def remove_if_empty(run_dir: str | Path, up_to: str | Path | None = None) -> boo
                 break
             parent = parent.parent
     return True
+
+
+def check_writable(folder: str | Path, key_hint: str) -> None:
+    """An :class:`OSError` (one line through :func:`see_dml.errors.io_error_line`, saying to
+    give ``key_hint``) when files cannot be written into ``folder``: checked before the work
+    whose result would go there. Folders made for the check are removed again (the writer
+    makes them)."""
+    import tempfile
+
+    from see_dml.errors import with_hint
+
+    folder = Path(folder)
+    made = []
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        made.append(parent)
+        parent = parent.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise with_hint(err, f"give {key_hint}") from None
+    finally:
+        for path in made:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:
+                break

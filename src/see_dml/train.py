@@ -325,11 +325,32 @@ def check_accelerator(cfg: DictConfig) -> None:
                           "trainer.precision=32-true or bf16-mixed")
 
 
+def check_synthesis_fits_loss(cfg: DictConfig) -> None:
+    """:class:`ConfigError` for ``synthesis=proxy_synthesis`` with a loss that has no
+    proxies, before the data is built (the callback's own check comes at the fit, after
+    it). The loss is built for 2 classes to see whether it has class weights, with the
+    random state set back (its proxies' initialisation draws from it)."""
+    target = str(OmegaConf.select(cfg, "synthesis._target_", default="") or "")
+    if not target.endswith(".ProxySynthesisCallback"):
+        return
+    import torch
+
+    from see_dml.losses import build_metric_loss
+
+    with torch.random.fork_rng(devices=[]):
+        kind = build_metric_loss(cfg.loss, 2, int(cfg.model.embed_dim)).kind
+    if kind != "proxy":
+        raise ConfigError(f"synthesis=proxy_synthesis mixes proxies, but loss="
+                          f"{OmegaConf.select(cfg, 'loss.name', default='?')} has none; use "
+                          "loss=proxy_anchor, norm_softmax or arcface")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the flat metrics written to ``metrics.json``."""
     validate_config(cfg)
     check_resume_dir(cfg)
     check_accelerator(cfg)
+    check_synthesis_fits_loss(cfg)
     with _run_dir_lock(Path(cfg.paths.run_dir)), _torch_threads(cfg.get("threads")):
         return _train_locked(cfg)
 
