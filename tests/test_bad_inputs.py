@@ -690,7 +690,7 @@ def test_wandb_online_without_a_key_is_one_error_saying_what_to_do(make_cfg, tmp
     cfg = make_cfg("logger=wandb")
     assert cfg.logger.wandb.offline is False
     with pytest.raises(ConfigError, match=r"W&B online \(WANDB_MODE=online, logger=wandb\) did "
-                                          r"not start after \d+ s: .*API key.*wandb login.*"
+                                          r"not start after \d+ s.*: .*API key.*wandb login.*"
                                           r"WANDB_MODE=offline"):
         train(cfg)
     assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()
@@ -719,6 +719,33 @@ def test_wandb_online_that_cannot_reach_its_server_leaves_no_wandb_folder(make_c
     assert not (run_dir / "wandb").exists()
     remove_if_empty(run_dir)
     assert not run_dir.exists()
+
+
+def test_wandb_online_asked_by_the_config_is_bounded_by_its_key_and_named(make_cfg, tmp_path,
+                                                                           monkeypatch):
+    """The config asked for online (logger.wandb.offline=false), not WANDB_MODE: the message
+    says so, and logger.wandb.settings.init_timeout bounds the wait (wandb's own default
+    waited 108 s). No network: the server is a closed port on this machine."""
+    import wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
+    cfg = make_cfg("logger=wandb", "logger.wandb.offline=false",
+                   "logger.wandb.settings.init_timeout=2", "callbacks.embedding_export=null")
+    try:
+        with pytest.raises(ConfigError) as err:
+            train(cfg)
+    finally:
+        wandb.teardown()
+    line = str(err.value)
+    assert line.startswith("W&B online (logger.wandb.offline=false, logger=wandb) did not "
+                           "start after ")
+    assert "(logger.wandb.settings.init_timeout=2 s)" in line and "WANDB_MODE=online" not in line
+    assert int(line.split("did not start after ")[1].split(" s")[0]) < 60
+    assert not (Path(cfg.paths.run_dir) / "wandb").exists()
 
 
 def test_a_failed_wandb_start_keeps_the_earlier_runs_of_a_resumed_run(tmp_path, monkeypatch):

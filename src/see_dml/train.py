@@ -73,11 +73,22 @@ def start_online_loggers(loggers: list[Any]) -> None:
             if folder is not None:
                 _undo_failed_start(folder, before)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            settings = getattr(logger, "_wandb_init", {}).get("settings")
+            timeout = getattr(settings, "init_timeout", None)
+            bound = (f" (logger.wandb.settings.init_timeout={timeout:g} s)"
+                     if isinstance(timeout, (int, float)) else "")
             raise ConfigError(
-                f"W&B online (WANDB_MODE={os.environ.get('WANDB_MODE', 'online')}, "
-                f"logger=wandb) did not start after {waited:.0f} s: {first}. Log in with "
-                "`wandb login` (or set WANDB_API_KEY) and check the network, or run offline "
-                "with WANDB_MODE=offline and upload later with `wandb sync`") from err
+                f"W&B online ({_online_asked_by()}, logger=wandb) did not start after "
+                f"{waited:.0f} s{bound}: {first}. Log in with `wandb login` (or set "
+                "WANDB_API_KEY) and check the network (WANDB_BASE_URL), or run offline with "
+                "WANDB_MODE=offline and upload later with `wandb sync`") from err
+
+
+def _online_asked_by() -> str:
+    """What asked for W&B online: the environment (``WANDB_MODE=online``), else the config
+    (``logger.wandb.offline=false``; W&B's default mode is online)."""
+    mode = os.environ.get("WANDB_MODE")
+    return f"WANDB_MODE={mode}" if mode else "logger.wandb.offline=false"
 
 
 def _folder_entries(folder: Path | None) -> dict[str, str | None] | None:
