@@ -1159,3 +1159,17 @@ def test_cli_config_dir_variable_pointing_nowhere_is_named(tmp_path):
             f"no {module.split('.')[-1]}.yaml: point it at a whole config tree of your own (a "
             "copy of the package's conf/ folder), or unset it to use the package's configs"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_unreachable_server_is_one_short_line(tmp_path):
+    """A closed port on this machine (no network needed): one short error line, status 2."""
+    root = tmp_path / "data" / "cub"
+    run = subprocess.run([sys.executable, "-m", "see_dml.data.download", "dataset=cub",
+                          f"dataset.root={root}", "base_url=http://127.0.0.1:9", "retries=1",
+                          "progress=false"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: CUB_200_2011.tgz: could not be fetched (http://127.0.0.1:9/CUB_200_2011.tgz: "
+        "cannot connect (Connection refused) (2 tries))")
+    assert not (tmp_path / "data").exists()
