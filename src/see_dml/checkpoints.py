@@ -104,30 +104,66 @@ def safe_loading() -> Any:
 
 
 def _refused_global(message: str) -> str | None:
-    """What torch's weights-only refusal names (``Unsupported global: GLOBAL x.y``, ``unsupported
-    GLOBAL x.y whose module x is blocked``, a refused ``REDUCE`` / ``BUILD``), or None for
-    another unpickling error (a damaged file)."""
+    """The global torch's weights-only loader refused (``Unsupported global: GLOBAL x.y``,
+    ``unsupported GLOBAL x.y whose module x is blocked``): an object whose unpickling would
+    run code; None for another unpickling error (a damaged file)."""
     import re
 
     for pattern in (r"Unsupported global: GLOBAL ([\w.]+)", r"unsupported GLOBAL ([\w.]+)"):
         found = re.search(pattern, message)
         if found:
             return found.group(1)
-    found = re.search(r"WeightsUnpickler error: (.+)", message)
-    if found:
-        return found.group(1).strip().rstrip(".")
-    return "an object" if "Weights only load failed" in message else None
+    return None
 
 
 def _first_line(err: BaseException) -> str:
+    """The line that says what is wrong: for torch's weights-only failure the unpickler's
+    own reason (``Unsupported operand 110``), not its paragraph about the default."""
     text = str(err).strip()
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip()
+        if reason:
+            return reason.splitlines()[0].strip()
     return text.splitlines()[0] if text else type(err).__name__
 
 
+#: The metadata keys of a ``.safetensors`` export (``python -m see_dml.export
+#: format=safetensors``): the run's config as JSON text, and the class count.
+SAFETENSORS_CONFIG = "see_dml_config"
+SAFETENSORS_CLASSES = "see_dml_num_classes"
+
+
+def _read_safetensors(file: Path, path: str | Path) -> dict[str, Any]:
+    """A ``.safetensors`` export as the dict :func:`read_checkpoint` returns (weights,
+    config, class count); no pickle is involved."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            state_dict = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except Exception as err:  # safetensors raises its own and OS errors alike
+        raise CheckpointError(f"ckpt_path='{path}' is not a readable safetensors file: "
+                              f"{_first_line(err)}") from None
+    if SAFETENSORS_CONFIG not in meta:
+        raise CheckpointError(f"ckpt_path='{path}' has no '{SAFETENSORS_CONFIG}' in its "
+                              "metadata: it was not written by python -m see_dml.export "
+                              "format=safetensors, so the model cannot be rebuilt")
+    ckpt: dict[str, Any] = {"state_dict": state_dict,
+                            "see_dml_config": json.loads(meta[SAFETENSORS_CONFIG])}
+    if SAFETENSORS_CLASSES in meta:
+        ckpt["see_dml_num_classes"] = int(meta[SAFETENSORS_CLASSES])
+    return ckpt
+
+
 def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
-    """Load a ``see_dml.train`` checkpoint on CPU, safely (:func:`load_checkpoint_file`);
-    :class:`CheckpointError` names ``ckpt_path``."""
+    """Load a ``see_dml.train`` checkpoint on CPU, safely (:func:`load_checkpoint_file`), or
+    a ``.safetensors`` export of one; :class:`CheckpointError` names ``ckpt_path``."""
     file = check_ckpt_path(path)
+    if file.suffix == ".safetensors":
+        return _read_safetensors(file, str(path))
     ckpt = load_checkpoint_file(file, key="ckpt_path")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"ckpt_path='{path}' is not a Lightning checkpoint "
