@@ -38,7 +38,13 @@ from see_dml.checkpoints import check_ckpt_path
 from see_dml.config import check_knn_backend, hydra_main, warn_ignored_keys
 from see_dml.embedding_files import EXPORT_FORMATS
 from see_dml.errors import ConfigError
-from see_dml.inference import EVAL_SPLITS, embed_split, eval_split_names
+from see_dml.inference import (
+    EVAL_SPLITS,
+    InferenceRun,
+    embed_split,
+    eval_split_names,
+    torch_threads,
+)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -53,9 +59,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_knn_backend(cfg)
     check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
     from see_dml.inference import open_checkpoint
-    from see_dml.scoring import ReportOptions, evaluate_embeddings, report, write_metrics
 
     run = open_checkpoint(cfg)
+    # the CPU threads the run was trained and tested with: the same embeddings, bit for bit,
+    # as train's test, whatever this machine's default
+    with torch_threads(run.config.get("threads")):
+        return _evaluate(cfg, run, split)
+
+
+def _evaluate(cfg: DictConfig, run: InferenceRun, split: str) -> dict[str, Any]:
+    from see_dml.scoring import ReportOptions, evaluate_embeddings, report, write_metrics
+
     dm = run.datamodule(setup=True)
     names = eval_split_names(dm, split)
     out_dir = Path(cfg.paths.run_dir)

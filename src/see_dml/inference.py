@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sized
+from collections.abc import Iterator, Mapping, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -298,3 +299,24 @@ def eval_preprocessing(dm: RetrievalDataModule) -> dict[str, Any]:
     return {"image_kind": kind, "image_mode": dm.source.image_mode,
             "channels": 1 if dm.source.image_mode == "L" else 3, "input_size": size,
             "mean": list(dm.mean), "std": list(dm.std), "transform": repr(eval_tf)}
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``threads`` (train's ``threads`` key; evaluate
+    uses the checkpoint's; None: left as they are) for the block, and set back after it.
+    The thread count decides how CPU kernels split their float sums (convolutions,
+    BatchNorm statistics, reductions), and so the last bits of every result: a fixed count
+    gives the same weights on a machine with 2 cores or 64, loaded or idle (torch's OpenMP
+    pool splits work by thread, statically)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

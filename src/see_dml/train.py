@@ -14,8 +14,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from see_dml.errors import (
     user_error_line,
 )
 from see_dml.hydra_callbacks import FAILURE_FILE, record_failed_job
+from see_dml.inference import torch_threads
 from see_dml.rundir import is_rank_zero, lock_run_dir, remove_if_empty
 from see_dml.scoring import best_on_test, format_results, write_metrics
 
@@ -362,28 +362,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_resume_dir(cfg)
     check_accelerator(cfg)
     check_synthesis_fits_loss(cfg)
-    with _run_dir_lock(Path(cfg.paths.run_dir)), _torch_threads(cfg.get("threads")):
+    with _run_dir_lock(Path(cfg.paths.run_dir)), torch_threads(cfg.get("threads")):
         return _train_locked(cfg)
-
-
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op CPU threads set to ``threads`` (the ``threads`` key; None: left as
-    they are) for the block, and set back after it. The thread count decides how CPU
-    kernels split their float sums (convolutions, BatchNorm statistics, reductions), and
-    so the last bits of every result: a fixed count gives the same weights on a machine with
-    2 cores or 64, loaded or idle (torch's OpenMP pool splits work by thread, statically)."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_resume_dir(cfg: DictConfig) -> None:
