@@ -38,6 +38,8 @@ from see_dml.train import train
     (["data.sampler=shuffled"], "data.sampler"),
     (["trainer.max_epochs=-2"], "trainer.max_epochs"),
     (["matmul_precision=ultra"], "matmul_precision"),
+    (["threads=0"], "threads"),
+    (["threads=all"], "threads"),
     (["knn_backend=annoy"], "knn_backend"),
     (["optimizer.lr=-0.001"], "optimizer.lr"),
     (["optimizer.lr=fast"], "optimizer.lr"),
@@ -551,7 +553,13 @@ def test_on_error_skip_is_honoured_by_every_plot_and_metrics_come_first(make_cfg
     with caplog.at_level(logging.WARNING):
         train(cfg)
     run_dir = Path(cfg.paths.run_dir)
-    assert "test/map@r" in json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "test/map@r" in metrics
+    # the unreadable test image is left out and counted, never replaced by another
+    assert metrics["test/skipped_images"] == 1
+    exported = np.load(run_dir / "embeddings_test.npz")
+    assert str(gone) not in [str(p) for p in exported["paths"]]
+    assert len(exported["labels"]) == len(fx.images["test"]) - 1
     assert (run_dir / "retrieval_grid_test.png").exists()
     assert str(gone) in caplog.text and "could not draw recall_at_k.png" in caplog.text
 
@@ -567,9 +575,12 @@ def test_on_error_skip_is_honoured_by_every_plot_and_metrics_come_first(make_cfg
                              "plots.enabled=true", "plots.projection=pca", "progress=false"],
                             config_name="evaluate"))
     assert seen == [True] and (tmp_path / "eval" / "metrics.json").exists()
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())[
+        "test/skipped_images"] == 1
     monkeypatch.undo()
     report = _retrieve(tmp_path, str(ckpt), "test", "test", "k=3")
-    assert len(report["results"]) == len(fx.images["test"])
+    assert len(report["results"]) == len(fx.images["test"]) - 1
+    assert str(gone) not in [r["query"] for r in report["results"]]
     assert (tmp_path / "out" / "retrieval_grid.png").exists()
 
 
@@ -679,7 +690,7 @@ def test_wandb_online_without_a_key_is_one_error_saying_what_to_do(make_cfg, tmp
     cfg = make_cfg("logger=wandb")
     assert cfg.logger.wandb.offline is False
     with pytest.raises(ConfigError, match=r"W&B online \(WANDB_MODE=online, logger=wandb\) did "
-                                          r"not start after \d+ s: .*API key.*wandb login.*"
+                                          r"not start after \d+ s.*: .*API key.*wandb login.*"
                                           r"WANDB_MODE=offline"):
         train(cfg)
     assert not (Path(cfg.paths.run_dir) / "checkpoints").exists()
@@ -708,6 +719,33 @@ def test_wandb_online_that_cannot_reach_its_server_leaves_no_wandb_folder(make_c
     assert not (run_dir / "wandb").exists()
     remove_if_empty(run_dir)
     assert not run_dir.exists()
+
+
+def test_wandb_online_asked_by_the_config_is_bounded_by_its_key_and_named(make_cfg, tmp_path,
+                                                                           monkeypatch):
+    """The config asked for online (logger.wandb.offline=false), not WANDB_MODE: the message
+    says so, and logger.wandb.settings.init_timeout bounds the wait (wandb's own default
+    waited 108 s). No network: the server is a closed port on this machine."""
+    import wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
+    cfg = make_cfg("logger=wandb", "logger.wandb.offline=false",
+                   "logger.wandb.settings.init_timeout=2", "callbacks.embedding_export=null")
+    try:
+        with pytest.raises(ConfigError) as err:
+            train(cfg)
+    finally:
+        wandb.teardown()
+    line = str(err.value)
+    assert line.startswith("W&B online (logger.wandb.offline=false, logger=wandb) did not "
+                           "start after ")
+    assert "(logger.wandb.settings.init_timeout=2 s)" in line and "WANDB_MODE=online" not in line
+    assert int(line.split("did not start after ")[1].split(" s")[0]) < 60
+    assert not (Path(cfg.paths.run_dir) / "wandb").exists()
 
 
 def test_a_failed_wandb_start_keeps_the_earlier_runs_of_a_resumed_run(tmp_path, monkeypatch):
@@ -760,13 +798,17 @@ def test_full_disk_is_one_line_naming_the_file(capsys):
         run_cli(bug, None)
 
 
-@pytest.mark.slow
-def test_cli_export_to_a_place_that_may_not_be_written_exits_2(tmp_path, ckpt):
+def test_cli_export_to_a_place_that_may_not_be_written_exits_2_before_exporting(tmp_path):
+    """Refused before the checkpoint is even read (it came after the whole export): the
+    stand-in checkpoint here is no checkpoint at all, and is never opened."""
     target = "/sys/see_dml_test/model.onnx"  # EPERM even for root
-    last = _cli_error_line("see_dml.export", f"ckpt_path={ckpt}", f"output={target}",
-                           f"paths.output_dir={tmp_path}", timeout=300)
-    assert last.startswith("error: ") and "/sys/see_dml_test" in last and "output=" in last
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    dummy = tmp_path / "model.ckpt"
+    dummy.touch()
+    last = _cli_error_line("see_dml.export", f"ckpt_path={dummy}", f"output={target}",
+                           f"paths.output_dir={tmp_path / 'out'}", timeout=300)
+    assert last == ("error: Operation not permitted '/sys/see_dml_test': give output=<a file "
+                    "where you may write> (by default the export goes beside the checkpoint)")
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
 
 
 @pytest.mark.parametrize(("module", "args", "kind"), [
@@ -858,6 +900,8 @@ def test_proxy_synthesis_with_a_loss_without_proxies_is_a_config_error(make_cfg)
     with pytest.raises(ConfigError, match="synthesis=proxy_synthesis mixes proxies, but "
                                           "loss=multi_similarity has none"):
         train(cfg)
+    # before the data is built (it came after, ~100 s on a real dataset): no run directory
+    assert not Path(cfg.paths.run_dir).exists()
 
 
 @pytest.mark.parametrize("variable", ["LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"])
@@ -880,3 +924,252 @@ def test_ddps_other_ranks_do_not_take_the_run_directory_lock(held_run_dir, monke
     with pytest.raises(SystemExit):
         RunDirectoryInUse().on_run_start(OmegaConf.create(
             {"task_name": "train", "hydra": {"run": {"dir": str(run_dir)}}}))
+
+
+# -- a checkpoint someone sent --------------------------------------------------------------
+_EVIL = ("import os, sys, torch\n"
+         "class Evil:\n"
+         "    def __reduce__(self):\n"
+         "        return (os.system, ('touch ' + sys.argv[2],))\n"
+         "state = torch.load(sys.argv[3], map_location='cpu', weights_only=True)\n"
+         "state['see_dml_config'] = Evil()\n"
+         "torch.save(state, sys.argv[1])\n")
+
+
+@pytest.fixture
+def evil_ckpt(tmp_path: Path, ckpt: str) -> tuple[Path, Path]:
+    """``(checkpoint, marker)``: a real checkpoint whose config unpickles by running a shell
+    command that creates ``marker`` (written by a process of its own, as a stranger's file)."""
+    evil, marker = tmp_path / "evil.ckpt", tmp_path / "PWNED"
+    subprocess.run([sys.executable, "-c", _EVIL, str(evil), str(marker), ckpt], check=True,
+                   timeout=120)
+    assert evil.is_file() and not marker.exists()
+    return evil, marker
+
+
+def test_a_checkpoint_with_code_in_it_runs_nothing_in_any_reader(evil_ckpt, make_cfg):
+    from see_dml.checkpoint_io import DamagedCheckpointError, find_resumable
+    from see_dml.checkpoints import UnsafeCheckpointError
+    from see_dml.module import DMLModule, load_module_from_checkpoint
+    from see_dml.train import check_resume_config
+
+    evil, marker = evil_ckpt
+    readers = [read_checkpoint, load_module_from_checkpoint, DMLModule.load_from_checkpoint,
+               lambda p: check_resume_config(make_cfg(), p)]
+    for reader in readers:
+        with pytest.raises(UnsafeCheckpointError) as err:
+            reader(evil)
+        line = str(err.value)
+        assert "\n" not in line and f"'{evil}' holds 'posix.system'" in line, line
+    with pytest.raises(DamagedCheckpointError, match="posix.system"):
+        find_resumable(evil)  # resume's ckpt_path=auto: taken for damaged, not run
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("module", "args"), [
+    ("see_dml.evaluate", []),
+    pytest.param("see_dml.index", ["build", "gallery=test"], marks=pytest.mark.slow),
+    pytest.param("see_dml.retrieve", ["query=test"], marks=pytest.mark.slow),
+    pytest.param("see_dml.export", [], marks=pytest.mark.slow),
+])
+def test_cli_of_a_checkpoint_with_code_in_it_exits_2_running_nothing(tmp_path, evil_ckpt,
+                                                                     module, args):
+    evil, marker = evil_ckpt
+    extra = [f"index.path={tmp_path / 'x.faiss'}"] if module == "see_dml.index" else []
+    last = _cli_error_line(module, *args, f"ckpt_path={evil}", *extra,
+                           f"paths.output_dir={tmp_path / 'out'}")
+    assert last.startswith(f"error: ckpt_path='{evil}' holds 'posix.system'")
+    assert not marker.exists()
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_checkpoints_hold_only_what_the_safe_loader_reads(ckpt):
+    """A checkpoint of this version loads with torch's weights_only=True as it is (no
+    allowed globals): its config is plain containers."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert isinstance(state["see_dml_config"], dict)
+    assert state["see_dml_config"]["model"]["embed_dim"] == 16
+
+
+def test_a_checkpoint_of_an_older_see_dml_with_a_dictconfig_still_loads(ckpt, tmp_path):
+    """Older see_dml stored the config as a DictConfig: its omegaconf types are allowed by
+    name (see_dml.checkpoints.OMEGACONF_GLOBALS), nothing else."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from see_dml.module import load_module_from_checkpoint
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["see_dml_config"] = OmegaConf.create(state["see_dml_config"])
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    with pytest.raises(Exception, match="DictConfig"):  # torch alone refuses it
+        torch.load(old, map_location="cpu", weights_only=True)
+    assert isinstance(read_checkpoint(old)["see_dml_config"], DictConfig)
+    module, cfg = load_module_from_checkpoint(old)
+    assert cfg.model.embed_dim == 16 and not module.training
+
+
+def test_a_run_refused_for_a_held_directory_writes_none_of_hydras_files_there(tmp_path):
+    """Two trainings into one hydra.run.dir: the first is paused just after Hydra wrote its
+    .hydra files (before its task runs); the second is refused, and the first run's
+    config.yaml, hydra.yaml and overrides.yaml are still the first run's (the second used
+    to pass the check before the first held the lock, and wrote its own over them)."""
+    import time
+
+    run_dir, ready, go = tmp_path / "run", tmp_path / "ready", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "see_dml.train", f"hydra.run.dir={run_dir}", "seed=1",
+         "+hydra.callbacks.pause._target_=helpers.hydra_pause.PauseAtJobStart",
+         f"+hydra.callbacks.pause.ready={ready}", f"+hydra.callbacks.pause.go={go}",
+         f"paths.cache_dir={tmp_path / 'cache'}"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 120
+        while not ready.exists() and first.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert ready.exists(), first.stderr.read() if first.poll() is not None else "timeout"
+        hydra_files = {name: (run_dir / name).read_text() for name in (
+            ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log")}
+        assert "seed=1" in hydra_files[".hydra/overrides.yaml"]
+        second = subprocess.run(
+            [sys.executable, "-m", "see_dml.train", f"hydra.run.dir={run_dir}", "seed=2", *FAST,
+             "dataset.images_per_class=20", "callbacks.embedding_export=null",
+             f"paths.cache_dir={tmp_path / 'cache'}"], env=env, capture_output=True, text=True,
+            timeout=300)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "Traceback" not in second.stderr
+        assert second.stderr.strip().splitlines()[-1].startswith(
+            f"error: run directory '{run_dir}' is in use by pid {first.pid} ")
+        for name, text in hydra_files.items():
+            assert (run_dir / name).read_text() == text, name
+        assert sorted(p.name for p in run_dir.iterdir()) == [  # nothing of the second's
+            ".hydra", ".see_dml.lock", ".see_dml.lock.holder", "train.log"]
+    finally:
+        go.touch()
+        first.wait(timeout=60)
+
+
+def test_a_run_that_fails_after_its_data_is_built_leaves_the_error_in_its_log(tmp_path):
+    """A run directory that stays (its csv log was written) holds the error in train.log."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "see_dml.train", f"hydra.run.dir={run_dir}", *FAST,
+         "dataset.images_per_class=20", "+callbacks.fail._target_=helpers.preemption.FailAt",
+         f"paths.cache_dir={tmp_path / 'cache'}"], env=env, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "error: failing on cue at step 1"
+    assert (run_dir / "csv").is_dir()  # the directory stays: its log says why it stopped
+    assert (run_dir / "train.log").read_text().strip().splitlines()[-1].endswith(
+        "error: failing on cue at step 1")
+    assert not (run_dir / ".see_dml.lock.holder").exists()
+
+
+def test_on_error_skip_leaves_an_unreadable_test_image_out_and_counts_it(tmp_path, capsys):
+    """dataset.on_error=skip in an evaluation split: the unreadable image has no row (it
+    used to be replaced by another image of its class: an exact duplicate, a free Recall@1
+    hit for both, and the unreadable file's path on the other image's embedding); the
+    metrics count it, and the table says so."""
+    from see_dml.inference import embed_split
+    from see_dml.scoring import evaluate_embeddings, format_results
+
+    files = []
+    for i, colour in enumerate([(255, 0, 0), (250, 5, 0), (0, 0, 255), (0, 5, 250)]):
+        files.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (8, 8), colour).save(files[-1])
+    files[1].write_bytes(b"not an image")
+    split = Split(files, np.array([0, 0, 1, 1]), "test")
+    dataset = RetrievalDataset(split, lambda im: torch.from_numpy(np.asarray(im, np.float32)
+                                                                  ).permute(2, 0, 1).flatten(),
+                               "RGB", "skip")
+    module = torch.nn.Sequential(torch.nn.Linear(192, 4), torch.nn.Identity())
+    emb, labels, idx = embed_split(module, dataset, batch_size=4, device="cpu", progress=False)
+    assert idx.tolist() == [0, 2, 3] and labels.tolist() == [0, 1, 1] and len(emb) == 3
+    result = evaluate_embeddings("test", {"test": (emb, labels, idx)}, [1],
+                                 skipped={"test": len(dataset) - len(idx)})
+    assert result.metrics["skipped_images"] == 1
+    table = format_results(result.prefixed_metrics(), {"test": "selected"})
+    assert table.splitlines()[-1] == ("(selected: 1 unreadable image left out and not scored, "
+                                      "dataset.on_error=skip)")
+    # training still trains on the class's next image in its place
+    train_set = RetrievalDataset(split, None, "RGB", "skip", substitute=True)
+    assert train_set[1][2] == 1 and np.array_equal(np.asarray(train_set[1][0]),
+                                                   np.asarray(Image.open(files[0])))
+
+
+def test_full_disk_during_a_checkpoint_write_names_the_directory_and_the_space(tmp_path,
+                                                                               monkeypatch):
+    """torch's writer raises 'RuntimeError: ... unexpected pos' around the ENOSPC of a full
+    disk (a 60-line traceback from inside the fit): one line naming the directory, what was
+    written and what is free; the partial file is gone and the previous checkpoint kept."""
+    import errno
+
+    from see_dml import checkpoint_io
+    from see_dml.errors import user_error_line
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint_io.atomic_torch_save({"epoch": 0}, target)
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"x" * 4096)
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "704 vs 598") from None
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    with pytest.raises(OSError) as err:
+        checkpoint_io.AtomicCheckpointIO().save_checkpoint({"epoch": 1}, target)
+    line = user_error_line(err.value)
+    assert line is not None and "\n" not in line
+    assert line.startswith(f"No space left on device while writing a checkpoint into "
+                           f"'{target.parent}' (4.0 KB written when it failed, ")
+    assert " free there) " in line and "paths.output_dir" in line
+    monkeypatch.undo()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+    assert torch.load(target, weights_only=True) == {"epoch": 0}
+
+
+def test_cli_cache_dir_that_cannot_be_written_names_its_key(tmp_path):
+    """A dataset cache that cannot be written is blamed on paths.cache_dir /
+    SEE_DML_CACHE_DIR (it was blamed on paths.output_dir), before the data is built; no run
+    directory is left."""
+    out = tmp_path / "out"
+    last = _cli_error_line("see_dml.train", "paths.cache_dir=/sys/see_dml_cache",
+                           f"paths.output_dir={out}")
+    assert last.startswith("error: Operation not permitted '/sys/see_dml_cache': the dataset "
+                           "cache '/sys/see_dml_cache' is dataset.root, by default "
+                           "paths.cache_dir (or the environment's SEE_DML_CACHE_DIR)")
+    assert "paths.output_dir" not in last
+    assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_cli_config_dir_variable_pointing_nowhere_is_named(tmp_path):
+    env = {**os.environ, "SEE_DML_CONFIG_DIR": str(tmp_path / "no_conf")}
+    for module in ("see_dml.train", "see_dml.evaluate"):
+        proc = subprocess.run([sys.executable, "-m", module, f"paths.output_dir={tmp_path}"],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines() == [
+            f"error: SEE_DML_CONFIG_DIR='{tmp_path / 'no_conf'}' is not a folder, so it has "
+            f"no {module.split('.')[-1]}.yaml: point it at a whole config tree of your own (a "
+            "copy of the package's conf/ folder), or unset it to use the package's configs"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_unreachable_server_is_one_short_line(tmp_path):
+    """A closed port on this machine (no network needed): one short error line, status 2."""
+    root = tmp_path / "data" / "cub"
+    run = subprocess.run([sys.executable, "-m", "see_dml.data.download", "dataset=cub",
+                          f"dataset.root={root}", "base_url=http://127.0.0.1:9", "retries=1",
+                          "progress=false"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: CUB_200_2011.tgz: could not be fetched (http://127.0.0.1:9/CUB_200_2011.tgz: "
+        "cannot connect (Connection refused) (2 tries))")
+    assert not (tmp_path / "data").exists()

@@ -302,3 +302,20 @@ def test_a_diverged_checkpoint_gets_no_metrics_and_ignored_keys_are_named(traine
         evaluate(cfg)
     assert "model.embed_dim" in caplog.text
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_evaluate_runs_with_the_threads_the_checkpoint_was_trained_with(trained, tmp_path):
+    """Whatever this process's torch threads, evaluate embeds with the checkpoint's
+    (``threads``), as train's test did; the threads are set back after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        report = evaluate(_evaluate_cfg(f"ckpt_path={trained['best']}",
+                                        f"paths.run_dir={tmp_path}"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["provenance/threads"] == trained["cfg"].threads == 1
+    for key in ("test/recall@1", "test/map@r", "test/r_precision"):  # (train's: float32)
+        assert report[key] == pytest.approx(trained["metrics"][key], abs=1e-7), key

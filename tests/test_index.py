@@ -143,7 +143,14 @@ def test_an_index_of_another_model_is_refused_naming_which(setup, tmp_path):
         _retrieve(f"ckpt_path={setup['other']}", *common)
     with pytest.raises(IndexFileError, match="holds 16-d embeddings .* makes 8-d"):
         _retrieve(f"ckpt_path={setup['narrow']}", *common)
-    with pytest.raises(IndexFileError, match="another model"):
+    import see_dml.index
+
+    def decode(*args, **kwargs):
+        raise AssertionError("the gallery was decoded before the model was checked")
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(IndexFileError,
+                                                              match="another model"):
+        patch.setattr(see_dml.index, "image_files", decode)  # nothing is decoded or embedded
         _index("add", f"ckpt_path={setup['other']}", f"index.path={path}",
                f"gallery={setup['more']}")
     # another epoch of the same run: the config hash agrees, the weights do not

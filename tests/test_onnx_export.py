@@ -77,6 +77,31 @@ def test_export_cli_writes_graph_and_sidecar(checkpoint, tmp_path, capsys):
     assert sidecar["embed_dim"] == 16 and len(sidecar["config_hash"]) == 16
     assert sidecar["inputs"]["images"] == ["batch", 1, 28, 56]
     assert f"Wrote {out}" in capsys.readouterr().out
-    with pytest.raises(ConfigError, match="format must be onnx"):
+    with pytest.raises(ConfigError, match="format must be onnx or safetensors"):
         export_model(compose_config([f"ckpt_path={checkpoint}", "format=tflite"],
                                     config_name="export"))
+
+
+def test_safetensors_export_is_a_checkpoint_without_pickle_every_tool_reads(checkpoint,
+                                                                            tmp_path):
+    """format=safetensors: the weights and the run's config with no pickle in the file; it
+    rebuilds the same model (same identity: an index built from the .ckpt accepts it)."""
+    from see_dml.checkpoints import read_checkpoint
+    from see_dml.inference import model_identity
+    from see_dml.module import load_module_from_checkpoint
+
+    out = tmp_path / "shared" / "model.safetensors"
+    export_model(compose_config([f"ckpt_path={checkpoint}", "format=safetensors",
+                                 f"output={out}", f"paths.run_dir={tmp_path}"],
+                                config_name="export"))
+    header_size = int.from_bytes(out.read_bytes()[:8], "little")  # safetensors' layout
+    header = json.loads(out.read_bytes()[8:8 + header_size])
+    assert json.loads(header["__metadata__"]["see_dml_config"])["model"]["embed_dim"] == 16
+    assert set(read_checkpoint(out)["state_dict"]) == set(read_checkpoint(checkpoint)[
+        "state_dict"])
+    shared, shared_cfg = load_module_from_checkpoint(out)
+    original, original_cfg = load_module_from_checkpoint(checkpoint)
+    assert model_identity(shared, shared_cfg) == model_identity(original, original_cfg)
+    images = torch.randn(2, 1, 28, 56)
+    with torch.no_grad():
+        assert torch.equal(shared(images), original(images))

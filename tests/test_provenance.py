@@ -16,14 +16,19 @@ from see_dml.train import train
 
 KEYS = {"provenance/commit", "provenance/dirty", "provenance/torch", "provenance/lightning",
         "provenance/timm", "provenance/pytorch_metric_learning", "provenance/device",
-        "provenance/device_count"}
+        "provenance/device_count", "provenance/threads", "provenance/cpu_capability"}
 
 
 def test_train_writes_provenance_into_metrics_json(make_cfg):
-    cfg = make_cfg("trainer.max_epochs=1")
+    import torch
+
+    cfg = make_cfg("trainer.max_epochs=1", "threads=2")
+    before = torch.get_num_threads()
     train(cfg)
+    assert torch.get_num_threads() == before  # the threads key holds for the run alone
     written = json.loads((Path(cfg.paths.run_dir) / "metrics.json").read_text())
     assert set(written) >= KEYS
+    assert written["provenance/threads"] == 2
     assert written["provenance/torch"] == metadata.version("torch")
     assert written["provenance/lightning"] == metadata.version("lightning")
     assert written["provenance/timm"] == metadata.version("timm")
@@ -65,3 +70,16 @@ def test_provenance_without_devices_says_unknown():
     assert set(out) == KEYS
     assert out["provenance/device"] == out["provenance/device_count"] == "unknown"
     assert prov.provenance(("NVIDIA H200", 2))["provenance/device_count"] == 2
+
+
+def test_provenance_records_torchs_cpu_threads_and_instructions():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        out = prov.provenance()
+    finally:
+        torch.set_num_threads(before)
+    assert out["provenance/threads"] == 3
+    assert out["provenance/cpu_capability"] == torch.backends.cpu.get_cpu_capability()

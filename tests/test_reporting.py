@@ -136,7 +136,8 @@ def test_table_keys_are_those_provenance_writes():
     from see_dml.provenance import provenance
     from see_dml.reporting import tables
 
-    assert set(provenance(("cpu", 1))) == {*tables.CODE_KEYS, *tables.SETUP_KEYS}
+    assert set(provenance(("cpu", 1))) == {*tables.CODE_KEYS, *tables.SETUP_KEYS,
+                                           *tables.RECORDED_KEYS}
 
 
 def test_table_does_not_pool_seeds_of_other_libraries_devices_or_commits(tmp_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from see_dml.config import validate_config
+from see_dml.config import hydra_quote, validate_config
 from see_dml.errors import ConfigError
 from see_dml.train import train
 
@@ -197,6 +197,32 @@ def test_resume_with_another_config_fails_before_touching_the_run(make_cfg):
         assert key in message
     assert "trainer.max_epochs" not in message  # training longer is what resuming is for
     assert (run_dir / "config.yaml").read_text() == config_before
+
+
+def test_a_moved_run_directory_resumes_with_its_checkpoint_record(make_cfg, tmp_path):
+    """Paths say where a run lives, not what it is: a run directory moved elsewhere resumes
+    (trainer.default_root_dir, the callbacks' dirpath and paths.* differ), and its
+    checkpoint callback keeps the epochs before the move in its top-k record."""
+    import shutil
+
+    common = ["callbacks.embedding_export=null", "test_final=false",
+              "callbacks.model_checkpoint.save_top_k=2"]
+    first = tmp_path / "first"
+    train(make_cfg(*common, "trainer.max_epochs=1", f"paths.run_dir={first}"))
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.move(first, moved)
+    resumed = train(make_cfg(*common, "trainer.max_epochs=2", f"paths.run_dir={moved}"))
+    assert resumed["epochs"] == 2
+    assert Path(resumed["best_checkpoint"]).is_file()
+    assert Path(resumed["best_checkpoint"]).parent == (moved / "checkpoints").resolve()
+    state = torch.load(moved / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    [record] = [v for k, v in state["callbacks"].items()
+                if k.startswith("ModelCheckpoint") and "best_k_models" in v and v["best_k_models"]]
+    # top 2 of 2 epochs: the record of the epoch before the move was kept (Lightning drops
+    # it when the dirpath changed)
+    assert sorted(Path(p).name for p in record["best_k_models"]) == ["epoch000.ckpt",
+                                                                      "epoch001.ckpt"]
+    assert all(str(moved.resolve()) in p for p in record["best_k_models"])
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
@@ -407,8 +433,67 @@ def test_resume_command_keeps_every_override_hydra_ones_too(tmp_path):
         words = shlex.split(resume_command(cfg))
     finally:
         HydraConfig.instance().cfg = None
-    assert words[1:3] == ["-m", "see_dml.train"]
+    assert words[:3] == [sys.executable, "-m", "see_dml.train"]  # works un-activated
     assert set(words[3:]) == {"hydra.searchpath=[file:///my/losses]", "hydra.job.chdir=false",
                               "seed=3", "loss.loss.margin=0.2",
                               f"paths.run_dir={tmp_path / 'run'}",
                               f"resume={(tmp_path / 'run').resolve()}"}
+
+
+def test_resume_command_of_a_non_ascii_path_works_as_printed(tmp_path):
+    """A run directory with a non-ASCII letter, a space and a quote: the printed command,
+    run by a shell, reaches the run (Hydra parses it: no LexerNoViableAltException), and
+    composing its overrides gives back the path."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from see_dml.config import compose
+    from see_dml.train import resume_command
+
+    run_dir = tmp_path / "résumé d'été" / "run"
+    cfg = compose([f"hydra.run.dir={hydra_quote(str(run_dir))}", "seed=3",
+                   f"paths.run_dir={hydra_quote(str(run_dir))}", "hydra.mode=RUN"], hydra=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        command = resume_command(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    words = shlex.split(command)
+    assert compose(words[3:]).resume == str(run_dir.resolve())
+    # as printed, by a shell: the run directory is read (here: not a run yet, one error line)
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: resume='{run_dir.resolve()}' is not a run directory")
+    assert not run_dir.exists()
+
+
+@pytest.mark.slow  # two trainings as subprocesses: ~1 min
+def test_make_train_gives_the_same_numbers_with_1_and_2_threads(tmp_path):
+    """make train's configuration (small CNN, Proxy-Anchor, SEE on Double-MNIST), shrunk in
+    length only, in two processes whose torch would take 1 and 2 CPU threads: the threads
+    key pins them, so the weights and every metric agree bit for bit (without it, float
+    sums split over 1 and 2 threads trained other weights), and provenance records it."""
+    def run(n: int) -> tuple[dict, dict]:
+        run_dir = tmp_path / f"threads{n}"
+        env = {**os.environ, "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "see_dml.train", "loss=proxy_anchor", "see.enabled=true",
+             "trainer.max_epochs=2", "+trainer.limit_train_batches=8",
+             "dataset.images_per_class=20", "callbacks.embedding_export=null",
+             "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+             f"paths.cache_dir={tmp_path / 'cache'}"],
+            capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                           weights_only=True)["state_dict"]
+        return metrics, state
+
+    (m1, w1), (m2, w2) = run(1), run(2)
+    assert m1["provenance/threads"] == m2["provenance/threads"] == 1
+    scores = [k for k in m1 if k.startswith(("test/", "test_final/", "best/"))]
+    assert scores and {k: m1[k] for k in scores} == {k: m2[k] for k in scores}
+    for key in w1:
+        assert torch.equal(w1[key], w2[key]), key

@@ -70,10 +70,10 @@ def test_objective_is_the_chosen_checkpoints_validation_metric(make_cfg):
 def test_train_main_returns_the_validation_objective(make_cfg):
     """What ``python -m see_dml.train`` hands an optimising sweeper: the chosen checkpoint's
     validation MAP@R (the run's best/val/map@r), not its test MAP@R."""
-    from see_dml.train import hydra_main
+    from see_dml.train import main
 
     cfg = make_cfg("test_final=false", "callbacks.embedding_export=null")
-    value = hydra_main.__wrapped__(cfg)  # the function hydra.main wraps, on the composed config
+    value = main.__wrapped__(cfg)  # the function hydra.main wraps, on the composed config
     metrics = json.loads((Path(cfg.paths.run_dir) / "metrics.json").read_text())
     assert value == pytest.approx(metrics["best/val/map@r"])
     assert value != pytest.approx(metrics["test/map@r"])

@@ -53,5 +53,9 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values()
-            if c is not None and "_target_" in c]
+    nodes = [c for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+    if any(str(c._target_).endswith("WandbLogger") for c in nodes):
+        from see_dml.extras import require
+
+        require("wandb", "wandb", asked_by="logger=wandb")  # one line naming the extra
+    return [instantiate(c) for c in nodes]

@@ -15,14 +15,17 @@ else (named in a warning) the newest intact checkpoint beside it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from see_dml.checkpoints import load_checkpoint_file
 from see_dml.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -54,10 +57,54 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
+        full = _full_disk(err, path.parent)
+        if full is not None:  # a user's (machine's) error, one line naming where and how much
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(full, f"{os.strerror(full)} while writing a checkpoint into "
+                                f"'{path.parent}' ({_size(written)} written when it failed, "
+                                f"{_size(free)} free there)", str(path)) from None
         raise
     _fsync_dir(path.parent)
+
+
+#: The space below which a failed checkpoint write is taken for a full disk when torch's
+#: error does not say why (its ``RuntimeError: ... unexpected pos`` hides the ENOSPC).
+_NEARLY_FULL = 64 * 2**20
+
+
+def _full_disk(err: BaseException, directory: Path) -> int | None:
+    """``errno.ENOSPC`` / ``EDQUOT`` when ``err`` (or what it wraps: torch's writer raises
+    ``RuntimeError: [enforce fail ...] unexpected pos`` around the write's ``OSError``) is a
+    full disk or quota, or a torch write error with (nearly) no space left in ``directory``;
+    else None."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen.errno
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(err, RuntimeError) and ("unexpected pos" in str(err)
+                                          or "file write failed" in str(err)):
+        try:
+            if shutil.disk_usage(directory).free < _NEARLY_FULL:
+                return errno.ENOSPC
+        except OSError:
+            return None
+    return None
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: ``512 B``, ``3.4 MB``."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KB", "MB", "GB", "TB"):
+        value /= 1024
+        if value < 1024 or unit == "TB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -86,8 +133,8 @@ def remove_partial_checkpoints(directory: str | Path) -> list[Path]:
 
 def read_error(path: str | Path) -> str | None:
     """Why ``path`` is not an intact Lightning checkpoint, or None when it is."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    try:  # weights only: a damaged or foreign file runs nothing
+        state = load_checkpoint_file(path, mmap=True)
     except Exception as err:  # noqa: BLE001 - torch raises pickle, zip and runtime errors alike
         return f"{type(err).__name__}: {err}"
     if not isinstance(state, dict) or "state_dict" not in state:
@@ -96,7 +143,7 @@ def read_error(path: str | Path) -> str | None:
 
 
 def _progress(path: Path) -> tuple[int, int, float]:
-    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    state = load_checkpoint_file(path, mmap=True)
     return int(state.get("global_step", -1)), int(state.get("epoch", -1)), path.stat().st_mtime
 
 

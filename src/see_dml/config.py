@@ -10,11 +10,13 @@ import hashlib
 import json
 import logging
 import os
+import re
+import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +25,7 @@ from see_dml.extras import check_config as check_config_extras
 from see_dml.schema import check_schema
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _find_config_dir() -> Path:
@@ -36,6 +39,61 @@ def _find_config_dir() -> Path:
 
 
 CONFIG_DIR: Path = _find_config_dir()
+
+
+def check_config_dir(config_name: str) -> None:
+    """Exit with one ``error:`` line (status 2) naming ``SEE_DML_CONFIG_DIR`` when it is set
+    but holds no ``<config_name>.yaml`` (a typo, a folder not there): Hydra's own answer,
+    "Primary config directory not found", names neither the variable nor what to do."""
+    env = os.environ.get("SEE_DML_CONFIG_DIR")
+    if not env or (CONFIG_DIR / f"{config_name}.yaml").is_file():
+        return
+    from see_dml.errors import USER_ERROR_STATUS
+
+    what = "holds no" if CONFIG_DIR.is_dir() else "is not a folder, so it has no"
+    print(f"error: SEE_DML_CONFIG_DIR='{env}' {what} {config_name}.yaml: point it at a whole "
+          "config tree of your own (a copy of the package's conf/ folder), or unset it to "
+          "use the package's configs", file=sys.stderr)
+    sys.exit(USER_ERROR_STATUS)
+
+
+def check_launcher(argv: list[str]) -> None:
+    """Exit with one ``error:`` line (status 2) when a ``hydra/launcher=`` override names a
+    launcher of an extra that is not installed (:mod:`see_dml.extras`), before Hydra fails
+    to compose the launcher's config."""
+    from see_dml.errors import USER_ERROR_STATUS
+    from see_dml.extras import MissingExtraError, check_launcher_overrides
+
+    try:
+        check_launcher_overrides(argv)
+    except MissingExtraError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(USER_ERROR_STATUS)
+
+
+def hydra_main(config_name: str
+               ) -> Callable[[Callable[[DictConfig], T]], Callable[..., T]]:
+    """``hydra.main`` of an entry point on :data:`CONFIG_DIR`'s ``<config_name>.yaml``,
+    after :func:`check_config_dir` and :func:`check_launcher` (a config handed in, as to
+    ``hydra.main``'s function, runs as it is)."""
+    import functools
+
+    import hydra
+
+    def decorate(task: Callable[[DictConfig], T]) -> Callable[..., T]:
+        run = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name,
+                         version_base="1.3")(task)
+
+        @functools.wraps(task)
+        def entry(cfg_passthrough: DictConfig | None = None) -> T:
+            if cfg_passthrough is None:
+                check_config_dir(config_name)
+                check_launcher(sys.argv[1:])
+            return cast(T, run(cfg_passthrough))
+
+        return entry
+
+    return decorate
 
 #: One id per process, in its run and Hydra folder names (``${run_uid:}``): run directories
 #: of two jobs started in the same second never collide.
@@ -241,6 +299,11 @@ def validate_config(cfg: DictConfig) -> None:
     if not by_steps and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0):
         raise ConfigError(f"trainer.max_epochs must be a non-negative integer (or -1 with "
                           f"trainer.max_steps > 0: training by steps), got {epochs!r}")
+    threads = cfg.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or threads <= 0):
+        raise ConfigError(f"threads must be a positive integer (torch's CPU threads) or null "
+                          f"(torch's default, which depends on the machine); got {threads!r}")
     if cfg.get("matmul_precision") not in (None, "highest", "high", "medium"):
         raise ConfigError(f"matmul_precision must be highest, high, medium or null; "
                           f"got '{cfg.matmul_precision}'")
@@ -521,3 +584,22 @@ def _efficientnet_lite0_weights() -> str:
 
 if not OmegaConf.has_resolver("efficientnet_lite0_weights"):
     OmegaConf.register_new_resolver("efficientnet_lite0_weights", _efficientnet_lite0_weights)
+
+
+#: A value Hydra's override grammar reads as it is, unquoted (ASCII letters, digits and the
+#: path characters): anything else (a space, a non-ASCII letter, ``=``, ``,``, brackets) is
+#: quoted by :func:`hydra_quote`.
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.\-+:@~%]+")
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` written so that Hydra's override grammar reads it back as it is, for a
+    ``key=<this>`` override: unchanged when plain, else single-quoted, with a quote and the
+    backslashes before it escaped, trailing backslashes doubled and ``${`` escaped (an
+    interpolation otherwise). Hydra has no such helper; without it a path with a non-ASCII
+    letter fails with ``LexerNoViableAltException``."""
+    if _HYDRA_PLAIN.fullmatch(value):
+        return value
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return "'" + body.replace("${", "\\${") + "'"

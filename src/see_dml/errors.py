@@ -116,10 +116,24 @@ def data_error_line(err: BaseException) -> str | None:
     return text
 
 
+#: The attribute by which code that knows which key placed a file tells
+#: :func:`io_error_line` what to do instead of the general hint (:func:`with_hint`).
+HINT_ATTRIBUTE = "see_dml_hint"
+
+
+def with_hint(err: OSError, hint: str) -> OSError:
+    """``err`` carrying ``hint`` (what to do, naming the key that placed the file), for
+    :func:`io_error_line` to print instead of its general one."""
+    setattr(err, HINT_ATTRIBUTE, hint)
+    return err
+
+
 def io_error_line(err: BaseException) -> str | None:
     """One line for an :class:`OSError` of a full disk, a quota or a place that may not be
-    written (naming the file and what to do), else None: that one is a bug to trace."""
+    written (naming the file and what to do: the key that placed it, when the code that
+    wrote it said so with :func:`with_hint`), else None: that one is a bug to trace."""
     if not isinstance(err, OSError) or err.errno not in _IO_HINTS:
         return None
     where = f" '{err.filename}'" if err.filename else ""
-    return f"{err.strerror or os.strerror(err.errno)}{where}: {_IO_HINTS[err.errno]}"
+    hint = getattr(err, HINT_ATTRIBUTE, None) or _IO_HINTS[err.errno]
+    return f"{err.strerror or os.strerror(err.errno)}{where}: {hint}"

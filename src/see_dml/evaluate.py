@@ -32,15 +32,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import CONFIG_DIR, check_knn_backend, warn_ignored_keys
+from see_dml.config import check_knn_backend, hydra_main, warn_ignored_keys
 from see_dml.embedding_files import EXPORT_FORMATS
 from see_dml.errors import ConfigError
 from see_dml.extras import check_config as check_config_extras
-from see_dml.inference import EVAL_SPLITS, embed_split, eval_split_names
+from see_dml.inference import (
+    EVAL_SPLITS,
+    InferenceRun,
+    embed_split,
+    eval_split_names,
+    torch_threads,
+)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -56,9 +61,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_knn_backend(cfg)
     check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
     from see_dml.inference import open_checkpoint
-    from see_dml.scoring import ReportOptions, evaluate_embeddings, report, write_metrics
 
     run = open_checkpoint(cfg)
+    # the CPU threads the run was trained and tested with: the same embeddings, bit for bit,
+    # as train's test, whatever this machine's default
+    with torch_threads(run.config.get("threads")):
+        return _evaluate(cfg, run, split)
+
+
+def _evaluate(cfg: DictConfig, run: InferenceRun, split: str) -> dict[str, Any]:
+    from see_dml.scoring import ReportOptions, evaluate_embeddings, report, write_metrics
+
     dm = run.datamodule(setup=True)
     names = eval_split_names(dm, split)
     out_dir = Path(cfg.paths.run_dir)
@@ -70,9 +83,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                                   run.device, dm.num_workers, progress=cfg.get("progress", True),
                                   desc=f"embedding {name}")
                 for name in names}
+    # images dataset.on_error=skip left out: counted, not scored
+    skipped = {name: len(dm.eval_dataset(name)) - len(embedded[name][2]) for name in names}
     result = evaluate_embeddings(split, embedded, dm.source.recall_ks,
                                  knn_backend=cfg.get("knn_backend", "auto"),
-                                 compute_nmi=bool(cfg.get("nmi", False)))
+                                 compute_nmi=bool(cfg.get("nmi", False)), skipped=skipped)
     sizes = {s.name: len(s.indices) for s in result.splits}
     query = result.query
     title = (f"{dm.source.name} {split}: " + (
@@ -92,7 +107,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
+@hydra_main("evaluate")
 def main(cfg: DictConfig) -> float | None:
     from see_dml.cli import run_cli
 

@@ -16,12 +16,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import CONFIG_DIR, warn_ignored_keys
+from see_dml.config import hydra_main, warn_ignored_keys
 from see_dml.errors import ConfigError
+from see_dml.rundir import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,19 @@ log = logging.getLogger(__name__)
 def export_model(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt_path`` as ``cfg.format``; return what the sidecar JSON holds."""
     warn_ignored_keys(cfg, "export")
-    if cfg.format != "onnx":
-        raise ConfigError(f"format must be onnx, got '{cfg.format}' (embeddings: "
-                          "python -m see_dml.evaluate export.enabled=true)")
+    if cfg.format not in ("onnx", "safetensors"):
+        raise ConfigError(f"format must be onnx or safetensors, got '{cfg.format}' "
+                          "(embeddings: python -m see_dml.evaluate export.enabled=true)")
+    ckpt = check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
+    out = (Path(cfg.output).expanduser() if cfg.get("output")
+           else ckpt.with_suffix(f".{cfg.format}"))
+    check_writable(out.parent, "output=<a file where you may write> (by default the export "
+                               "goes beside the checkpoint)")  # before seconds of exporting
+    if cfg.format == "safetensors":
+        return export_safetensors(ckpt, out)
     from see_dml.extras import check
 
     check("onnx", asked_by="format=onnx")  # onnx writes the graph, onnxruntime checks it
-    check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
     import torch
 
     from see_dml.inference import eval_preprocessing, open_checkpoint
@@ -48,7 +54,6 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("input_size=[H,W] is required: this checkpoint's eval transform "
                           f"keeps each image's size (got input_size={size})")
     prep["input_size"] = [int(size[0]), int(size[1])]
-    out = Path(cfg.output) if cfg.get("output") else run.path.with_suffix(".onnx")
     export_onnx(run.module, out, (prep["channels"], *prep["input_size"]), opset=int(cfg.opset))
     sidecar = {"format": "onnx", "ckpt_path": str(run.path.resolve()), **run.identity,
                "opset": int(cfg.opset),
@@ -68,7 +73,34 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
     return sidecar
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="export", version_base="1.3")
+def export_safetensors(ckpt: Path, out: Path) -> dict[str, Any]:
+    """``ckpt`` as a checkpoint to share without pickle: its weights (the model's and the
+    loss's) as ``safetensors`` tensors, and in the file's metadata the run's config (JSON
+    text) and class count. Every tool reads it as ``ckpt_path=<out>`` (see
+    :func:`see_dml.checkpoints.read_checkpoint`); training state (optimiser, loops) is left
+    out: it evaluates, retrieves, indexes and exports, but does not resume."""
+    from safetensors.torch import save_file
+
+    from see_dml.checkpoints import SAFETENSORS_CLASSES, SAFETENSORS_CONFIG, read_checkpoint
+
+    state = read_checkpoint(ckpt)
+    # safetensors stores each tensor once and whole: contiguous copies, no shared storage
+    tensors = {k: v.detach().clone().contiguous() for k, v in state["state_dict"].items()}
+    config = state["see_dml_config"]
+    if not isinstance(config, dict):  # an older see_dml's DictConfig
+        config = OmegaConf.to_container(config, resolve=True)
+    meta = {"format": "see_dml", SAFETENSORS_CONFIG: json.dumps(config, sort_keys=True)}
+    if state.get("see_dml_num_classes") is not None:
+        meta[SAFETENSORS_CLASSES] = str(int(state["see_dml_num_classes"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata=meta)
+    print(f"Wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(tensors)} tensors, no "
+          "pickle): evaluate, retrieve, index and export read it as ckpt_path=")
+    return {"format": "safetensors", "ckpt_path": str(ckpt.resolve()), "output": str(out),
+            "tensors": len(tensors)}
+
+
+@hydra_main("export")
 def main(cfg: DictConfig) -> None:
     from see_dml.cli import run_cli
 

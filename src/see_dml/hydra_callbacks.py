@@ -101,26 +101,40 @@ def sweep_summary(sweep_dir: str | Path,
 
 
 class RunDirectoryInUse(Callback):
-    """Refuse a run whose ``hydra.run.dir`` another live run holds (see
-    :mod:`see_dml.rundir`) before Hydra writes its ``.hydra`` files over that run's: one
-    ``error:`` line, status 2. The run's own lock, taken in ``train``, closes the race."""
+    """Take the run directory's lock (:func:`see_dml.rundir.hold_run_dir`) at the start of a
+    training run, before Hydra writes its ``.hydra`` files (``config.yaml``, ``hydra.yaml``,
+    ``overrides.yaml``) there; a run whose ``hydra.run.dir`` another live run holds is
+    refused with one ``error:`` line, status 2, having written nothing there. Holding the
+    lock from here on (``train`` holds on to it) leaves no window in which a second run
+    passes this check before the first holds the directory."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from omegaconf import OmegaConf
 
-        from see_dml.rundir import held_by_another, is_rank_zero
+        from see_dml.errors import USER_ERROR_STATUS, RunDirectoryLockedError
+        from see_dml.rundir import hold_run_dir, is_rank_zero
 
         # DDP's other ranks start in the directory their rank zero holds
         if OmegaConf.select(config, "task_name") != "train" or not is_rank_zero():
             return
         try:
             run_dir = OmegaConf.select(config, "hydra.run.dir")
+            resume = OmegaConf.select(config, "resume", default=None)
         except Exception:  # noqa: BLE001 - an unresolvable dir is Hydra's to report
             return
-        message = held_by_another(run_dir) if run_dir else None
-        if message:
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
+        if not run_dir:
+            return
+        path = Path(str(run_dir)).expanduser()
+        if resume is not None and not ((path / "config.yaml").is_file()
+                                       or (path / "checkpoints").is_dir()):
+            return  # not a run directory: train refuses it, and leaves no lock in it
+        try:
+            hold_run_dir(path)
+        except RunDirectoryLockedError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(USER_ERROR_STATUS)
+        except OSError:  # cannot be made or written: RunDirectoryCreatable says so
+            return
 
 
 class RunDirectoryCreatable(Callback):

@@ -45,19 +45,37 @@ class ImageSet:
         dataset: yields ``(image, label, index)`` with the checkpoint's eval transform.
         ids: ``(N,)`` how each image is named in the output: its path, or ``test[12]``.
         labels: ``(N,)`` class names as strings, None where unknown.
+        positions: ``(N,)`` where each image is in ``dataset`` (None: ``0..N-1``); fewer
+            than the dataset's images after :meth:`keep`.
     """
 
     source: str
     dataset: RetrievalDataset
     ids: list[str]
     labels: list[str | None]
+    positions: list[int] | None = None
+
+    def position(self, i: int) -> int:
+        """Where image ``i`` of this set is in :attr:`dataset`."""
+        return i if self.positions is None else self.positions[i]
+
+    def keep(self, positions: list[int]) -> ImageSet:
+        """The images of ``dataset`` at ``positions`` (what an embedding returned as its
+        indices): a split's unreadable images that ``dataset.on_error=skip`` left out are
+        not in them, and so not in the set's ids, labels or index rows."""
+        if self.positions is None and positions == list(range(len(self.ids))):
+            return self
+        return ImageSet(self.source, self.dataset, [self.ids[i] for i in positions],
+                        [self.labels[i] for i in positions],
+                        [self.position(i) for i in positions])
 
     def display_image(self, i: int) -> Image.Image:
         """The raw image ``i`` (RGB, untransformed) for the grid."""
         from see_dml.plots import split_image
 
         # an unreadable file follows the dataset's on_error, as embedding it did
-        return split_image(self.dataset.split.items, i, "RGB", self.dataset.on_error)
+        return split_image(self.dataset.split.items, self.position(i), "RGB",
+                           self.dataset.on_error)
 
     def index_rows(self) -> list[dict[str, Any]]:
         """One row per image, in order, as a saved index's sidecar records it: ``item``,
@@ -70,10 +88,11 @@ class ImageSet:
         rows = []
         for i, (name, label) in enumerate(zip(self.ids, self.labels, strict=True)):
             row: dict[str, Any] = {"item": name, "label": label}
+            at = self.position(i)
             if is_split:
-                row.update(split=self.source, position=i)
+                row.update(split=self.source, position=at)
             if not isinstance(files, np.ndarray):
-                row["path"] = str(Path(files[i]).resolve())
+                row["path"] = str(Path(files[at]).resolve())
             rows.append(row)
         return rows
 

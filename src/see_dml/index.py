@@ -34,11 +34,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import CONFIG_DIR, warn_ignored_keys
+from see_dml.config import hydra_main, warn_ignored_keys
 from see_dml.errors import ConfigError, IndexFileError
 from see_dml.gallery_index import (
     KINDS,
@@ -51,7 +50,13 @@ from see_dml.gallery_index import (
     save_index,
     sidecar_path,
 )
-from see_dml.image_sets import DATASET_SPLITS, image_files, image_set, skipped_line
+from see_dml.image_sets import (
+    DATASET_SPLITS,
+    check_location,
+    image_files,
+    image_set,
+    skipped_line,
+)
 
 if TYPE_CHECKING:
     import faiss
@@ -76,22 +81,26 @@ def _embed_gallery(cfg: DictConfig, saved: SavedIndex | None = None
     if OmegaConf.is_missing(cfg, "gallery") or cfg.get("gallery") in (None, ""):
         raise ConfigError("gallery is required: an image file or folder, or a split name "
                           f"({', '.join(DATASET_SPLITS)})")
-    # a typo, or an unreadable file, fails before the model loads
-    files = image_files(str(cfg.gallery), "gallery",
-                        str(OmegaConf.select(cfg, "on_error", default="fail")))
-
+    on_error = str(OmegaConf.select(cfg, "on_error", default="fail"))
     from see_dml.inference import embed_split, eval_preprocessing, open_checkpoint
     from see_dml.metrics.knn import l2_normalised
 
-    run = open_checkpoint(cfg)
-    model = {**run.identity, "ckpt_path": str(run.path.resolve())}
-    if saved is not None:
+    if saved is None:  # a typo, or an unreadable file, fails before the model loads
+        files = image_files(str(cfg.gallery), "gallery", on_error)
+        run = open_checkpoint(cfg)
+        model = {**run.identity, "ckpt_path": str(run.path.resolve())}
+    else:  # add: the model is checked before the gallery's images are decoded or embedded
+        check_location(str(cfg.gallery), "gallery")
+        run = open_checkpoint(cfg)
+        model = {**run.identity, "ckpt_path": str(run.path.resolve())}
         saved.check_model(model, run.path)
+        files = image_files(str(cfg.gallery), "gallery", on_error)
     gallery = image_set(cfg.gallery, "gallery", run, files)
     dm = run.datamodule()
     model["preprocessing"] = eval_preprocessing(dm)
-    emb = embed_split(run.module, gallery.dataset, dm.eval_batch_size, run.device,
-                      progress=cfg.progress, desc=f"embedding {gallery.source}")[0]
+    emb, _, rows = embed_split(run.module, gallery.dataset, dm.eval_batch_size, run.device,
+                               progress=cfg.progress, desc=f"embedding {gallery.source}")
+    gallery = gallery.keep(rows.tolist())  # without a split's images on_error=skip left out
     return l2_normalised(emb), gallery.index_rows(), model, files.unreadable if files else []
 
 
@@ -210,7 +219,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return build_index(cfg) if action == "build" else add_to_index(cfg)
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="index", version_base="1.3")
+@hydra_main("index")
 def main(cfg: DictConfig) -> None:
     from see_dml.cli import run_cli
 

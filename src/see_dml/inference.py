@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sized
+from collections.abc import Iterator, Mapping, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,7 +203,9 @@ def embed_split(module: nn.Module, dataset: Dataset, batch_size: int = 256,
 
     Returns:
         ``(embeddings (N, d) float32 on device, labels (N,) int64, indices (N,) int64)``
-        (labels and indices on the CPU).
+        (labels and indices on the CPU). An image that ``dataset.on_error=skip`` left out
+        has no row: ``N`` is then less than the dataset's size, and ``indices`` say which
+        images the rows are.
 
     Raises:
         RuntimeError: when the loop did not see each of the ``len(dataset)`` images exactly
@@ -211,6 +214,8 @@ def embed_split(module: nn.Module, dataset: Dataset, batch_size: int = 256,
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
+
+    from see_dml.data.base import skipped_rows
 
     dev = resolve_device(device)
     module.eval().to(dev)
@@ -230,10 +235,15 @@ def embed_split(module: nn.Module, dataset: Dataset, batch_size: int = 256,
     emb = torch.cat(embs)
     lab = torch.cat(labels).long()
     idx = torch.cat(indices).long()
-    if len(idx) != n or not torch.equal(torch.sort(idx).values, torch.arange(n)):
+    dropped = skipped_rows(idx)  # dataset.on_error=skip: index -1 - i, left out
+    seen = torch.where(dropped, -1 - idx, idx)
+    if len(idx) != n or not torch.equal(torch.sort(seen).values, torch.arange(n)):
         raise RuntimeError(f"{desc}: embedded {len(idx)} rows for a dataset of {n} images, "
                            "or some index twice; a sampler or a custom dataset is the likely "
                            "cause")
+    if bool(dropped.any()):
+        keep = ~dropped
+        emb, lab, idx = emb[keep.to(emb.device)], lab[keep], idx[keep]
     return emb, lab, idx
 
 
@@ -289,3 +299,24 @@ def eval_preprocessing(dm: RetrievalDataModule) -> dict[str, Any]:
     return {"image_kind": kind, "image_mode": dm.source.image_mode,
             "channels": 1 if dm.source.image_mode == "L" else 3, "input_size": size,
             "mean": list(dm.mean), "std": list(dm.std), "transform": repr(eval_tf)}
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``threads`` (train's ``threads`` key; evaluate
+    uses the checkpoint's; None: left as they are) for the block, and set back after it.
+    The thread count decides how CPU kernels split their float sums (convolutions,
+    BatchNorm statistics, reductions), and so the last bits of every result: a fixed count
+    gives the same weights on a machine with 2 cores or 64, loaded or idle (torch's OpenMP
+    pool splits work by thread, statically)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -33,6 +33,7 @@ from see_dml.checkpoints import (
 )
 from see_dml.cli import one_lightning_console
 from see_dml.config import to_dict
+from see_dml.data.base import skipped_rows
 from see_dml.errors import CheckpointError
 from see_dml.losses import MetricLoss, build_metric_loss
 from see_dml.models import Backbone, EmbeddingHead
@@ -158,6 +159,8 @@ class DMLModule(L.LightningModule):
         self._test_prefix = "test"
         self._eval_buffers: dict[int, list[tuple[torch.Tensor, ...]]] = {}
         self.test_history: dict[int, dict[str, float]] = {}
+        #: per evaluated split, the images its last evaluation left out (dataset.on_error=skip)
+        self.skipped_images: dict[str, int] = {}
         if freeze_bn:
             self._freeze_bn_params()
         if compile:
@@ -198,11 +201,13 @@ class DMLModule(L.LightningModule):
         stores, see :func:`load_module_from_checkpoint`), in eval mode, on
         ``map_location`` (a device; default the CPU). Lightning's own version calls
         ``__init__`` with the saved hyperparameters, which this module does not save (its
-        arguments are built modules)."""
+        arguments are built modules). The file is loaded with ``weights_only=True``
+        (:func:`see_dml.checkpoints.load_checkpoint_file`): nothing in it runs."""
         refused = dict(kwargs)
-        # a parameter because Lightning's signature has it; the checkpoint is read as every
-        # tool reads it (see_dml.checkpoints.read_checkpoint), so it is refused like the rest
-        if weights_only is not None:
+        # a parameter because Lightning's signature has it: the checkpoint is read as every
+        # tool reads it (see_dml.checkpoints.read_checkpoint), weights only, so a file
+        # someone sent runs no code; weights_only=False is refused like the rest
+        if weights_only is not None and weights_only is not True:
             refused["weights_only"] = weights_only
         if hparams_file is not None or refused:
             given = ["hparams_file"] * (hparams_file is not None) + sorted(refused)
@@ -370,13 +375,18 @@ class DMLModule(L.LightningModule):
         keep = torch.ones_like(idx, dtype=torch.bool)
         keep[1:] = idx[1:] != idx[:-1]
         emb, lab, idx = emb[keep], lab[keep], idx[keep]
-        if expected is not None and len(idx) != expected:
+        # images dataset.on_error=skip dropped (index -1 - i): counted, never scored
+        dropped = skipped_rows(idx)
+        self.skipped_images[split] = int(dropped.sum())
+        seen = len(idx)
+        emb, lab, idx = emb[~dropped], lab[~dropped], idx[~dropped]
+        if expected is not None and seen != expected:
             # an int limit is a number of batches (1 is one batch); only the float 1.0 is all
             limited = (any(isinstance(v, int) or v != 1.0 for v in
                            (self.trainer.limit_val_batches, self.trainer.limit_test_batches))
                        # set on the Trainer by Lightning's debugging set-up, not declared
                        or self.trainer.fast_dev_run)  # type: ignore[attr-defined]
-            msg = (f"evaluation of '{split}' saw {len(idx)} of {expected} images"
+            msg = (f"evaluation of '{split}' saw {seen} of {expected} images"
                    + (" (limit_*_batches / fast_dev_run is set)" if limited else
                       "; likely cause: a sampler or drop_last on the eval loader"))
             if not limited:
@@ -402,7 +412,8 @@ class DMLModule(L.LightningModule):
         # Embeddings are searched where they are: knn_backend=auto picks the torch search
         # for a model on a GPU (see_dml.metrics.knn.resolve_backend).
         return evaluate_embeddings(prefix, splits, self.recall_ks, knn_backend=self.knn_backend,
-                                   compute_nmi=compute_nmi)
+                                   compute_nmi=compute_nmi,
+                                   skipped={n: self.skipped_images.get(n, 0) for n in names})
 
     def _validation_splits(self) -> tuple[list[str], list[str]]:
         """``(validation splits, test splits)`` of the validation loop's dataloaders, in

@@ -10,7 +10,11 @@ different code, libraries or hardware can be told apart when they are tabled tog
 - ``provenance/torch``, ``.../lightning``, ``.../timm``, ``.../pytorch_metric_learning``:
   installed versions (``unknown`` when one is missing);
 - ``provenance/device``: ``cpu`` or the accelerator's name (``NVIDIA H200``), and
-  ``provenance/device_count``: the devices of the run (world size), ``unknown`` if not given.
+  ``provenance/device_count``: the devices of the run (world size), ``unknown`` if not given;
+- ``provenance/threads``: torch's intra-op CPU threads when the metrics were written (the
+  ``threads`` key of train), and ``provenance/cpu_capability``: the vector instructions
+  torch's CPU kernels use (``AVX2``, ``AVX512``...). Both decide the last bits of CPU
+  results: runs agree bit for bit only where both (and the libraries) agree.
 """
 
 from __future__ import annotations
@@ -87,4 +91,13 @@ def provenance(devices: Any = None) -> dict[str, Any]:
     kind, count = devices if devices is not None else (UNKNOWN, UNKNOWN)
     return {**{f"provenance/{k}": v for k, v in code_version().items()},
             **{f"provenance/{k}": v for k, v in library_versions().items()},
-            "provenance/device": kind, "provenance/device_count": count}
+            "provenance/device": kind, "provenance/device_count": count,
+            "provenance/threads": torch.get_num_threads(),
+            "provenance/cpu_capability": _cpu_capability()}
+
+
+def _cpu_capability() -> str:
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):  # an older torch
+        return UNKNOWN

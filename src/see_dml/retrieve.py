@@ -31,11 +31,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import CONFIG_DIR, check_knn_backend, warn_ignored_keys
+from see_dml.config import check_knn_backend, hydra_main, warn_ignored_keys
 from see_dml.errors import ConfigError
 from see_dml.image_sets import DATASET_SPLITS, ImageSet, image_files, image_set, skipped_line
 
@@ -98,9 +97,16 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     sets: list[tuple[str, ImageSet]] = [("query", query)]
     if not isinstance(gallery, IndexedGallery):  # a saved index's gallery is embedded already
         sets.append(("gallery", gallery))
-    embedded = [embed_split(run.module, s.dataset, batch_size, run.device,
-                            progress=cfg.progress, desc=f"embedding {name}")[0]
-                for name, s in sets]
+    embedded = []
+    for name, s in sets:
+        emb, _, rows = embed_split(run.module, s.dataset, batch_size, run.device,
+                                   progress=cfg.progress, desc=f"embedding {name}")
+        embedded.append(emb)
+        # a split's images that dataset.on_error=skip left out have no row
+        if name == "query":
+            query = s.keep(rows.tolist())
+        else:
+            gallery = s.keep(rows.tolist())
     k_used = min(k, len(gallery.ids))
     if k_used < k:
         log.warning("k=%d but the gallery holds %d images: showing %d", k, k_used, k_used)
@@ -177,7 +183,7 @@ def _draw_grid(cfg: DictConfig, query: ImageSet, gallery: Any, indices: Any, sco
                     type(err).__name__, err)
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="retrieve", version_base="1.3")
+@hydra_main("retrieve")
 def main(cfg: DictConfig) -> None:
     from see_dml.cli import run_cli
 

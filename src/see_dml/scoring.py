@@ -96,7 +96,8 @@ class EvaluationResult:
 def evaluate_embeddings(prefix: str,
                         splits: Mapping[str, tuple[torch.Tensor, Any, Any]],
                         recall_ks: tuple[int, ...] | list[int], *, knn_backend: Backend = "auto",
-                        compute_nmi: bool = False) -> EvaluationResult:
+                        compute_nmi: bool = False,
+                        skipped: Mapping[str, int] | None = None) -> EvaluationResult:
     """Search once and compute every metric of one evaluation.
 
     Args:
@@ -108,6 +109,9 @@ def evaluate_embeddings(prefix: str,
         knn_backend: ``auto``, ``faiss`` or ``torch`` (see :func:`see_dml.metrics.knn_search`).
         compute_nmi: also ``nmi``, of a k-means clustering of all rows of all splits together
             (query and gallery for In-Shop), as many clusters as classes.
+        skipped: ``{split: images left out}`` (unreadable, ``dataset.on_error=skip``): their
+            sum is the metric ``skipped_images`` when it is not 0 (the metrics describe
+            the other images only).
     """
     from see_dml.metrics import metrics_from_neighbours, nmi_score, retrieve
 
@@ -131,6 +135,9 @@ def evaluate_embeddings(prefix: str,
                    backend=knn_backend)
     metrics = metrics_from_neighbours(knn.neighbour_labels, knn.query_labels,
                                       knn.relevant_counts, recall_ks)
+    left_out = sum(int(v) for v in (skipped or {}).values())
+    if left_out:
+        metrics["skipped_images"] = float(left_out)
     if compute_nmi:
         metrics["nmi"] = nmi_score(np.concatenate([p.embeddings for p in parts]),
                                    np.concatenate([p.labels for p in parts]), seed=0)
@@ -332,6 +339,11 @@ def format_results(metrics: Mapping[str, Any], rows: Mapping[str, str] | None = 
             name = f"{name}, epoch {int(metrics[f'{prefix}/epoch'])}"
         vals = [metrics.get(f"{prefix}/{c}", math.nan) * 100 for c in cols]
         lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    for prefix, name in rows.items():
+        left_out = int(metrics.get(f"{prefix}/skipped_images", 0) or 0)
+        if left_out:
+            lines.append(f"({name}: {left_out} unreadable image{'s' * (left_out != 1)} left "
+                         "out and not scored, dataset.on_error=skip)")
     return "\n".join(lines)
 
 

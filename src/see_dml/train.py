@@ -18,16 +18,16 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.build import build_callbacks, build_datamodule, build_loggers
 from see_dml.config import (
     ADDED_KEYS,
-    CONFIG_DIR,
     NO_VALIDATION_CLASSES,
     flatten,
+    hydra_main,
+    hydra_quote,
     objective_value,
     validate_config,
 )
@@ -39,6 +39,7 @@ from see_dml.errors import (
     user_error_line,
 )
 from see_dml.hydra_callbacks import FAILURE_FILE, record_failed_job
+from see_dml.inference import torch_threads
 from see_dml.rundir import is_rank_zero, lock_run_dir, remove_if_empty
 from see_dml.scoring import best_on_test, format_results, write_metrics
 
@@ -80,11 +81,22 @@ def start_online_loggers(loggers: list[Any]) -> None:
             if folder is not None:
                 _undo_failed_start(folder, before)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            settings = getattr(logger, "_wandb_init", {}).get("settings")
+            timeout = getattr(settings, "init_timeout", None)
+            bound = (f" (logger.wandb.settings.init_timeout={timeout:g} s)"
+                     if isinstance(timeout, (int, float)) else "")
             raise ConfigError(
-                f"W&B online (WANDB_MODE={os.environ.get('WANDB_MODE', 'online')}, "
-                f"logger=wandb) did not start after {waited:.0f} s: {first}. Log in with "
-                "`wandb login` (or set WANDB_API_KEY) and check the network, or run offline "
-                "with WANDB_MODE=offline and upload later with `wandb sync`") from err
+                f"W&B online ({_online_asked_by()}, logger=wandb) did not start after "
+                f"{waited:.0f} s{bound}: {first}. Log in with `wandb login` (or set "
+                "WANDB_API_KEY) and check the network (WANDB_BASE_URL), or run offline with "
+                "WANDB_MODE=offline and upload later with `wandb sync`") from err
+
+
+def _online_asked_by() -> str:
+    """What asked for W&B online: the environment (``WANDB_MODE=online``), else the config
+    (``logger.wandb.offline=false``; W&B's default mode is online)."""
+    mode = os.environ.get("WANDB_MODE")
+    return f"WANDB_MODE={mode}" if mode else "logger.wandb.offline=false"
 
 
 def _folder_entries(folder: Path | None) -> dict[str, str | None] | None:
@@ -150,9 +162,9 @@ def _epochs_run(trainer: L.Trainer, ckpt_cb: ModelCheckpoint | None, last: Path 
     count are then read from ``last.ckpt``."""
     if trainer.global_step > 0 or ckpt_cb is None or last is None:
         return trainer.current_epoch
-    import torch
+    from see_dml.checkpoints import load_checkpoint_file
 
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = load_checkpoint_file(last)
     if ckpt_cb.best_model_score is None:
         ckpt_cb.best_model_score = state.get("callbacks", {}).get(ckpt_cb.state_key, {}).get(
             "best_model_score")
@@ -166,9 +178,9 @@ def _test_history(trainer: L.Trainer, model: DMLModule, last: Path | None
     module; under ``ddp_spawn`` the fit ran in worker processes: read from ``last.ckpt``."""
     if trainer.global_step > 0 or last is None:
         return dict(model.test_history)
-    import torch
+    from see_dml.checkpoints import load_checkpoint_file
 
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = load_checkpoint_file(last)
     return {int(e): dict(m) for e, m in state.get("see_dml_test_history", {}).items()}
 
 
@@ -189,34 +201,47 @@ RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "
                      "trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar",
                      "data.num_workers", "data.eval_batch_size", "tags", "test_final", "nmi",
                      "knn_backend", "model.compile", "test_every_epoch", "test_epochs",
-                     "objective")
+                     "objective", "threads")
+
+#: The last part of a key that says where something lives, not what the run is: a run
+#: directory that was moved or copied (another ``trainer.default_root_dir``), a dataset or
+#: weights file found under another folder, resume with them changed. (The weights file
+#: only starts a run: a resumed one takes its weights from the checkpoint.)
+PATH_KEYS = ("default_root_dir", "root", "dirpath", "save_dir", "weights_path", "data_dir",
+             "output_dir", "cache_dir", "run_dir")
+
+
+def _changes_training(key: str) -> bool:
+    """Whether a resumed run whose config differs at ``key`` trains another experiment
+    (see :data:`RESUMABLE_CHANGES` and :data:`PATH_KEYS`)."""
+    return not key.startswith(RESUMABLE_CHANGES) and key.rsplit(".", 1)[-1] not in PATH_KEYS
 
 
 def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:
     """Fail, naming the keys, when ``ckpt`` was trained with another config than ``cfg``.
 
-    Runs before anything in the run directory is written. Only the keys in
-    :data:`RESUMABLE_CHANGES` may differ (paths, loggers, training length, reporting);
-    anything else (a model, loss or data key) would resume into another experiment, or
-    fail later with a raw ``size mismatch``.
+    Runs before anything in the run directory is written. Only what changes the training
+    is compared: the keys of :data:`RESUMABLE_CHANGES` (paths, loggers, training length,
+    reporting) and of :data:`PATH_KEYS` (where a run, its data or its weights live: a
+    moved run directory resumes) may differ; anything else (a model, loss or data key)
+    would resume into another experiment, or fail later with a raw ``size mismatch``.
     """
-    import torch
+    from see_dml.checkpoints import load_checkpoint_file
 
-    try:
-        stored = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # torch raises pickle, zip and runtime errors alike
-        raise ConfigError(f"ckpt_path='{ckpt}' is not a readable checkpoint: {err}") from err
+    # weights only, as every tool reads a checkpoint: ckpt_path may be someone else's file
+    stored = load_checkpoint_file(ckpt, mmap=True)
     if not isinstance(stored, dict) or "state_dict" not in stored:
         raise ConfigError(f"ckpt_path='{ckpt}' is not a Lightning checkpoint (no 'state_dict')")
     before = stored.get("see_dml_config")
     if before is None:
         return  # a checkpoint from elsewhere: Lightning itself checks what it can
+    if isinstance(before, DictConfig):  # an older see_dml stored the DictConfig itself
+        before = OmegaConf.to_container(before, resolve=False)
     old = flatten(before)
     new = flatten(OmegaConf.to_container(cfg, resolve=True))
     old = {**{k: v for k, v in ADDED_KEYS.items() if k not in old and k in new}, **old}
     differ = sorted(k for k in old.keys() | new.keys()
-                    if old.get(k, "<absent>") != new.get(k, "<absent>")
-                    and not k.startswith(RESUMABLE_CHANGES))
+                    if old.get(k, "<absent>") != new.get(k, "<absent>") and _changes_training(k))
     if differ:
         shown = ", ".join(f"{k} (checkpoint {old.get(k, '<absent>')!r}, now "
                           f"{new.get(k, '<absent>')!r})" for k in differ[:8])
@@ -234,8 +259,11 @@ _PLACEMENT = ("hydra.mode=", "hydra.run.dir=", "hydra.sweep.dir=", "hydra.sweep.
 
 def resume_command(cfg: DictConfig) -> str:
     """The command that resumes (or extends, with a larger ``trainer.max_epochs``) this run
-    in its own directory: every command-line override of the run, ``hydra.*`` ones too (a
-    loss found through ``hydra.searchpath`` resumes only with it), plus ``resume=<run dir>``."""
+    in its own directory: this interpreter (``sys.executable``), every command-line override
+    of the run as it was given, ``hydra.*`` ones too (a loss found through
+    ``hydra.searchpath`` resumes only with it), plus ``resume=<run dir>``; quoted for the
+    shell, and the run directory for Hydra (:func:`see_dml.config.hydra_quote`), so that it
+    works as printed."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -245,8 +273,11 @@ def resume_command(cfg: DictConfig) -> str:
     except ValueError:  # called outside a Hydra app (tests, notebooks)
         overrides = []
     run_dir = str(Path(cfg.paths.run_dir).resolve())
-    return shlex.join([sys.executable.rsplit("/", 1)[-1], "-m", "see_dml.train", *overrides,
-                       f"resume={run_dir}"])
+    # the running interpreter by its full path: the command works from a shell where the
+    # virtual environment is not activated; quoted for the shell, and the run directory
+    # for Hydra too (a non-ASCII letter or a space is no plain Hydra value)
+    return shlex.join([sys.executable or "python", "-m", "see_dml.train", *overrides,
+                       f"resume={hydra_quote(run_dir)}"])
 
 
 def _fit(trainer: L.Trainer, model: DMLModule, dm: RetrievalDataModule, ckpt: str | None,
@@ -260,8 +291,13 @@ def _fit(trainer: L.Trainer, model: DMLModule, dm: RetrievalDataModule, ckpt: st
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from see_dml.checkpoints import safe_loading
+
     try:
-        trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+        # Lightning's resume loads weights only too (the omegaconf types of an older
+        # see_dml's config allowed by name): resuming needs nothing more
+        with safe_loading():
+            trainer.fit(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     except SIGTERMException:
         status, why = 143, "SIGTERM"
     except SystemExit as stop:
@@ -308,12 +344,33 @@ def check_accelerator(cfg: DictConfig) -> None:
                           "trainer.precision=32-true or bf16-mixed")
 
 
+def check_synthesis_fits_loss(cfg: DictConfig) -> None:
+    """:class:`ConfigError` for ``synthesis=proxy_synthesis`` with a loss that has no
+    proxies, before the data is built (the callback's own check comes at the fit, after
+    it). The loss is built for 2 classes to see whether it has class weights, with the
+    random state set back (its proxies' initialisation draws from it)."""
+    target = str(OmegaConf.select(cfg, "synthesis._target_", default="") or "")
+    if not target.endswith(".ProxySynthesisCallback"):
+        return
+    import torch
+
+    from see_dml.losses import build_metric_loss
+
+    with torch.random.fork_rng(devices=[]):
+        kind = build_metric_loss(cfg.loss, 2, int(cfg.model.embed_dim)).kind
+    if kind != "proxy":
+        raise ConfigError(f"synthesis=proxy_synthesis mixes proxies, but loss="
+                          f"{OmegaConf.select(cfg, 'loss.name', default='?')} has none; use "
+                          "loss=proxy_anchor, norm_softmax or arcface")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the flat metrics written to ``metrics.json``."""
     validate_config(cfg)
     check_resume_dir(cfg)
     check_accelerator(cfg)
-    with _run_dir_lock(Path(cfg.paths.run_dir)):
+    check_synthesis_fits_loss(cfg)
+    with _run_dir_lock(Path(cfg.paths.run_dir)), torch_threads(cfg.get("threads")):
         return _train_locked(cfg)
 
 
@@ -409,6 +466,10 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     from see_dml.callbacks.signals import SynchronizedSignals
 
     callbacks = [*callbacks, SynchronizedSignals()]
+    if ckpt is not None:  # a run moved since: its checkpoints' paths follow it
+        from see_dml.callbacks.relocated import RelocatedRun
+
+        callbacks = [*callbacks, RelocatedRun(run_dir)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, plugins=plugins,
                                      logger=loggers or False, **trainer_kwargs)
     _fit(trainer, model, dm, ckpt, cfg)
@@ -430,9 +491,11 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
         export.hold()
     if cfg.get("test_final", True) and best and last and Path(best) != Path(last):
         runs.append(("test_final", str(last)))
+    from see_dml.checkpoints import safe_loading
+
     for prefix, ckpt in runs:
-        with model.test_metrics_prefix(prefix):
-            trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=False)
+        with model.test_metrics_prefix(prefix), safe_loading():
+            trainer.test(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
                         if k.startswith(prefix + "/")})
     if best and ckpt_cb is not None and ckpt_cb.best_model_score is not None:
@@ -503,21 +566,38 @@ def _remove_hydra_output() -> None:
         job_log.unlink()
 
 
-def main() -> float | None:
-    """``python -m see_dml.train`` / ``see-dml-train``: a launcher of a missing extra is one
-    line before Hydra composes anything (:func:`see_dml.extras.check_launcher_overrides`)."""
-    from see_dml.extras import check_launcher_overrides
+def _log_to_file(line: str | None, err: BaseException) -> None:
+    """Write why the run failed into its log file (Hydra's ``<run dir>/train.log``), which
+    a run directory that stays keeps beside its other files: the error line, or a bug's
+    traceback. Only to the file: the console gets the ``error:`` line (or the traceback)
+    from the caller."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not handlers:
+        return
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s",
+                            (line or f"{type(err).__name__}: {err}",),
+                            None if line else (type(err), err, err.__traceback__))
+    for handler in handlers:
+        handler.handle(record)
+
+
+def _release_run_dirs(cfg: DictConfig) -> None:
+    """Give up the run directory this process took at Hydra's run start (and the one of
+    ``paths.run_dir``): the process ends next, and the directory may be removed."""
+    from see_dml.rundir import release_run_dir
 
     try:
-        check_launcher_overrides(sys.argv[1:])
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(USER_ERROR_STATUS)
-    return hydra_main()
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            release_run_dir(HydraConfig.get().run.dir)
+        release_run_dir(cfg.paths.run_dir)
+    except Exception:  # noqa: BLE001 - an unresolvable path: nothing of ours to give up
+        pass
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> float | None:
+@hydra_main("train")
+def main(cfg: DictConfig) -> float | None:
     from see_dml.cli import quiet_third_party
 
     quiet_third_party()
@@ -538,12 +618,18 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 print(f"error: {line}", file=sys.stderr)
             # a locked run directory is another run's: the record stays in memory; DDP's
             # other ranks (a multi-task SLURM job) leave the file to the global rank zero
+            if not isinstance(err, RunDirectoryLockedError):
+                _log_to_file(line, err)
             record_failed_job(HydraConfig.get().runtime.output_dir,
                               line or f"{type(err).__name__}: {err} (traceback in the job's "
                               "output)", user_error=line is not None,
                               write=not isinstance(err, RunDirectoryLockedError)
                               and is_rank_zero())
             return None
+        # the directory stays (a bug, a sweep's job): its log says why
+        if ((line is None or _in_multirun())
+                and not isinstance(err, (RunDirectoryLockedError, NotARunError))):
+            _log_to_file(line, err)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
@@ -553,8 +639,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
             sys.exit(USER_ERROR_STATUS)
         if isinstance(err, NotARunError):  # Hydra's files of this attempt go with it
             _remove_hydra_output()
-        if not isinstance(err, RunDirectoryLockedError):  # the directory is another run's
-            remove_if_empty(cfg.paths.run_dir, cfg.paths.output_dir)
+        if not isinstance(err, RunDirectoryLockedError):  # else the directory is another's
+            _release_run_dirs(cfg)
+            # a run directory that stays (a failure after its logs were written) keeps the
+            # error in its train.log; else it goes, as if the run never started
+            if (not remove_if_empty(cfg.paths.run_dir, cfg.paths.output_dir)
+                    and not isinstance(err, NotARunError)):  # that folder is not a run's
+                _log_to_file(line, err)
         sys.exit(USER_ERROR_STATUS)
     value = objective_value(cfg, metrics)
     if value is None and _in_multirun() and not _in_basic_sweep():

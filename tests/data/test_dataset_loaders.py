@@ -242,16 +242,19 @@ def test_unreadable_image_fail_names_the_file(tmp_path: Path) -> None:
         dataset[1]
 
 
-def test_unreadable_image_skip_substitutes_and_counts(tmp_path: Path) -> None:
+def test_unreadable_image_skip_substitutes_in_training_and_counts(tmp_path: Path) -> None:
     fx = make_cub(tmp_path / "CUB_200_2011", per_class=3)
     corrupt_image(fx.images["train"][1])
     source = CUB200(fx.root, strict_counts=False, on_error="skip")
     split = source.splits()["train"]
-    dataset = source.make_dataset(split)
+    dataset = source.make_dataset(split, train=True)
     image, label, index = dataset[1]
     assert (label, index) == (int(split.labels[1]), 1)
     assert image.size == (32, 32)
     assert dataset.skipped == {1}
+    # an evaluation split marks the row as left out (-1 - index), for the caller to drop
+    evaluated = source.make_dataset(split)
+    assert evaluated[1][1:] == (int(split.labels[1]), -2) and evaluated.skipped == {1}
 
 
 @pytest.mark.parametrize("name", sorted(SOURCES))

@@ -274,9 +274,25 @@ def test_dropped_connection_leaves_no_file(tmp_path: Path, packed: dict[str, Pac
     finally:
         server.drop.discard("CUB_200_2011.tgz")
     assert server.requests["CUB_200_2011.tgz"] - before == 2   # one retry
-    downloads = tmp_path / "data" / "downloads"
-    assert not list(downloads.iterdir())
-    assert not (tmp_path / "data" / "cub").exists()
+    assert not (tmp_path / "data").exists()  # no file, and no empty downloads/ either
+
+
+def test_a_file_the_server_does_not_have_is_asked_for_once(tmp_path: Path, server: _Server,
+                                                            capsys) -> None:
+    """HTTP 404: no retry (it was retried as a dropped connection is), one short reason, and
+    no empty downloads/ left."""
+    real = server.files.pop("CUB_200_2011.tgz")
+    before = server.requests["CUB_200_2011.tgz"]
+    try:
+        with pytest.raises(dl.DownloadError) as info:
+            _run(tmp_path, "cub", "retries=3", base_url=_url(server))
+    finally:
+        server.files["CUB_200_2011.tgz"] = real
+    assert server.requests["CUB_200_2011.tgz"] - before == 1
+    assert str(info.value) == (f"CUB_200_2011.tgz: could not be fetched ({_url(server)}/"
+                               "CUB_200_2011.tgz: HTTP 404 Not Found)")
+    assert "data.caltech.edu" in capsys.readouterr().err  # the way by hand, said first
+    assert not (tmp_path / "data").exists()
 
 
 def test_unverified_non_archive_moved_aside(tmp_path: Path, server: _Server) -> None:

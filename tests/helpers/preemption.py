@@ -71,3 +71,17 @@ class FileSizeLimitAt(Callback):
             signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
             hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
             resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_bytes, hard))
+
+
+class FailAt(Callback):
+    """Raise a user error (:class:`see_dml.errors.ConfigError`) at the start of training
+    step ``step``: a run that fails after its data is built and its logs are open."""
+
+    def __init__(self, step: int = 1) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            from see_dml.errors import ConfigError
+
+            raise ConfigError(f"failing on cue at step {self.step}")

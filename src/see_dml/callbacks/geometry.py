@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from see_dml import geometry
+from see_dml.data.base import skipped_rows
 
 if TYPE_CHECKING:
     from see_dml.module import DMLModule
@@ -90,9 +91,10 @@ class GeometryMonitor(Callback):
         was_training = pl_module.training
         pl_module.eval()
         embs, labels = [], []
-        for images, lab, _ in loader:
-            embs.append(pl_module(images.to(pl_module.device)).float().cpu())
-            labels.append(lab)
+        for images, lab, index in loader:
+            keep = ~skipped_rows(index)  # images dataset.on_error=skip left out
+            embs.append(pl_module(images.to(pl_module.device)).float().cpu()[keep])
+            labels.append(lab[keep])
         pl_module.train(was_training)
         return torch.cat(embs), torch.cat(labels).long()
 

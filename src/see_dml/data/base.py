@@ -162,15 +162,20 @@ class RetrievalDataset(Dataset):
     The index lets evaluation check that it saw every sample exactly once, also under DDP
     where the distributed sampler pads the last batch with repeats.
 
-    With ``on_error="skip"`` an unreadable file is replaced by the next readable image of
-    the same class and counted in ``skipped`` (and logged once by path); with ``"fail"`` it
-    raises :class:`UnreadableImageError` naming the file.
+    With ``on_error="skip"`` an unreadable file is logged once by path and counted in
+    ``skipped``. An evaluation split drops it: its item comes with the index ``-1 - index``
+    (:func:`skipped_rows`; the image is a stand-in of its class, to fill the batch), and
+    whoever collects the embeddings leaves that row out and counts it, so no image is
+    scored twice and no path labels another image's embedding. A training split
+    (``substitute=True``) trains on the next readable image of the same class instead.
+    With ``"fail"`` it raises :class:`UnreadableImageError` naming the file.
     """
 
     def __init__(self, split: Split, transform: Callable | None = None, image_mode: str = "RGB",
-                 on_error: OnError = "fail") -> None:
+                 on_error: OnError = "fail", substitute: bool = False) -> None:
         if on_error not in ("fail", "skip"):
             raise ValueError(f"dataset.on_error must be 'fail' or 'skip', got '{on_error}'")
+        self.substitute = substitute
         self.split = split
         self.transform = transform
         self.image_mode = image_mode
@@ -209,8 +214,12 @@ class RetrievalDataset(Dataset):
                 raise UnreadableImageError(
                     f"{err}. Find every such file with python -m see_dml.data.check "
                     "dataset=<the same> (and replace them), or set dataset.on_error=skip to "
-                    "use the class's next image instead") from err
+                    "leave such images out of evaluation (training takes the class's next "
+                    "image instead)") from err
             image = self._load_replacement(index)
+            if not self.substitute:  # an evaluation split: the row is dropped, not scored
+                sample = image if self.transform is None else self.transform(image)
+                return sample, int(self.labels[index]), -1 - index
         sample = image if self.transform is None else self.transform(image)
         return sample, int(self.labels[index]), index
 
@@ -231,6 +240,13 @@ class RetrievalDataset(Dataset):
             f"every image of class {self.labels[index]} is unreadable "
             f"(first: '{self.split.items[index]}')"
         ) from None
+
+
+def skipped_rows(indices: Any) -> Any:
+    """Which rows of a batch's (or a split's) ``indices`` are images that
+    ``on_error=skip`` dropped from an evaluation split (their index is ``-1 - index``): a
+    bool tensor or array of the same shape."""
+    return indices < 0
 
 
 class DatasetSource(ABC):
@@ -425,8 +441,12 @@ class DatasetSource(ABC):
                 f"python -m see_dml.data.check dataset=... dataset.root={root}",
             )
 
-    def make_dataset(self, split: Split, transform: Callable | None = None) -> RetrievalDataset:
-        return RetrievalDataset(split, transform, self.image_mode, self.on_error)
+    def make_dataset(self, split: Split, transform: Callable | None = None,
+                     train: bool = False) -> RetrievalDataset:
+        """``split`` as a :class:`RetrievalDataset` with this source's image mode and
+        ``on_error``; ``train``: an unreadable image is replaced, not dropped."""
+        return RetrievalDataset(split, transform, self.image_mode, self.on_error,
+                                substitute=train)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root='{self.root}', val_fraction={self.val_fraction})"

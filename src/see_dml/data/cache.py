@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from see_dml.errors import with_hint
+
 log = logging.getLogger(__name__)
 
 
@@ -87,8 +89,26 @@ def cached_arrays(path: str | Path | None, build: Callable[[], dict[str, np.ndar
         arrays = load_npz(path, keys)
         if arrays is not None:
             return arrays
+    if path is not None:  # a cache that cannot be written fails before the build, not after
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write_probe", dir=Path(path).parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise with_hint(err, CACHE_HINT.format(folder=Path(path).parent)) from None
     arrays = build()
     if path is not None:
-        save_npz(path, arrays)
+        try:
+            save_npz(path, arrays)
+        except OSError as err:  # the cache's folder, not the run's output, is the culprit
+            raise with_hint(err, CACHE_HINT.format(folder=Path(path).parent)) from None
         log.info("cached %s", path)
     return arrays
+
+
+#: What to do when a dataset cache cannot be written: its folder is the dataset's root,
+#: ``paths.cache_dir`` (``SEE_DML_CACHE_DIR``) unless given.
+CACHE_HINT = ("the dataset cache '{folder}' is dataset.root, by default paths.cache_dir (or "
+              "the environment's SEE_DML_CACHE_DIR): point it at a folder you may write, e.g. "
+              "paths.cache_dir=$HOME/.cache/see_dml or SEE_DML_CACHE_DIR=...")

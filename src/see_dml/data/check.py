@@ -19,12 +19,12 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from see_dml.cli import exit_with_error, quiet_third_party
-from see_dml.config import CONFIG_DIR
+from see_dml.config import hydra_main
 from see_dml.data.validation import check_source, format_report
 from see_dml.errors import DatasetNotFoundError
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="check", version_base="1.3")
+@hydra_main("check")
 def main(cfg: DictConfig) -> None:
     quiet_third_party()
     try:

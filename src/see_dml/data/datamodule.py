@@ -138,7 +138,7 @@ class RetrievalDataModule(L.LightningDataModule):
         for name, split in splits.items():
             if name == "train":
                 self.datasets[name] = self.source.make_dataset(split.with_contiguous_labels(),
-                                                               train_tf)
+                                                               train_tf, train=True)
             else:
                 self.datasets[name] = self.source.make_dataset(split, eval_tf)
 

@@ -51,7 +51,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from see_dml.cli import exit_with_error
-from see_dml.config import CONFIG_DIR
+from see_dml.config import CONFIG_DIR, hydra_main
 from see_dml.data.base import DatasetSource
 from see_dml.data.validation import check_source, format_report
 from see_dml.errors import USER_ERROR_STATUS
@@ -161,23 +161,72 @@ def _downloader(url: str, progress: bool, timeout: float) -> Any:
 def fetch(urls: Sequence[str], target: Path, retries: int, progress: bool,
           timeout: float) -> None:
     """Download ``target`` from the first of ``urls`` that delivers; the bytes go to
-    ``<target>.part`` and take ``target``'s name only once the transfer has completed."""
+    ``<target>.part`` and take ``target``'s name only once the transfer has completed.
+
+    A failed transfer is retried ``retries`` times, except where retrying cannot help (the
+    server answered that the file is not there, or not for us: an HTTP 4xx other than 408
+    and 429). The error names each source with one short reason (:func:`short_reason`)."""
     part = target.with_name(target.name + ".part")
-    failures = []
+    failures: list[str] = []
     for url in urls:
+        tries = 0
         for _ in range(1 + max(0, retries)):
             part.unlink(missing_ok=True)
             print(f"fetching {target.name} from {url}", file=sys.stderr, flush=True)
+            tries += 1
             try:
                 _downloader(url, progress, timeout)(url, str(part), None)
             except Exception as err:  # any transfer failure: say which source, try the next
                 part.unlink(missing_ok=True)
-                failures.append(f"{url}: {type(err).__name__}: {err}")
+                reason = short_reason(err, timeout)
+                if _final(err):
+                    break
                 continue
             part.replace(target)
             return
-    raise DownloadError(f"{target.name}: could not be fetched ("
-                        + "; ".join(failures) + ")")
+        failures.append(f"{url}: {reason}" + (f" ({tries} tries)" if tries > 1 else ""))
+    raise DownloadError(f"{target.name}: could not be fetched ({'; '.join(failures)})")
+
+
+def _status(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None)
+    return int(status) if isinstance(status, int) else None
+
+
+def _final(err: BaseException) -> bool:
+    """Whether another try cannot help: an HTTP 4xx answer other than 408 (timeout) and
+    429 (too many requests)."""
+    status = _status(err)
+    return status is not None and 400 <= status < 500 and status not in (408, 429)
+
+
+def short_reason(err: BaseException, timeout: float) -> str:
+    """Why a transfer failed, in a few words: ``HTTP 404 Not Found``, ``cannot connect
+    (Connection refused)``, ``no answer within 30 s``. requests' own text repeats the URL
+    and nests three exceptions (600 characters for a refused connection)."""
+    import re
+
+    import requests
+
+    status = _status(err)
+    if status is not None:
+        reason = getattr(getattr(err, "response", None), "reason", "") or ""
+        return f"HTTP {status} {reason}".strip()
+    if isinstance(err, requests.exceptions.Timeout):
+        return f"no answer within {timeout:g} s (timeout=...)"
+    if isinstance(err, requests.exceptions.ChunkedEncodingError):
+        return "the connection dropped during the transfer"
+    text = str(err)
+    if isinstance(err, requests.exceptions.ConnectionError):
+        found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+        if found:
+            return f"cannot connect ({found.group(1).strip()})"
+        if "RemoteDisconnected" in text or "Connection aborted" in text:
+            return "the connection dropped during the transfer"
+        return "cannot connect"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(err).__name__}: {first}"[:200]
 
 
 # --------------------------------------------------------------------------- unpacking
@@ -318,8 +367,17 @@ def obtain(res: Resource, download_dir: Path, cfg: DictConfig, given: Path | Non
     urls = [f"{base_url.rstrip('/')}/{res.filename}"] if base_url else list(res.urls)
     if not urls:
         raise DownloadError(f"{res.filename}: no source to fetch it from")
+    made = [d for d in (download_dir, *download_dir.parents) if not d.exists()]
     download_dir.mkdir(parents=True, exist_ok=True)
-    fetch(urls, target, int(cfg.retries), bool(cfg.progress), float(cfg.timeout))
+    try:
+        fetch(urls, target, int(cfg.retries), bool(cfg.progress), float(cfg.timeout))
+    except DownloadError:
+        for folder in made:  # deepest first: no empty downloads/ left behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     if hash_spec is None:
         return target, False
     bad = hash_mismatch(target, hash_spec)
@@ -365,8 +423,10 @@ def download(cfg: DictConfig, source: DatasetSource) -> int:
         try:
             path, verified = obtain(res, download_dir, cfg, given, spec, base_url)
         except DownloadError as err:
-            if "no source" in str(err) or "could not be fetched" in str(err):
+            if "no source" in str(err):
                 raise DownloadError(f"{err}\n{files.manual}") from err
+            if "could not be fetched" in str(err):  # the way by hand, then the error line
+                print(files.manual, file=sys.stderr)
             raise
         if not verified:
             print(f"{res.filename}: NOT verified (no hash known; pass +sha256.{res.key}=<hex> "
@@ -447,7 +507,7 @@ def _quote(value: str) -> str:
     return value
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="download", version_base="1.3")
+@hydra_main("download")
 def _main(cfg: DictConfig) -> None:
     from hydra.errors import InstantiationException
 

@@ -104,7 +104,10 @@ PATH_KEYS = ("paths", "ckpt_path", "resume")
 #: differ only in these, or that predate one of them, are seeds of one cell
 REPORT_KEYS = ("test_every_epoch", "test_epochs", "test_final", "nmi", "knn_backend",
                "logger", "tags", "trainer.enable_progress_bar", "callbacks.embedding_export",
-               "callbacks.lr_monitor", "data.eval_batch_size", "objective")
+               "callbacks.lr_monitor", "data.eval_batch_size", "objective",
+               # torch's CPU threads change the last bits of the weights, not the experiment
+               # (provenance/threads records them); runs from before the key pool with it
+               "threads")
 SYNTHESIS_KEYS = ("see", "synthesis")
 #: the ``provenance/*`` keys of metrics.json (see_dml.provenance, not imported: it loads torch)
 #: that the seeds of one cell must agree in: the code version (``--pool-commits`` lets it
@@ -113,6 +116,9 @@ CODE_KEYS = ("provenance/commit", "provenance/dirty")
 SETUP_KEYS = ("provenance/torch", "provenance/lightning", "provenance/timm",
               "provenance/pytorch_metric_learning", "provenance/device",
               "provenance/device_count")
+#: ``provenance/*`` keys recorded but not compared: the CPU threads and vector instructions
+#: change the last bits of a run's numbers, not its experiment (seeds may differ in them)
+RECORDED_KEYS = ("provenance/threads", "provenance/cpu_capability")
 #: a provenance value that tells nothing (see_dml.provenance.UNKNOWN): it agrees with any
 UNKNOWN = "unknown"
 
