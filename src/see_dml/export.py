@@ -32,6 +32,10 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
     if cfg.format not in ("onnx", "safetensors"):
         raise ConfigError(f"format must be onnx or safetensors, got '{cfg.format}' "
                           "(embeddings: python -m see_dml.evaluate export.enabled=true)")
+    if cfg.format == "onnx":  # onnx writes the graph, onnxruntime checks it
+        from see_dml.extras import check
+
+        check("onnx", asked_by="format=onnx")
     ckpt = check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
     out = (Path(cfg.output).expanduser() if cfg.get("output")
            else ckpt.with_suffix(f".{cfg.format}"))
@@ -39,9 +43,6 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
                                "goes beside the checkpoint)")  # before seconds of exporting
     if cfg.format == "safetensors":
         return export_safetensors(ckpt, out)
-    from see_dml.extras import check
-
-    check("onnx", asked_by="format=onnx")  # onnx writes the graph, onnxruntime checks it
     import torch
 
     from see_dml.inference import eval_preprocessing, open_checkpoint
