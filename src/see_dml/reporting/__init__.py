@@ -8,9 +8,14 @@ finished, ``csv/metrics.csv`` (the CSV logger) and, with the geometry monitor,
   :func:`paired_interval` (the mean of paired differences and its Student-t interval, from
   ``scipy.stats.ttest_rel(...).confidence_interval``) and :func:`markdown_table`, which
   writes every Markdown table of the project;
-- :mod:`see_dml.reporting.tables`: the paper-style results table of a sweep (pooling seeds,
-  paired differences to the baseline, the published numbers; ``experiments/make_table.py``
-  is its command line);
+- the paper-style results table of a sweep: which runs pool into a cell
+  (:mod:`~see_dml.reporting.pooling`), their means and paired differences to the baseline
+  (:mod:`~see_dml.reporting.pairing`), the published numbers
+  (:mod:`~see_dml.reporting.published`), the long and the paper layout
+  (:mod:`~see_dml.reporting.layouts`), their plots (:mod:`~see_dml.reporting.figures`) and
+  the command line (:mod:`~see_dml.reporting.tables`, ``experiments/make_table.py``);
+- :mod:`see_dml.reporting.folds`: the K fold models on the test classes, apart and
+  concatenated; :mod:`see_dml.reporting.records`: a sweep's text records, to commit;
 - :mod:`see_dml.reporting.geometry`: the per-epoch geometry measures of a sweep, both arms
   on one plot per measure.
 
