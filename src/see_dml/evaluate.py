@@ -70,7 +70,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 for name in names}
     result = evaluate_embeddings(split, embedded, dm.source.recall_ks,
                                  knn_backend=cfg.get("knn_backend", "auto"),
-                                 compute_nmi=bool(cfg.get("nmi", False)))
+                                 compute_nmi=bool(cfg.get("nmi", False)),
+                                 keep_queries=int(cfg.plots.grid_queries))
     sizes = {s.name: len(s.indices) for s in result.splits}
     query = result.query
     title = (f"{dm.source.name} {split}: " + (
