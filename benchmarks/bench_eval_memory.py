@@ -214,9 +214,17 @@ def main() -> None:
            "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
            "load_before": Path("/proc/loadavg").read_text().split()[:3],
            "methods": {m: methods[m] for m in args.methods}}
-    # one entry per case (n, d, classes): a rerun replaces its own
+    # one entry per case (n, d, classes): a rerun replaces the methods it ran, and keeps the
+    # others' (each with its own load_before and run time)
     runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
-    runs = [r for r in runs if (r["n"], r["d"], r["classes"]) != (args.n, args.d, args.classes)]
+    case = (args.n, args.d, args.classes)
+    for r in runs:
+        if (r["n"], r["d"], r["classes"]) == case:
+            run["methods"] = {**{m: {**v, "load_before": v.get("load_before", r["load_before"])}
+                                 for m, v in r["methods"].items()},
+                              **{m: {**v, "load_before": run["load_before"]}
+                                 for m, v in run["methods"].items()}}
+    runs = [r for r in runs if (r["n"], r["d"], r["classes"]) != case]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"runs": [*runs, run]}, indent=2) + "\n")
     print(markdown_table(run))
