@@ -235,19 +235,19 @@ def test_export_has_one_projection_default():
 
 
 class CountSearches:
-    """Wraps the kNN search behind every metric and plot, counting its calls."""
+    """Wraps the (chunked) kNN search behind every metric and plot, counting its calls."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import see_dml.metrics.retrieval as retrieval
 
         self.calls = 0
-        search = retrieval.knn_search
+        search = retrieval.knn_chunks
 
         def counted(*args, **kwargs):
             self.calls += 1
             return search(*args, **kwargs)
 
-        monkeypatch.setattr(retrieval, "knn_search", counted)
+        monkeypatch.setattr(retrieval, "knn_chunks", counted)
 
 
 def test_export_callback_on_query_gallery_dataset(make_cfg, tmp_path, monkeypatch):

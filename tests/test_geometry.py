@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.memory import CLEAR_REFS, peak_rss_growth
 from see_dml import geometry
 from see_dml.train import train
 
@@ -71,6 +72,46 @@ def test_uniformity_bounds_and_order():
     assert geometry.uniformity(x) == pytest.approx(math.log(sum(pots) / len(pots)))
     with pytest.raises(ValueError, match="two"):
         geometry.uniformity(x[:1])
+
+
+def _pdist_uniformity(x: torch.Tensor, t: float = 2.0) -> float:
+    """The whole-matrix definition (what uniformity computed before it was blocked)."""
+    sq = torch.pdist(torch.nn.functional.normalize(x.double(), dim=1)).pow(2)
+    return float(torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel()))
+
+
+def test_uniformity_in_blocks_equals_every_pair(monkeypatch):
+    x = torch.randn(300, 6)
+    monkeypatch.setattr(geometry, "_BLOCK_ELEMENTS", 300 * 7)  # blocks of 7 rows
+    assert geometry.uniformity(x, t=3.0) == pytest.approx(_pdist_uniformity(x, 3.0), abs=1e-9)
+    assert geometry.uniformity(x, max_rows=None) == pytest.approx(_pdist_uniformity(x),
+                                                                  abs=1e-9)
+
+
+def test_uniformity_above_max_rows_is_a_fixed_sample_estimate():
+    torch.manual_seed(0)
+    x = torch.randn(3000, 8)
+    exact = _pdist_uniformity(x)
+    sampled = geometry.uniformity(x, max_rows=600)
+    assert sampled == pytest.approx(exact, abs=0.02)
+    assert sampled != exact  # a sample, not every pair
+    assert geometry.uniformity(x, max_rows=600) == sampled  # the same rows every call
+    assert geometry.uniformity(x, max_rows=600, seed=1) != sampled
+    assert geometry.uniformity_rows(3000, 600) == 600
+    assert geometry.uniformity_rows(500, 600) == 500 and geometry.uniformity_rows(9, None) == 9
+    with pytest.raises(ValueError, match="max_rows"):
+        geometry.uniformity(x, max_rows=1)
+
+
+@pytest.mark.skipif(not CLEAR_REFS.exists(), reason="needs Linux /proc")
+def test_uniformity_memory_does_not_grow_with_the_square():
+    """30,000 embeddings: torch.pdist's float64 pairs alone would be 3.6 GB; the blocked,
+    sampled measure stays within a few of its (block, rows) blocks."""
+    x = torch.randn(30_000, 32)
+    grown = peak_rss_growth(lambda: geometry.uniformity(x))
+    n_pairs = 30_000 * 29_999 // 2
+    assert grown < 400 * 2**20, grown
+    assert grown * 10 < n_pairs * 8
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -148,3 +148,44 @@ def test_list_images_labels_by_class_subfolder(tmp_path):
                                                                   "top.png"]
     assert labels == ["a", "b", None]
     assert list_images(tmp_path / "top.png") == ([tmp_path / "top.png"], [None])
+
+
+def test_huge_k_writes_columns_and_memory_follows_the_chunk(trained, tmp_path, monkeypatch):
+    """``k`` beyond the gallery: every neighbour of every query goes to neighbours/*.npy
+    (written chunk by chunk), retrieval.json keeps ``json_queries`` x ``json_k``, and the
+    peak Python allocation with k = every image is about that with k = 10 (the old JSON of
+    all k neighbours grew with Q x k: 765 MB on 2,000 images)."""
+    import tracemalloc
+
+    import see_dml.metrics.knn as knn
+
+    monkeypatch.setattr(knn, "CHUNK_RESULT_ELEMENTS", 4096)  # chunks of ~10 queries
+    common = [f"ckpt_path={trained['ckpt']}", "query=test", "gallery=test", "json_queries=3",
+              "json_k=2", "grid_queries=2"]
+    peaks = {}
+    for k in (10, 100_000):
+        tracemalloc.start()
+        report = _retrieve(*common, f"k={k}", f"paths.run_dir={tmp_path / str(k)}")
+        peaks[k] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    out = tmp_path / "100000"
+    n = report["num_queries"]
+    assert report["k"] == report["num_gallery"] == n > 100
+    assert len(report["results"]) == 3 and all(len(r["neighbours"]) == 2
+                                               for r in report["results"])
+    assert report["neighbours"] == "neighbours"
+    indices = np.load(out / "neighbours" / "indices.npy", mmap_mode="r")
+    scores = np.load(out / "neighbours" / "scores.npy", mmap_mode="r")
+    assert indices.shape == scores.shape == (n, n) and indices.dtype == np.int64
+    # each row ranks the whole gallery once, the query itself first
+    np.testing.assert_array_equal(np.sort(indices, axis=1), np.tile(np.arange(n), (n, 1)))
+    np.testing.assert_array_equal(indices[:, 0], np.arange(n))
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    ids = np.load(out / "neighbours" / "gallery_ids.npy")
+    assert list(ids[:2]) == ["test[0]", "test[1]"]
+    assert len(np.load(out / "neighbours" / "query_labels.npy")) == n
+    first = report["results"][0]["neighbours"][0]
+    assert first["item"] == str(ids[indices[0, 0]]) and first["score"] == pytest.approx(
+        float(scores[0, 0]))
+    assert (out / "retrieval.json").stat().st_size < 10_000
+    assert peaks[100_000] < peaks[10] + n * n * 12 / 2, peaks

@@ -87,7 +87,8 @@ def _evaluate(cfg: DictConfig, run: InferenceRun, split: str) -> dict[str, Any]:
     skipped = {name: len(dm.eval_dataset(name)) - len(embedded[name][2]) for name in names}
     result = evaluate_embeddings(split, embedded, dm.source.recall_ks,
                                  knn_backend=cfg.get("knn_backend", "auto"),
-                                 compute_nmi=bool(cfg.get("nmi", False)), skipped=skipped)
+                                 compute_nmi=bool(cfg.get("nmi", False)), skipped=skipped,
+                                 keep_queries=int(cfg.plots.grid_queries))
     sizes = {s.name: len(s.indices) for s in result.splits}
     query = result.query
     title = (f"{dm.source.name} {split}: " + (

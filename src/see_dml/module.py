@@ -152,6 +152,9 @@ class DMLModule(L.LightningModule):
         self.freeze_bn = freeze_bn
         self.recall_ks = tuple(recall_ks)
         self.knn_backend = knn_backend
+        #: queries whose neighbour lists an evaluation keeps (the retrieval grid's rows);
+        #: None: see_dml.metrics.KEPT_QUERIES. The export callback sets its grid_queries.
+        self.keep_queries: int | None = None
         self.compute_nmi = compute_nmi
         self.config = config
         self.embedding_hooks: list[EmbeddingHook] = []
@@ -412,7 +415,7 @@ class DMLModule(L.LightningModule):
         # Embeddings are searched where they are: knn_backend=auto picks the torch search
         # for a model on a GPU (see_dml.metrics.knn.resolve_backend).
         return evaluate_embeddings(prefix, splits, self.recall_ks, knn_backend=self.knn_backend,
-                                   compute_nmi=compute_nmi,
+                                   compute_nmi=compute_nmi, keep_queries=self.keep_queries,
                                    skipped={n: self.skipped_images.get(n, 0) for n in names})
 
     def _validation_splits(self) -> tuple[list[str], list[str]]:

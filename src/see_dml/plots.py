@@ -280,10 +280,12 @@ def plot_retrieval_examples(result: RetrievalResult, query_items: Sequence | np.
                             reference_labels: np.ndarray | None = None,
                             path: str | Path | None = None, *, n_queries: int = 8, k: int = 5,
                             image_mode: str = "RGB", on_error: str = "fail") -> Figure:
-    """A :func:`retrieval_grid` of ``n_queries`` evenly spaced queries of a kNN result.
+    """A :func:`retrieval_grid` of ``n_queries`` evenly spaced queries among those whose
+    neighbours a kNN result kept.
 
     Args:
-        result: the kNN result of the metrics (:func:`see_dml.metrics.retrieve`).
+        result: the kNN result of the metrics (:func:`see_dml.metrics.evaluate_retrieval`
+            keeps a few evenly spaced queries, :func:`see_dml.metrics.retrieve` all).
         query_items: the query split's items (paths or image array).
         reference_items: the reference split's items; None in all-vs-all mode (= queries).
         reference_labels: (R,) reference labels; default the query labels (all-vs-all).
@@ -291,17 +293,19 @@ def plot_retrieval_examples(result: RetrievalResult, query_items: Sequence | np.
         image_mode: PIL mode of the dataset's images (``L`` for digits).
         on_error: the dataset's policy for unreadable images (see :func:`split_image`).
     """
+    from see_dml.metrics import spread_rows
+
     ref_items = query_items if reference_items is None else reference_items
     ref_labels = result.query_labels if reference_labels is None else reference_labels
-    n_q = len(result.query_labels)
-    rows = np.unique(np.linspace(0, n_q - 1, num=min(n_queries, n_q)).round().astype(int))
+    picked = spread_rows(len(result.rows), n_queries)  # positions among the kept rows
+    rows = result.rows[picked]
     k = min(k, result.k)
-    idx = result.indices[rows, :k]
+    idx = result.indices[picked, :k]
     return retrieval_grid(
         [split_image(query_items, r, image_mode, on_error) for r in rows],
         [[split_image(ref_items, j, image_mode, on_error) for j in row] for row in idx],
         path,
         query_labels=[result.query_labels[r] for r in rows],
         neighbour_labels=[[ref_labels[j] for j in row] for row in idx],
-        scores=result.similarities[rows, :k],
+        scores=result.similarities[picked, :k],
     )

@@ -69,7 +69,8 @@ class EvaluationResult:
     Attributes:
         prefix: what the metrics are logged under (``val``, ``test``, ``test_final``).
         splits: ``(test,)``, ``(val,)`` or ``(query, gallery)``: the queries come first.
-        knn: the one kNN search of the queries (all-vs-all, or against the gallery).
+        knn: the neighbours the one kNN search of the queries (all-vs-all, or against the
+            gallery) kept for a few evenly spaced queries (the retrieval grid's).
         metrics: ``recall@K``, ``precision@1``, ``r_precision``, ``map@r``, query counts
             and, when asked, ``nmi`` (unprefixed floats).
     """
@@ -96,7 +97,7 @@ class EvaluationResult:
 def evaluate_embeddings(prefix: str,
                         splits: Mapping[str, tuple[torch.Tensor, Any, Any]],
                         recall_ks: tuple[int, ...] | list[int], *, knn_backend: Backend = "auto",
-                        compute_nmi: bool = False,
+                        compute_nmi: bool = False, keep_queries: int | None = None,
                         skipped: Mapping[str, int] | None = None) -> EvaluationResult:
     """Search once and compute every metric of one evaluation.
 
@@ -112,8 +113,12 @@ def evaluate_embeddings(prefix: str,
         skipped: ``{split: images left out}`` (unreadable, ``dataset.on_error=skip``): their
             sum is the metric ``skipped_images`` when it is not 0 (the metrics describe
             the other images only).
+        keep_queries: evenly spaced queries whose neighbour lists the result keeps (the
+            retrieval grid's rows); default :data:`see_dml.metrics.KEPT_QUERIES`. The
+            metrics are streamed over query chunks (:func:`see_dml.metrics.
+            evaluate_retrieval`), so memory does not grow with queries x neighbours.
     """
-    from see_dml.metrics import metrics_from_neighbours, nmi_score, retrieve
+    from see_dml.metrics import KEPT_QUERIES, evaluate_retrieval, nmi_score
 
     if not 1 <= len(splits) <= 2:
         raise ValueError(f"evaluate one split, or a query and a gallery split; got {list(splits)}")
@@ -131,10 +136,9 @@ def evaluate_embeddings(prefix: str,
                 "the model diverged, so no metrics are computed from it")
     (q_emb, _, _), *gallery = splits.values()
     reference, reference_labels = (gallery[0][0], parts[1].labels) if gallery else (None, None)
-    knn = retrieve(q_emb, parts[0].labels, reference, reference_labels, k=max(recall_ks),
-                   backend=knn_backend)
-    metrics = metrics_from_neighbours(knn.neighbour_labels, knn.query_labels,
-                                      knn.relevant_counts, recall_ks)
+    metrics, knn = evaluate_retrieval(
+        q_emb, parts[0].labels, reference, reference_labels, tuple(recall_ks),
+        keep=KEPT_QUERIES if keep_queries is None else keep_queries, backend=knn_backend)
     left_out = sum(int(v) for v in (skipped or {}).values())
     if left_out:
         metrics["skipped_images"] = float(left_out)

@@ -13,6 +13,7 @@ its ``conf/dataset/<name>.yaml`` expects, so a test can set ``paths.data_dir`` a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,13 +50,30 @@ class FixtureData:
         return [p for paths in self.images.values() for p in paths]
 
 
-def write_jpeg(path: Path, rng: np.random.Generator, size: int = 32) -> None:
-    """A small random-colour JPEG (a flat colour plus noise, so it compresses like a photo)."""
+def write_jpeg(path: Path, rng: np.random.Generator, size: int = 32,
+               label: int | None = None) -> None:
+    """A small JPEG: a flat random colour plus noise (so it compresses like a photo), or,
+    with ``label``, four quadrant colours fixed by the class (a signal a model can learn)
+    plus per-image noise."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    base = rng.integers(0, 256, size=3)
+    if label is None:
+        base = rng.integers(0, 256, size=3)
+    else:
+        quads = np.random.default_rng(int(label) + 7919).integers(30, 226, size=(2, 2, 3))
+        half = (np.arange(size) >= size // 2).astype(int)
+        base = quads[half[:, None], half[None, :]]
     noise = rng.integers(-40, 41, size=(size, size, 3))
     pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(path, format="JPEG", quality=85)
+
+
+def _counts(per_class: int | Sequence[int], n: int) -> list[int]:
+    """Images of each of ``n`` classes: one number for all, or one per class."""
+    if isinstance(per_class, int):
+        return [per_class] * n
+    if len(per_class) != n:
+        raise ValueError(f"per_class lists {len(per_class)} counts for {n} classes")
+    return [int(c) for c in per_class]
 
 
 def corrupt_image(path: Path) -> Path:
@@ -71,19 +89,24 @@ def truncate_image(path: Path) -> Path:
     return path
 
 
-def make_cub(root: Path, n_classes: int = 4, per_class: int = 3, seed: int = 0) -> FixtureData:
-    """CUB_200_2011 with classes ``1..n_classes`` (train) and ``101..100+n_classes`` (test)."""
+def make_cub(root: Path, n_classes: int = 4, per_class: int | Sequence[int] = 3,
+             seed: int = 0, image_size: int = 32, class_signal: bool = False) -> FixtureData:
+    """CUB_200_2011 with classes ``1..n_classes`` (train) and ``101..100+n_classes`` (test).
+
+    ``per_class``: images of every class, or one count per class (train classes first);
+    ``class_signal``: images coloured by class (:func:`write_jpeg`)."""
     rng = np.random.default_rng(seed)
     out = FixtureData(root)
     classes = [*range(1, n_classes + 1), *range(101, 101 + n_classes)]
+    counts = _counts(per_class, len(classes))
     images_txt, labels_txt, split_txt = [], [], []
     image_id = 0
-    for cls in classes:
+    for cls, n_images in zip(classes, counts, strict=True):
         folder = f"{cls:03d}.Bird_{cls}"
-        for k in range(per_class):
+        for k in range(n_images):
             image_id += 1
             rel = f"{folder}/Bird_{cls}_{k:04d}_{image_id}.jpg"
-            write_jpeg(root / "images" / rel, rng)
+            write_jpeg(root / "images" / rel, rng, image_size, cls if class_signal else None)
             images_txt.append(f"{image_id} {rel}")
             labels_txt.append(f"{image_id} {cls}")
             split_txt.append(f"{image_id} {k % 2}")  # classification split: ignored
@@ -106,22 +129,24 @@ def _struct_array(rows: list[dict[str, object]]) -> np.ndarray:
     return arr
 
 
-def make_cars(root: Path, n_classes: int = 3, per_class: int = 4, seed: int = 0,
-              layout: str = "official") -> FixtureData:
+def make_cars(root: Path, n_classes: int = 3, per_class: int | Sequence[int] = 4,
+              seed: int = 0, layout: str = "official", image_size: int = 32,
+              class_signal: bool = False) -> FixtureData:
     """Cars-196 with classes ``1..n_classes`` (train) and ``99..98+n_classes`` (test).
 
     ``layout="official"`` writes ``cars_annos.mat`` + ``car_ims/``; ``"torchvision"`` writes
     torchvision's ``StanfordCars`` folder (``devkit/``, ``cars_train/``, ``cars_test/``).
     Each class has images with ``test`` = 0 and 1, so a loader that used that flag (the
-    classification split) would get other split sizes.
+    classification split) would get other split sizes. ``per_class``, ``image_size`` and
+    ``class_signal`` as :func:`make_cub`.
     """
     if layout not in ("official", "torchvision"):
         raise ValueError(f"layout must be 'official' or 'torchvision', got {layout!r}")
     rng = np.random.default_rng(seed)
     classes = [*range(1, n_classes + 1), *range(99, 99 + n_classes)]
     rows = []
-    for cls in classes:
-        for k in range(per_class):
+    for cls, n_images in zip(classes, _counts(per_class, len(classes)), strict=True):
+        for k in range(n_images):
             x1, y1 = (int(v) for v in rng.integers(0, 10, size=2))
             rows.append({"bbox_x1": np.uint16(x1), "bbox_y1": np.uint16(y1),
                          "bbox_x2": np.uint16(x1 + 20), "bbox_y2": np.uint16(y1 + 20),
@@ -135,7 +160,8 @@ def make_cars(root: Path, n_classes: int = 3, per_class: int = 4, seed: int = 0,
     if layout == "official":
         for i, row in enumerate(rows, 1):
             row["relative_im_path"] = f"car_ims/{i:06d}.jpg"
-            write_jpeg(root / row["relative_im_path"], rng)
+            write_jpeg(root / row["relative_im_path"], rng, image_size,
+                       int(row["class"]) if class_signal else None)
         scipy.io.savemat(root / "cars_annos.mat",
                          {"annotations": _struct_array(rows), "class_names": class_names})
         for row in rows:
@@ -149,7 +175,8 @@ def make_cars(root: Path, n_classes: int = 3, per_class: int = 4, seed: int = 0,
         part = [{k: v for k, v in r.items() if k != "test"} for r in rows if r["test"] == flag]
         for i, row in enumerate(part, 1):
             row["fname"] = f"{i:05d}.jpg"
-            write_jpeg(root / folder / row["fname"], rng)
+            write_jpeg(root / folder / row["fname"], rng, image_size,
+                       int(row["class"]) if class_signal else None)
             cls = int(row["class"])
             out.add("train" if cls <= 98 else "test", root / folder / row["fname"], cls)
         scipy.io.savemat(root / mat, {"annotations": _struct_array(part)})
@@ -159,22 +186,28 @@ def make_cars(root: Path, n_classes: int = 3, per_class: int = 4, seed: int = 0,
 SOP_SUPER_CLASSES = ("bicycle", "cabinet", "chair")
 
 
-def make_sop(root: Path, n_classes: int = 4, per_class: int = 2, seed: int = 0) -> FixtureData:
-    """Stanford_Online_Products: ``n_classes`` products per split, numbered as the official
-    files do (train ``1..n``, test ``n+1..2n``), spread over a few ``<super>_final/`` folders."""
+def make_sop(root: Path, n_classes: int | tuple[int, int] = 4,
+             per_class: int | Sequence[int] = 2, seed: int = 0, image_size: int = 32,
+             class_signal: bool = False) -> FixtureData:
+    """Stanford_Online_Products: ``n_classes`` products per split (or ``(train, test)``
+    numbers), numbered as the official files do (train ``1..n``, test ``n+1..``), spread
+    over a few ``<super>_final/`` folders. ``per_class``, ``image_size`` and
+    ``class_signal`` as :func:`make_cub`."""
     rng = np.random.default_rng(seed)
     out = FixtureData(root)
+    n_train, n_test = (n_classes, n_classes) if isinstance(n_classes, int) else n_classes
+    counts = iter(_counts(per_class, n_train + n_test))
     image_id = 0
-    for split, index, first in (("train", "Ebay_train.txt", 1),
-                                ("test", "Ebay_test.txt", n_classes + 1)):
+    for split, index, first, n in (("train", "Ebay_train.txt", 1, n_train),
+                                   ("test", "Ebay_test.txt", n_train + 1, n_test)):
         lines = ["image_id class_id super_class_id path"]
-        for cls in range(first, first + n_classes):
+        for cls in range(first, first + n):
             super_id = cls % len(SOP_SUPER_CLASSES)
             product = 111085122000 + cls
-            for k in range(per_class):
+            for k in range(next(counts)):
                 image_id += 1
                 rel = f"{SOP_SUPER_CLASSES[super_id]}_final/{product}_{k}.JPG"
-                write_jpeg(root / rel, rng)
+                write_jpeg(root / rel, rng, image_size, cls if class_signal else None)
                 lines.append(f"{image_id} {cls} {super_id + 1} {rel}")
                 out.add(split, root / rel, cls)
         (root / index).write_text("\n".join(lines) + "\n")
@@ -182,14 +215,20 @@ def make_sop(root: Path, n_classes: int = 4, per_class: int = 2, seed: int = 0) 
 
 
 def make_inshop(root: Path, n_train: int = 4, n_test: int = 3, per_item: int = 4, seed: int = 0,
-                under_img_folder: bool = False) -> FixtureData:
+                under_img_folder: bool = False, counts: dict[str, Sequence[int]] | None = None,
+                image_size: int = 32, class_signal: bool = False) -> FixtureData:
     """In-shop Clothes Retrieval Benchmark: ``n_train`` training items; ``n_test`` test items,
     each with query and gallery images (the first half of an item's images are queries).
 
     Item ids interleave train and test (as in the official file), so labels are not
     contiguous. ``under_img_folder`` puts the images under ``Img/`` (as ``Img/img.zip``
-    unpacks) instead of directly under ``root``.
+    unpacks) instead of directly under ``root``. ``counts`` (``{"train": [...], "query":
+    [...], "gallery": [...]}``, images per item; query and gallery of equal length) replaces
+    ``n_train``, ``n_test`` and ``per_item``; ``image_size`` and ``class_signal`` as
+    :func:`make_cub`.
     """
+    if counts is not None:
+        n_train, n_test = len(counts["train"]), len(counts["query"])
     rng = np.random.default_rng(seed)
     out = FixtureData(root)
     image_base = root / "Img" if under_img_folder else root
@@ -197,13 +236,17 @@ def make_inshop(root: Path, n_train: int = 4, n_test: int = 3, per_item: int = 4
     # Train items take the odd slots, test items the even ones, until one kind runs out.
     kinds = sorted([(2 * i, False) for i in range(n_train)] + [(2 * i + 1, True)
                                                                 for i in range(n_test)])
+    train_counts = iter(counts["train"] if counts else [per_item] * n_train)
+    test_counts = iter(zip(counts["query"], counts["gallery"], strict=True) if counts
+                       else [(per_item // 2, per_item - per_item // 2)] * n_test)
     for item, (_, is_test) in enumerate(kinds, 1):
         item_id = f"id_{item:08d}"
         gender, kind = ("WOMEN", "Dresses") if item % 3 else ("MEN", "Denim")
-        for k in range(per_item):
+        n_query, n_gallery = next(test_counts) if is_test else (0, next(train_counts))
+        for k in range(n_query + n_gallery):
             name = f"img/{gender}/{kind}/{item_id}/{k + 1:02d}_{k % 4 + 1}_front.jpg"
-            write_jpeg(image_base / name, rng)
-            status = ("query" if k < per_item // 2 else "gallery") if is_test else "train"
+            write_jpeg(image_base / name, rng, image_size, item if class_signal else None)
+            status = ("query" if k < n_query else "gallery") if is_test else "train"
             rows.append((name, item_id, status))
             out.add(status, image_base / name, item)
     (root / "Eval").mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,11 @@ class EmbeddingExport(Callback):
         self._holder: int | None = None  # the pid that holds the report (see hold)
         self._held: EvaluationResult | None = None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # the evaluation keeps the neighbour lists of only as many queries as the grid shows
+        if hasattr(pl_module, "keep_queries"):  # a DMLModule
+            setattr(pl_module, "keep_queries", self.options.grid_queries)  # noqa: B010
+
     def hold(self) -> None:
         """Keep the result of the tests that follow, and report it in :meth:`release`.
 

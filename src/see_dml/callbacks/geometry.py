@@ -8,7 +8,8 @@ Recall@1 on it and on ``val`` are searched in galleries of about the same size) 
 - ``geometry/proxy_class_cos``: cosine of each proxy to its class's mean embedding;
 - ``geometry/class_spread_deg``: mean angle of an embedding to its class's proxy;
 - ``geometry/uniformity``: Wang & Isola's uniformity of those embeddings (lower: more
-  uniform);
+  uniform), over every pair of at most ``uniformity_rows`` of them (a fixed sample above
+  that; ``geometry/uniformity_rows`` records how many were used);
 - ``geometry/train_recall@1`` and ``geometry/train_val_gap@1`` (train minus val Recall@1).
 
 They go to every logger of the run (step = global step, with the epoch) and, one row per
@@ -48,14 +49,18 @@ class GeometryMonitor(Callback):
         training classes when there is no ``val`` split).
     seed: seed of the class draw (fixed: the same images every epoch and every arm).
     uniformity_t: the ``t`` of :func:`see_dml.geometry.uniformity`.
+    uniformity_rows: its ``max_rows`` (default :data:`see_dml.geometry.UNIFORMITY_ROWS`);
+        None: every pair of every embedded image (time quadratic in their number).
     """
 
     def __init__(self, dirpath: str | None = None, num_classes: int | None = None,
-                 seed: int = 0, uniformity_t: float = 2.0) -> None:
+                 seed: int = 0, uniformity_t: float = 2.0,
+                 uniformity_rows: int | None = geometry.UNIFORMITY_ROWS) -> None:
         self.dirpath = Path(dirpath) if dirpath else None
         self.num_classes = num_classes
         self.seed = int(seed)
         self.uniformity_t = float(uniformity_t)
+        self.uniformity_rows = None if uniformity_rows is None else int(uniformity_rows)
         self._loader: DataLoader | None = None
         self._previous: torch.Tensor | None = None
         self.history: list[dict[str, float]] = []
@@ -105,7 +110,10 @@ class GeometryMonitor(Callback):
         if self._loader is None:
             self._loader = self._subset_loader(trainer)
         emb, labels = self._embed(pl_module, self._loader)
-        out = {"geometry/uniformity": geometry.uniformity(emb, self.uniformity_t)}
+        out = {"geometry/uniformity": geometry.uniformity(emb, self.uniformity_t,
+                                                          self.uniformity_rows, self.seed),
+               "geometry/uniformity_rows": float(geometry.uniformity_rows(
+                   len(emb), self.uniformity_rows))}
         recall = retrieval_metrics(emb.numpy(), labels.numpy(), ks=(1,))["recall@1"]
         out["geometry/train_recall@1"] = recall
         val = trainer.callback_metrics.get("val/recall@1")

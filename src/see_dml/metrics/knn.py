@@ -1,13 +1,15 @@
 """Exact k-nearest-neighbour search by cosine similarity, behind one swappable signature.
 
 Both backends L2-normalise float32 copies of the inputs and rank by inner product, so the
-scores are cosine similarities and "nearest" means "most similar". Memory stays bounded:
-queries are searched in chunks, so nothing larger than ``(chunk, R)`` (torch) or the
-``(Q, k)`` result (faiss) is ever held — never an ``N x N`` matrix.
+scores are cosine similarities and "nearest" means "most similar". Queries are searched
+in chunks (:func:`knn_chunks`), so nothing larger than one chunk's ``(chunk, k)`` result
+and, for torch, its ``(chunk, R)`` block is held while searching — never an ``N x N``
+matrix; :func:`knn_search` gathers the chunks into the whole ``(Q, k)`` result.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import faiss
@@ -22,6 +24,9 @@ ArrayLike = np.ndarray | torch.Tensor
 _FAISS_CHUNK = 8192
 # torch materialises a (chunk, R) similarity block; ~256 MiB of float32 per block.
 _TORCH_BLOCK_ELEMENTS = 1 << 26
+#: Default budget of one chunk's ``(chunk, k)`` result, in elements (4M: 48 MiB of
+#: similarities and indices, and a few such arrays while the metrics reduce it).
+CHUNK_RESULT_ELEMENTS = 1 << 22
 
 
 def l2_normalised(x: ArrayLike) -> np.ndarray:
@@ -64,45 +69,37 @@ def _drop_self(
     return sims[keep].reshape(c, kp1 - 1), idx[keep].reshape(c, kp1 - 1)
 
 
-def _faiss_search(
+def _faiss_chunks(
     query: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     # Threads are left as the process has them (OMP_NUM_THREADS / faiss.omp_set_num_threads):
     # the caller, not a metric, knows what else shares the machine.
     index = faiss.IndexFlatIP(reference.shape[1])
     index.add(reference)
     n_q = query.shape[0]
-    sims = np.empty((n_q, k), dtype=np.float32)
-    idx = np.empty((n_q, k), dtype=np.int64)
     for start in range(0, n_q, batch_size):
         stop = min(start + batch_size, n_q)
         if exclude_self:
             d_chunk, i_chunk = index.search(query[start:stop], k + 1)
-            sims[start:stop], idx[start:stop] = _drop_self(
-                d_chunk, i_chunk, np.arange(start, stop)
-            )
+            yield (start, *_drop_self(d_chunk, i_chunk, np.arange(start, stop)))
         else:
-            # Row blocks of C-contiguous arrays are contiguous: faiss writes straight in.
-            index.search(query[start:stop], k, D=sims[start:stop], I=idx[start:stop])
-    return sims, idx
+            yield (start, *index.search(query[start:stop], k))
 
 
-def _torch_search(
+def _torch_chunks(
     query: torch.Tensor, reference: torch.Tensor, k: int, exclude_self: bool, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     n_q = query.shape[0]
-    sims = np.empty((n_q, k), dtype=np.float32)
-    idx = np.empty((n_q, k), dtype=np.int64)
     k_search = k + 1 if exclude_self else k
     for start in range(0, n_q, batch_size):
         stop = min(start + batch_size, n_q)
         block = query[start:stop] @ reference.T  # (c, R)
         d_chunk, i_chunk = torch.topk(block, k_search, dim=1, largest=True, sorted=True)
+        del block
         d_np, i_np = d_chunk.cpu().numpy(), i_chunk.cpu().numpy()
         if exclude_self:
             d_np, i_np = _drop_self(d_np, i_np, np.arange(start, stop))
-        sims[start:stop], idx[start:stop] = d_np, i_np
-    return sims, idx
+        yield start, d_np, i_np
 
 
 def resolve_backend(backend: str, query: ArrayLike) -> Literal["faiss", "torch"]:
@@ -122,37 +119,7 @@ def resolve_backend(backend: str, query: ArrayLike) -> Literal["faiss", "torch"]
     return "torch" if on_gpu else "faiss"
 
 
-def knn_search(
-    query: ArrayLike,
-    reference: ArrayLike,
-    k: int,
-    *,
-    exclude_self: bool,
-    backend: Backend = "faiss",
-    batch_size: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours of each query row among the reference rows, by cosine.
-
-    Both inputs are copied to float32 and L2-normalised here, then ranked by inner product
-    (``faiss.IndexFlatIP``, or a chunked matmul + ``torch.topk``).
-
-    Args:
-        query: (Q, d) embeddings, numpy or torch.
-        reference: (R, d) embeddings, numpy or torch.
-        k: neighbours per query; must satisfy ``1 <= k <= R - exclude_self``.
-        exclude_self: all-vs-all mode. Query row ``i`` is reference row ``i`` (``Q <= R``);
-            ``k + 1`` are searched and reference ``i`` is removed from row ``i`` by index,
-            wherever it appears (ties with duplicates may put it after another index).
-        backend: ``"faiss"`` (CPU, default), ``"torch"`` (runs on the query tensor's device)
-            or ``"auto"`` (torch for a query tensor on a GPU, else faiss).
-        batch_size: queries per chunk; default 8192 for faiss, and for torch as many as keep
-            the ``(chunk, R)`` similarity block near 256 MiB.
-
-    Returns:
-        ``(similarities, indices)``: ``(Q, k)`` float32 cosine similarities, most similar
-        first, and ``(Q, k)`` int64 indices into ``reference``.
-    """
-    n_q, n_r = len(query), len(reference)
+def _check(n_q: int, n_r: int, k: int, exclude_self: bool, batch_size: int | None) -> None:
     if exclude_self and n_q > n_r:
         raise ValueError(
             f"exclude_self=True needs query row i to be reference row i, but Q={n_q} > R={n_r}"
@@ -165,16 +132,88 @@ def knn_search(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
+
+def default_chunk(n_r: int, k: int, backend: Literal["faiss", "torch"]) -> int:
+    """Queries per chunk when the caller names none: at most 8192 (faiss) and as many as
+    keep the ``(chunk, k)`` result near :data:`CHUNK_RESULT_ELEMENTS`, and for torch the
+    ``(chunk, R)`` similarity block near 256 MiB."""
+    chunk = min(_FAISS_CHUNK, max(1, CHUNK_RESULT_ELEMENTS // max(k + 1, 1)))
+    if backend == "torch":
+        chunk = min(chunk, max(1, _TORCH_BLOCK_ELEMENTS // max(n_r, 1)))
+    return chunk
+
+
+def knn_chunks(
+    query: ArrayLike,
+    reference: ArrayLike,
+    k: int,
+    *,
+    exclude_self: bool,
+    backend: Backend = "faiss",
+    batch_size: int | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """:func:`knn_search` one chunk of queries at a time: yields ``(start, similarities,
+    indices)`` for query rows ``start .. start + len(indices)``, each ``(c, k)``, in order.
+
+    Nothing larger than one chunk's result (plus, for torch, its ``(c, R)`` block) is held,
+    so a caller that reduces each chunk and drops it needs ``O(chunk x k)`` memory whatever
+    the number of queries. Arguments as :func:`knn_search`; the default ``batch_size`` is
+    :func:`default_chunk`.
+    """
+    n_q, n_r = len(query), len(reference)
+    _check(n_q, n_r, k, exclude_self, batch_size)
     backend = resolve_backend(backend, query)
+    chunk = batch_size or default_chunk(n_r, k, backend)
     if backend == "faiss":
         q = l2_normalised(query)
         r = q if reference is query else l2_normalised(reference)
-        return _faiss_search(q, r, k, exclude_self, batch_size or _FAISS_CHUNK)
+        yield from _faiss_chunks(q, r, k, exclude_self, chunk)
+        return
     if backend == "torch":
         device = query.device if isinstance(query, torch.Tensor) else torch.device("cpu")
         with torch.no_grad():
             q_t = _as_normalised_tensor(query, device)
             r_t = q_t if reference is query else _as_normalised_tensor(reference, device)
-            chunk = batch_size or max(1, _TORCH_BLOCK_ELEMENTS // max(n_r, 1))
-            return _torch_search(q_t, r_t, k, exclude_self, chunk)
+            yield from _torch_chunks(q_t, r_t, k, exclude_self, chunk)
+        return
     raise AssertionError(backend)  # resolve_backend admits nothing else
+
+
+def knn_search(
+    query: ArrayLike,
+    reference: ArrayLike,
+    k: int,
+    *,
+    exclude_self: bool,
+    backend: Backend = "faiss",
+    batch_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of each query row among the reference rows, by cosine.
+
+    Both inputs are copied to float32 and L2-normalised here, then ranked by inner product
+    (``faiss.IndexFlatIP``, or a chunked matmul + ``torch.topk``). The whole ``(Q, k)``
+    result is returned; :func:`knn_chunks` gives it chunk by chunk instead.
+
+    Args:
+        query: (Q, d) embeddings, numpy or torch.
+        reference: (R, d) embeddings, numpy or torch.
+        k: neighbours per query; must satisfy ``1 <= k <= R - exclude_self``.
+        exclude_self: all-vs-all mode. Query row ``i`` is reference row ``i`` (``Q <= R``);
+            ``k + 1`` are searched and reference ``i`` is removed from row ``i`` by index,
+            wherever it appears (ties with duplicates may put it after another index).
+        backend: ``"faiss"`` (CPU, default), ``"torch"`` (runs on the query tensor's device)
+            or ``"auto"`` (torch for a query tensor on a GPU, else faiss).
+        batch_size: queries per chunk; default :func:`default_chunk`.
+
+    Returns:
+        ``(similarities, indices)``: ``(Q, k)`` float32 cosine similarities, most similar
+        first, and ``(Q, k)`` int64 indices into ``reference``.
+    """
+    n_q = len(query)
+    _check(n_q, len(reference), k, exclude_self, batch_size)
+    sims = np.empty((n_q, k), dtype=np.float32)
+    idx = np.empty((n_q, k), dtype=np.int64)
+    for start, d_chunk, i_chunk in knn_chunks(query, reference, k, exclude_self=exclude_self,
+                                              backend=backend, batch_size=batch_size):
+        sims[start:start + len(i_chunk)], idx[start:start + len(i_chunk)] = d_chunk, i_chunk
+    return sims, idx
