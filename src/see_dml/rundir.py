@@ -164,7 +164,6 @@ def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
     run_dir = Path(run_dir)
     hold_run_dir(run_dir)
     try:
-        _write_holder(run_dir)
         yield
     finally:
         release_run_dir(run_dir)

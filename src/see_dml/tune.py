@@ -48,13 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.config import (
     CONFIG_DIR,
     NO_VALIDATION_CLASSES,
     check_objective,
+    hydra_main,
     to_dict,
     validate_config,
 )
@@ -722,12 +722,35 @@ def _print_summary(spec: StudySpec, study_dir: Path, record: dict[str, Any] | No
           f"  {TRIALS_CSV}, {HISTORY_PNG}, {BEST_YAML} in {study_dir}")
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="tune", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def usage() -> str:
+    """``--help`` without a study: how to call the tuner and the studies there are (Hydra's
+    own help needs the mandatory ``study`` to compose the config it prints)."""
+    studies = sorted(p.stem for p in (CONFIG_DIR / "study").glob("*.yaml"))
+    return "\n\n".join([
+        "see-dml-tune (python -m see_dml.tune): " + (__doc__ or "").split("\n\n")[0],
+        f"study: one of {', '.join(studies)} (required; conf/study/<name>.yaml).",
+        "Options (key=value; `--help study=NAME` prints the whole config): study_dir, worker, "
+        "summary_only, paths.output_dir, study.n_trials, ...; several workers: -m worker=0,1 "
+        "hydra/launcher=submitit_local (or slurm_tune).",
+        "How to tune, resume and read a study: docs/tuning.md.",
+    ])
+
+
+@hydra_main("tune")
+def _main(cfg: DictConfig) -> float | None:
     from see_dml.cli import run_cli
 
     record = run_cli(tune, cfg)
     return None if record is None else float(record["value"])
+
+
+def main() -> float | None:
+    """``python -m see_dml.tune`` / ``see-dml-tune``."""
+    argv = sys.argv[1:]
+    if ({"--help", "-h"} & set(argv)) and not any(a.startswith("study=") for a in argv):
+        print(usage())
+        return None
+    return _main()
 
 
 if __name__ == "__main__":
