@@ -609,7 +609,8 @@ def test_trains_metrics_are_written_before_its_plots(make_cfg, monkeypatch):
 
 @pytest.mark.slow
 def test_retrieve_grid_is_capped_whatever_k(tmp_path, ckpt, monkeypatch):
-    """k=100000: retrieval.json holds every neighbour, the grid only grid_k columns."""
+    """k=100000: neighbours/ holds every neighbour (retrieval.json the first json_k), the
+    grid only grid_k columns."""
     import see_dml.plots as plots
 
     drawn = []
@@ -621,7 +622,9 @@ def test_retrieve_grid_is_capped_whatever_k(tmp_path, ckpt, monkeypatch):
 
     monkeypatch.setattr(plots, "retrieval_grid", spy)
     report = _retrieve(tmp_path, ckpt, "test", "test", "k=100000", "grid_queries=4")
-    assert report["k"] == len(report["results"][0]["neighbours"]) > 10
+    every = np.load(tmp_path / "out" / "neighbours" / "indices.npy", mmap_mode="r")
+    assert every.shape == (report["num_queries"], report["k"]) and report["k"] > 10
+    assert len(report["results"][0]["neighbours"]) == 10  # json_k
     assert drawn == [(4, 10)]
     _retrieve(tmp_path, ckpt, "test", "test", "k=100000", "grid_queries=2", "grid_k=3")
     assert drawn[-1] == (2, 3)
