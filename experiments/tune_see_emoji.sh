@@ -8,8 +8,8 @@
 # so that every trial loads that code whatever the checkout holds meanwhile:
 #   git worktree add /work/study-wt <commit> && cd /work/study-wt
 #   PYTHONPATH=$PWD/src PY=/work/main/.venv/bin/python OMP_NUM_THREADS=1 \
-#       RECORDS=/work/runs/tune/records nohup \
-#       bash experiments/tune_see_emoji.sh >> /work/runs/tune/tune_see_emoji.log 2>&1 &
+#       RECORDS=/work/runs/tune/records setsid nohup \
+#       bash experiments/tune_see_emoji.sh >> /work/runs/tune/tune_see_emoji.log 2>&1 < /dev/null &
 # Resume: the same command again. The studies are Optuna journals under $OUT/tune/<study>/:
 # finished trials stay, a trial killed mid-run is marked failed ("interrupted") and re-run
 # resuming its run directory; a finished seed run (metrics.json) is skipped, a started one
