@@ -72,9 +72,9 @@ def write_cub(root: Path, classes: int, per_class: int, width: int, height: int)
 
 def build(cub: Path, batch: int, m_per_class: int) -> Any:
     """The datamodule ``see_dml.train`` builds for ``dataset=cub`` (ImageNet statistics)."""
-    from see_dml.build import build_datamodule
-    from see_dml.config import compose
     from see_dml.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from see_dml.runtime.config import compose
+    from see_dml.training.components import build_datamodule
 
     cfg = compose([
         "dataset=cub", f"dataset.root={cub}", "dataset.strict_counts=false",

@@ -48,7 +48,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from timing import deciles, interval, loadavg, print_table, sync, write_json
 
-from see_dml.config import compose
+from see_dml.runtime.config import compose
 
 #: overrides of conf/train.yaml per model name (the brief's CPU rows and the GPU row)
 MODELS = {
@@ -66,7 +66,7 @@ def make_batches(cfg: DictConfig, name: str, steps: int, batch: int, image_size:
     """``steps`` class-balanced batches: Double-MNIST through the real datamodule for the
     small CNN (its training transforms, sampler and batch size), random ``3 x S x S`` images
     with ``batch / m_per_class`` classes of ``m_per_class`` for the timm models."""
-    from see_dml.build import build_datamodule
+    from see_dml.training.components import build_datamodule
 
     if name == "small_cnn":
         dm = build_datamodule(cfg)
@@ -140,7 +140,7 @@ def lightning_vs_bare(cfg: DictConfig, module: Any, loader: Any, steps: int, war
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
-    from see_dml.build import build_callbacks, build_loggers
+    from see_dml.training.components import build_callbacks, build_loggers
 
     device = next(module.parameters()).device
     bare_step = BareStep(module, loader, precision)
@@ -210,8 +210,8 @@ def summarise(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> dic
 def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     import lightning as L
 
-    from see_dml.build import build_datamodule
     from see_dml.module import DMLModule
+    from see_dml.training.components import build_datamodule
 
     device = torch.device(args.device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"

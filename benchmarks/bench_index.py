@@ -36,7 +36,7 @@ import faiss
 import numpy as np
 from bench_eval import make_data
 
-from see_dml.gallery_index import approximate_recall, make_index
+from see_dml.serving.gallery_index import approximate_recall, make_index
 
 RESULTS = Path(__file__).parent / "results" / "index.json"
 

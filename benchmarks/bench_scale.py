@@ -93,7 +93,7 @@ def stages(name: str, data_dir: Path, work: Path, size: int, fraction: float
                   f"data.transforms.image_size={size}",
                   f"data.transforms.resize={size + size // 8}", "trainer.max_epochs=1",
                   "see.enabled=true", "trainer.enable_progress_bar=false",
-                  "+callbacks.geometry._target_=see_dml.callbacks.geometry.GeometryMonitor",
+                  "+callbacks.geometry._target_=see_dml.callbacks.geometry_monitor.GeometryMonitor",
                   "+callbacks.geometry.dirpath=${paths.run_dir}"],
         "index": [py, "-m", "see_dml.index", "build", f"ckpt_path={ckpt}", *common,
                   f"gallery={eval_split}", f"index.path={index}", "progress=false"],

@@ -67,7 +67,7 @@ from omegaconf import DictConfig, open_dict
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import deciles, interval, loadavg, print_table, sync, write_json  # noqa: E402
 
-from see_dml.config import compose  # noqa: E402
+from see_dml.runtime.config import compose  # noqa: E402
 
 #: backbone family -> (its timm name, setting at 128/512-d, setting at 384-d)
 FAMILIES = {
@@ -144,9 +144,9 @@ def bench_family(family: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-    from see_dml.build import build_callbacks, build_loggers
-    from see_dml.config import validate_config
     from see_dml.module import DMLModule
+    from see_dml.training.components import build_callbacks, build_loggers
+    from see_dml.training.config_checks import validate_config
 
     device = torch.device(args.device)
     setting, cfg = setting_config(family, args.dim, device, args, tmp / family)
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # else Lightning's DDP on a CPU resets the threads to cores / processes
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("WANDB_SILENT", "true")
-    from see_dml.cli import quiet_third_party
+    from see_dml.runtime.cli import quiet_third_party
 
     quiet_third_party()
     device = torch.device(args.device)

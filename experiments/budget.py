@@ -37,7 +37,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from see_dml.config import compose, sweep_jobs
+from see_dml.runtime.config import compose, sweep_jobs
 
 PAPER = Path(__file__).resolve().parents[1] / "conf" / "experiment" / "paper"
 SETTING_KEY = "+experiment/paper@_global_"

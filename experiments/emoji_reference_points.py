@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from see_dml.build import build_datamodule
-from see_dml.config import compose
 from see_dml.metrics.retrieval import retrieval_metrics
 from see_dml.module import build_backbone
+from see_dml.runtime.config import compose
+from see_dml.training.components import build_datamodule
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, open_dict
 
-from see_dml.config import compose
+from see_dml.runtime.config import compose
 
 os.environ.setdefault("WANDB_SILENT", "true")
 

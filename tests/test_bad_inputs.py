@@ -20,14 +20,20 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import FAST, compose_config
-from see_dml.build import build_datamodule
-from see_dml.checkpoints import read_checkpoint
-from see_dml.config import validate_config, warn_ignored_keys
+from see_dml.checkpoints.read import read_checkpoint
 from see_dml.data.base import RetrievalDataset, Split
-from see_dml.errors import CheckpointError, ConfigError, DatasetNotFoundError, UnreadableImageError
 from see_dml.evaluate import evaluate
 from see_dml.retrieve import retrieve_images
+from see_dml.runtime.config import warn_ignored_keys
+from see_dml.runtime.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetNotFoundError,
+    UnreadableImageError,
+)
 from see_dml.train import train
+from see_dml.training.components import build_datamodule
+from see_dml.training.config_checks import validate_config
 
 
 # -- config ---------------------------------------------------------------------------------
@@ -66,11 +72,11 @@ def test_unknown_config_option_names_the_group(make_cfg):
 
 def test_see_that_expands_nothing_in_the_whole_run_is_warned_about(make_cfg, caplog):
     # one epoch: the ramp sits at p_min=0 for its only epoch, so SEE never expands a sample
-    with caplog.at_level(logging.WARNING, logger="see_dml.config"):
+    with caplog.at_level(logging.WARNING, logger="see_dml.runtime.config"):
         validate_config(make_cfg("see.enabled=true", "trainer.max_epochs=1"))
     assert "see.p_min=0.0" in caplog.text and "trainer.max_epochs=1" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="see_dml.config"):
+    with caplog.at_level(logging.WARNING, logger="see_dml.runtime.config"):
         validate_config(make_cfg("see.enabled=true", "trainer.max_epochs=2"))  # p(1) = 0.2
         validate_config(make_cfg("see.enabled=true", "trainer.max_epochs=1", "see.p_min=0.1"))
         validate_config(make_cfg("trainer.max_epochs=1"))  # SEE off: nothing to say
@@ -78,7 +84,7 @@ def test_see_that_expands_nothing_in_the_whole_run_is_warned_about(make_cfg, cap
 
 
 def test_see_weight_zero_is_warned_about(make_cfg, caplog):
-    with caplog.at_level(logging.WARNING, logger="see_dml.config"):
+    with caplog.at_level(logging.WARNING, logger="see_dml.runtime.config"):
         validate_config(make_cfg("see.enabled=true", "see.weight=0", "trainer.max_epochs=4"))
     assert "see.weight=0" in caplog.text
 
@@ -86,7 +92,7 @@ def test_see_weight_zero_is_warned_about(make_cfg, caplog):
 def test_model_overrides_that_evaluate_ignores_are_named(caplog):
     cfg = compose_config(["ckpt_path=x.ckpt", "+model.embed_dim=32", "+optimizer.lr=0.1",
                           "dataset.root=/data"], config_name="evaluate")
-    with caplog.at_level(logging.WARNING, logger="see_dml.config"):
+    with caplog.at_level(logging.WARNING, logger="see_dml.runtime.config"):
         keys = warn_ignored_keys(cfg, "evaluate")
     assert keys == ["model.embed_dim", "optimizer.lr"]  # dataset.root is evaluate's own key
     assert "model.embed_dim, optimizer.lr" in caplog.text
@@ -423,7 +429,7 @@ def test_a_sweep_with_a_failing_job_ends_with_the_list_and_its_error(tmp_path, l
 
 
 # -- run directory --------------------------------------------------------------------------
-_HOLD = ("import sys; from see_dml.rundir import lock_run_dir\n"
+_HOLD = ("import sys; from see_dml.runtime.lock import lock_run_dir\n"
          "with lock_run_dir(sys.argv[1]):\n"
          "    print('held', flush=True)\n"
          "    sys.stdin.read()\n")
@@ -442,7 +448,7 @@ def held_run_dir(tmp_path: Path):
 
 
 def test_second_run_in_a_held_run_directory_fails_naming_the_holder(make_cfg, held_run_dir):
-    from see_dml.errors import RunDirectoryLockedError
+    from see_dml.runtime.errors import RunDirectoryLockedError
 
     run_dir, pid = held_run_dir
     with pytest.raises(RunDirectoryLockedError, match=rf"'{run_dir}' is in use by pid {pid} "):
@@ -463,11 +469,11 @@ def test_cli_second_run_in_a_held_run_directory_exits_2(tmp_path, held_run_dir):
 
 def test_lock_of_a_killed_run_is_not_stale(tmp_path):
     """A run killed while it holds its directory (SIGKILL) does not lock it out for good."""
-    from see_dml.rundir import HOLDER_NAME, lock_run_dir
+    from see_dml.runtime.lock import HOLDER_NAME, lock_run_dir
 
     run_dir = tmp_path / "run"
     killed = subprocess.run([sys.executable, "-c", "import os, signal, sys\n"
-                             "from see_dml.rundir import lock_run_dir\n"
+                             "from see_dml.runtime.lock import lock_run_dir\n"
                              "with lock_run_dir(sys.argv[1]):\n"
                              "    os.kill(os.getpid(), signal.SIGKILL)\n", str(run_dir)],
                             timeout=60)
@@ -479,7 +485,7 @@ def test_lock_of_a_killed_run_is_not_stale(tmp_path):
 
 
 def test_damaged_last_checkpoint_without_an_intact_one_is_named(make_cfg, tmp_path):
-    from see_dml.checkpoint_io import DamagedCheckpointError
+    from see_dml.checkpoints.write import DamagedCheckpointError
 
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -533,7 +539,7 @@ def test_on_error_skip_is_honoured_by_every_plot_and_metrics_come_first(make_cfg
     for another reason costs nothing but itself."""
     import json
 
-    import see_dml.plots as plots
+    import see_dml.evaluation.plots as plots
     from helpers.dataset_fixtures import corrupt_image, make_fixture
     from see_dml.evaluate import evaluate
 
@@ -589,7 +595,7 @@ def test_trains_metrics_are_written_before_its_plots(make_cfg, monkeypatch):
     metrics.json is already whole; the embeddings and plots are drawn after it."""
     import json
 
-    import see_dml.plots as plots
+    import see_dml.evaluation.plots as plots
 
     cfg = make_cfg("test_final=false", "callbacks.embedding_export.projection=pca")
     metrics_file = Path(cfg.paths.run_dir) / "metrics.json"
@@ -611,7 +617,7 @@ def test_trains_metrics_are_written_before_its_plots(make_cfg, monkeypatch):
 def test_retrieve_grid_is_capped_whatever_k(tmp_path, ckpt, monkeypatch):
     """k=100000: neighbours/ holds every neighbour (retrieval.json the first json_k), the
     grid only grid_k columns."""
-    import see_dml.plots as plots
+    import see_dml.evaluation.plots as plots
 
     drawn = []
     real = plots.retrieval_grid
@@ -634,7 +640,7 @@ def test_retrieve_grid_is_capped_whatever_k(tmp_path, ckpt, monkeypatch):
 
 # -- resume= --------------------------------------------------------------------------------
 def test_resume_of_a_folder_that_is_no_run_is_refused(make_cfg, tmp_path):
-    from see_dml.errors import NotARunError
+    from see_dml.runtime.errors import NotARunError
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -708,7 +714,7 @@ def test_wandb_online_that_cannot_reach_its_server_leaves_no_wandb_folder(make_c
                                                                          monkeypatch):
     """With a key but no server, wandb.init writes its run folder and logs before it gives up;
     the failed start removes them, and the empty run directory goes as train's does."""
-    from see_dml.rundir import remove_if_empty
+    from see_dml.runtime.lock import remove_if_empty
 
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -782,7 +788,7 @@ def test_a_failed_wandb_start_keeps_the_earlier_runs_of_a_resumed_run(tmp_path, 
 def test_full_disk_is_one_line_naming_the_file(capsys):
     import errno
 
-    from see_dml.cli import run_cli
+    from see_dml.runtime.cli import run_cli
 
     def task(cfg):
         raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoints/last.ckpt")
@@ -834,7 +840,7 @@ def test_a_run_directory_that_is_not_writable_is_refused_and_not_left(tmp_path, 
 
     from omegaconf import OmegaConf
 
-    from see_dml.hydra_callbacks import RunDirectoryCreatable
+    from see_dml.runtime.hydra_hooks import RunDirectoryCreatable
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", kwargs.get("dir"))
@@ -869,7 +875,7 @@ def test_truncated_jpeg_met_in_training_names_the_file_and_data_check(make_cfg, 
 
 
 def test_an_unreadable_image_from_a_dataloader_worker_is_one_line():
-    from see_dml.errors import data_error_line
+    from see_dml.runtime.errors import data_error_line
 
     wrapped = UnreadableImageError(  # as torch re-raises a worker's exception
         "Caught UnreadableImageError in DataLoader worker process 0.\nOriginal Traceback "
@@ -915,7 +921,7 @@ def test_ddps_other_ranks_do_not_take_the_run_directory_lock(held_run_dir, monke
 
     from omegaconf import OmegaConf
 
-    from see_dml.hydra_callbacks import RunDirectoryInUse
+    from see_dml.runtime.hydra_hooks import RunDirectoryInUse
     from see_dml.train import _run_dir_lock
 
     run_dir, _ = held_run_dir
@@ -951,8 +957,8 @@ def evil_ckpt(tmp_path: Path, ckpt: str) -> tuple[Path, Path]:
 
 
 def test_a_checkpoint_with_code_in_it_runs_nothing_in_any_reader(evil_ckpt, make_cfg):
-    from see_dml.checkpoint_io import DamagedCheckpointError, find_resumable
-    from see_dml.checkpoints import UnsafeCheckpointError
+    from see_dml.checkpoints.read import UnsafeCheckpointError
+    from see_dml.checkpoints.write import DamagedCheckpointError, find_resumable
     from see_dml.module import DMLModule, load_module_from_checkpoint
     from see_dml.train import check_resume_config
 
@@ -996,7 +1002,7 @@ def test_checkpoints_hold_only_what_the_safe_loader_reads(ckpt):
 
 def test_a_checkpoint_of_an_older_see_dml_with_a_dictconfig_still_loads(ckpt, tmp_path):
     """Older see_dml stored the config as a DictConfig: its omegaconf types are allowed by
-    name (see_dml.checkpoints.OMEGACONF_GLOBALS), nothing else."""
+    name (see_dml.checkpoints.read.OMEGACONF_GLOBALS), nothing else."""
     from omegaconf import DictConfig, OmegaConf
 
     from see_dml.module import load_module_from_checkpoint
@@ -1076,8 +1082,8 @@ def test_on_error_skip_leaves_an_unreadable_test_image_out_and_counts_it(tmp_pat
     used to be replaced by another image of its class: an exact duplicate, a free Recall@1
     hit for both, and the unreadable file's path on the other image's embedding); the
     metrics count it, and the table says so."""
-    from see_dml.inference import embed_split
-    from see_dml.scoring import evaluate_embeddings, format_results
+    from see_dml.evaluation.report import evaluate_embeddings, format_results
+    from see_dml.serving.inference import embed_split
 
     files = []
     for i, colour in enumerate([(255, 0, 0), (250, 5, 0), (0, 0, 255), (0, 5, 250)]):
@@ -1110,8 +1116,8 @@ def test_full_disk_during_a_checkpoint_write_names_the_directory_and_the_space(t
     written and what is free; the partial file is gone and the previous checkpoint kept."""
     import errno
 
-    from see_dml import checkpoint_io
-    from see_dml.errors import user_error_line
+    from see_dml.checkpoints import write as checkpoint_io
+    from see_dml.runtime.errors import user_error_line
 
     target = tmp_path / "checkpoints" / "last.ckpt"
     checkpoint_io.atomic_torch_save({"epoch": 0}, target)

@@ -19,8 +19,8 @@ from omegaconf import open_dict
 
 from conftest import FAST, compose_config
 from helpers.dataset_fixtures import make_fixture
-from see_dml.errors import ConfigError
-from see_dml.scoring import best_on_test, format_results
+from see_dml.evaluation.report import best_on_test, format_results
+from see_dml.runtime.errors import ConfigError
 from see_dml.train import train
 
 QUIET = ["callbacks.embedding_export=null", "test_final=false"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from see_dml import cli
+from see_dml.runtime import cli
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_lightning_lines_are_printed_once_under_hydras_logging():
 
     import lightning  # noqa: F401 - the import adds the handler
 
-    from see_dml.cli import one_lightning_console
+    from see_dml.runtime.cli import one_lightning_console
 
     logger = logging.getLogger("lightning")
     extra = logging.StreamHandler()
@@ -124,7 +124,7 @@ def test_a_failed_tool_run_leaves_no_folder_but_the_users(tmp_path):
     and not a folder that holds another run."""
     from omegaconf import OmegaConf
 
-    from see_dml.errors import ConfigError
+    from see_dml.runtime.errors import ConfigError
 
     def fails(cfg):
         raise ConfigError("split must be one of test, val; got 'x'")

@@ -6,7 +6,7 @@ import pytest
 from lightning.pytorch.strategies import StrategyRegistry
 
 from conftest import compose_config
-from see_dml.config import ddp_strategy
+from see_dml.runtime.config import ddp_strategy
 
 
 @pytest.mark.parametrize(("overrides", "strategy"), [
@@ -28,7 +28,7 @@ def test_ddp_strategy_rejects_an_unknown_base():
 
 
 def _options(group: str) -> list[str]:
-    from see_dml.config import CONFIG_DIR
+    from see_dml.runtime.config import CONFIG_DIR
 
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
@@ -83,7 +83,7 @@ def test_the_tools_share_one_inference_config(tool, embeds):
     composed config with the shared default, and none counts as an ignored key."""
     from omegaconf import OmegaConf
 
-    from see_dml.config import CONFIG_DIR, ignored_keys
+    from see_dml.runtime.config import CONFIG_DIR, ignored_keys
 
     shared = OmegaConf.load(CONFIG_DIR / "inference" / "checkpoint.yaml")
     if embeds:

@@ -1,4 +1,4 @@
-"""One set of user errors, one line each, one exit status (see_dml.errors)."""
+"""One set of user errors, one line each, one exit status (see_dml.runtime.errors)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hydra.errors import InstantiationException
 
 from helpers.dataset_fixtures import make_cub
-from see_dml import errors
-from see_dml.errors import USER_ERRORS, DatasetCountError, user_error_line
+from see_dml.runtime import errors
+from see_dml.runtime.errors import USER_ERRORS, DatasetCountError, user_error_line
 
 
 @pytest.mark.parametrize("kind", USER_ERRORS)
@@ -35,7 +35,8 @@ def test_the_errors_module_loads_nothing_heavy():
     import sys
 
     heavy = "('torch', 'lightning', 'hydra', 'numpy')"
-    code = f"import sys, see_dml.errors; print(sorted(m for m in {heavy} if m in sys.modules))"
+    code = ("import sys, see_dml.runtime.errors; "
+            f"print(sorted(m for m in {heavy} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"

@@ -15,13 +15,13 @@ from PIL import Image
 
 from conftest import FAST, compose_config
 from helpers.dataset_fixtures import make_fixture
-from see_dml.checkpoints import read_checkpoint
-from see_dml.embedding_files import save_embeddings
-from see_dml.errors import CheckpointError, ConfigError
+from see_dml.checkpoints.read import read_checkpoint
 from see_dml.evaluate import evaluate
-from see_dml.inference import resolve_dataset_config
+from see_dml.evaluation.embedding_files import save_embeddings
 from see_dml.metrics import retrieval_metrics
 from see_dml.module import DMLModule, load_module_from_checkpoint
+from see_dml.runtime.errors import CheckpointError, ConfigError
+from see_dml.serving.inference import resolve_dataset_config
 from see_dml.train import train
 
 TEST_IMAGES = 20 * 20  # Double-MNIST: 20 test classes x images_per_class=20
@@ -226,7 +226,7 @@ def test_checkpoint_without_class_count_reads_it_from_the_loss_weights(tmp_path,
 
 def test_export_has_one_projection_default():
     """The callback built without arguments, training's config and evaluate's agree."""
-    from see_dml.callbacks.export import EmbeddingExport
+    from see_dml.callbacks.embedding_export import EmbeddingExport
 
     default = inspect.signature(EmbeddingExport).parameters["projection"].default
     train_cfg = compose_config([])

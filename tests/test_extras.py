@@ -1,5 +1,5 @@
 """Optional parts are extras: the default install carries none of them, pyproject.toml and
-``see_dml.extras`` name the same ones, and a config or command that needs a missing extra
+``see_dml.runtime.extras`` name the same ones, and a config or command that needs a missing extra
 stops before any work with one line naming it.
 
 "Missing" is real where the package is absent (the floors run, ``make test-floors``, installs
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from see_dml import extras
-from see_dml.config import validate_config
-from see_dml.errors import ConfigError, user_error_line
+from see_dml.runtime import extras
+from see_dml.runtime.errors import ConfigError, user_error_line
+from see_dml.training.config_checks import validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]

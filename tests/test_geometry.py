@@ -1,4 +1,5 @@
-"""The geometry measures (see_dml.geometry) on hand-made embeddings, and their callback."""
+"""The geometry measures (see_dml.evaluation.geometry) on hand-made embeddings, and their
+callback."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from helpers.memory import CLEAR_REFS, peak_rss_growth
-from see_dml import geometry
+from see_dml.evaluation import geometry
 from see_dml.train import train
 
 
@@ -123,7 +124,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_monitor_logs_every_epoch_and_resumes_its_drift(make_cfg, tmp_path):
     """Each epoch: a geometry.csv row and the CSV logger's columns; a resumed run measures
     its first epoch's drift from the proxies saved in the checkpoint."""
-    common = ["+callbacks.geometry._target_=see_dml.callbacks.geometry.GeometryMonitor",
+    common = ["+callbacks.geometry._target_=see_dml.callbacks.geometry_monitor.GeometryMonitor",
               "+callbacks.geometry.dirpath=${paths.run_dir}", "callbacks.embedding_export=null",
               "test_final=false", "see.enabled=true", "see.p_min=0.4"]
     a, b = tmp_path / "a", tmp_path / "b"

@@ -14,11 +14,11 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import FAST, compose_config
-from see_dml.errors import IndexFileError
-from see_dml.gallery_index import load_index, sidecar_path
 from see_dml.index import run
 from see_dml.module import DMLModule
 from see_dml.retrieve import retrieve_images
+from see_dml.runtime.errors import IndexFileError
+from see_dml.serving.gallery_index import load_index, sidecar_path
 
 CLASSES, PER_CLASS = 3, 3
 
@@ -209,7 +209,7 @@ def test_cli_truncated_index_is_one_line(setup, tmp_path):
 
 
 def test_build_onto_an_existing_index_needs_overwrite(setup, tmp_path):
-    from see_dml.errors import ConfigError
+    from see_dml.runtime.errors import ConfigError
 
     path = tmp_path / "gallery.faiss"
     common = [f"ckpt_path={setup['model']}", f"index.path={path}"]

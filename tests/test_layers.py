@@ -31,7 +31,7 @@ def _copy(tmp_path: Path) -> Path:
 def test_the_tree_keeps_the_layers(tmp_path):
     run = _lint(_copy(tmp_path))
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "2 kept, 0 broken" in run.stdout
+    assert "3 kept, 0 broken" in run.stdout
 
 
 def _lint_with(tmp_path, module: str, imported: str, name: str):
@@ -45,9 +45,9 @@ def _lint_with(tmp_path, module: str, imported: str, name: str):
 
 
 def test_a_library_module_importing_an_entry_point_breaks_the_contract(tmp_path):
-    run = _lint_with(tmp_path, "scoring.py", "export", "export_model")
+    run = _lint_with(tmp_path, "evaluation/report.py", "export", "export_model")
     assert run.returncode != 0
-    assert "see_dml.scoring is not allowed to import see_dml.export" in run.stdout
+    assert "see_dml.evaluation.report is not allowed to import see_dml.export" in run.stdout
     assert "No library module imports an entry point, and no entry point imports another " \
         "BROKEN" in run.stdout
 
@@ -60,9 +60,24 @@ def test_an_entry_point_importing_another_breaks_the_contract(tmp_path):
 
 def test_a_function_level_import_cycle_breaks_the_acyclic_contract(tmp_path):
     # module -> inference -> module: the cycle DMLModule.load_from_checkpoint once closed
-    run = _lint_with(tmp_path, "module.py", "inference", "open_checkpoint")
+    run = _lint_with(tmp_path, "module.py", "serving.inference", "open_checkpoint")
     assert run.returncode != 0
     assert "No import cycles among the modules of a package BROKEN" in run.stdout
-    assert "- .module -> .inference" in run.stdout
+    assert "- .serving -> .module" in run.stdout
     assert "No library module imports an entry point, and no entry point imports another " \
         "KEPT" in run.stdout
+
+
+def test_an_import_of_a_higher_layer_breaks_the_layers_contract(tmp_path):
+    """A part (data) importing one run's evaluation, a layer above it: no cycle yet, and
+    not an entry point, but the layers contract names it."""
+    run = _lint_with(tmp_path, "data/base.py", "evaluation.plots", "project_2d")
+    assert run.returncode != 0
+    assert "The library's layers: each imports only the layers below it BROKEN" in run.stdout
+    assert "see_dml.data.base -> see_dml.evaluation.plots" in run.stdout
+
+
+def test_parts_of_one_layer_import_none_of_each_other(tmp_path):
+    run = _lint_with(tmp_path, "losses/metric_loss.py", "data.base", "Split")
+    assert run.returncode != 0
+    assert "The library's layers: each imports only the layers below it BROKEN" in run.stdout

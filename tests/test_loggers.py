@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from see_dml.config import path_id
+from see_dml.runtime.config import path_id
 from see_dml.train import train
 
 #: one short epoch, evaluation on a batch per split (the loggers are under test, not metrics)

@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from see_dml.build import build_datamodule
 from see_dml.data.datamodule import RetrievalDataModule
 from see_dml.module import DMLModule, build_backbone
+from see_dml.training.components import build_datamodule
 
 
 def build(cfg) -> tuple[DMLModule, RetrievalDataModule]:

@@ -102,8 +102,8 @@ def test_two_nodes_split_the_global_batch_and_match_one_process(unbroken, make_c
     assert two["provenance/device_count"] == 2 and two["epochs"] == one["epochs"] == 3
 
     # the nodes' test of the selected checkpoint gives what one process gives for it
-    from see_dml.config import compose
     from see_dml.evaluate import evaluate
+    from see_dml.runtime.config import compose
 
     report = evaluate(compose([f"ckpt_path={two['best_checkpoint']}", "progress=false",
                                f"paths.run_dir={tmp_path / 'eval'}",
@@ -181,7 +181,7 @@ def test_a_signal_to_one_node_stops_both_and_the_requeued_job_resumes_exactly(un
 
 
 def test_other_ranks_write_no_hydra_files_and_log_to_their_own_file(monkeypatch):
-    from see_dml.config import hydra_subdir, rank_log_suffix
+    from see_dml.runtime.config import hydra_subdir, rank_log_suffix
 
     for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "NODE_RANK"):
         monkeypatch.delenv(name, raising=False)

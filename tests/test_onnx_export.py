@@ -13,10 +13,10 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import FAST, compose_config
-from see_dml.errors import ConfigError
 from see_dml.export import export_model
 from see_dml.module import DMLModule
-from see_dml.onnx_graph import export_onnx
+from see_dml.runtime.errors import ConfigError
+from see_dml.serving.onnx_graph import export_onnx
 
 
 def _model(tmp_path: Path, *overrides: str) -> tuple[torch.nn.Module, object]:
@@ -86,9 +86,9 @@ def test_safetensors_export_is_a_checkpoint_without_pickle_every_tool_reads(chec
                                                                             tmp_path):
     """format=safetensors: the weights and the run's config with no pickle in the file; it
     rebuilds the same model (same identity: an index built from the .ckpt accepts it)."""
-    from see_dml.checkpoints import read_checkpoint
-    from see_dml.inference import model_identity
+    from see_dml.checkpoints.read import read_checkpoint
     from see_dml.module import load_module_from_checkpoint
+    from see_dml.serving.inference import model_identity
 
     out = tmp_path / "shared" / "model.safetensors"
     export_model(compose_config([f"ckpt_path={checkpoint}", "format=safetensors",

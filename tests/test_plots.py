@@ -10,8 +10,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from helpers.embedding_fixtures import unit_clusters
-from see_dml.metrics import retrieve
-from see_dml.plots import (
+from see_dml.evaluation.plots import (
     QUERY,
     RIGHT,
     UNKNOWN,
@@ -24,6 +23,7 @@ from see_dml.plots import (
     recall_curves,
     retrieval_grid,
 )
+from see_dml.metrics import retrieve
 
 
 def _pixels(path, colour: str) -> int:
@@ -130,7 +130,7 @@ def test_retrieval_examples_from_a_knn_result(tmp_path):
 
 def test_retrieval_examples_follow_the_datasets_on_error_policy(tmp_path):
     """An unreadable image file: named with on_error=fail, a blank cell with skip."""
-    from see_dml.errors import UnreadableImageError
+    from see_dml.runtime.errors import UnreadableImageError
 
     emb, labels = unit_clusters(per_class=3)
     paths = []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from see_dml import provenance as prov
+from see_dml.runtime import provenance as prov
 from see_dml.train import train
 
 KEYS = {"provenance/commit", "provenance/dirty", "provenance/torch", "provenance/lightning",

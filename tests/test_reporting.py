@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from see_dml import reporting
-from see_dml.errors import AmbiguousBaselineError, ProvenanceMismatchError
 from see_dml.reporting.__main__ import main as reporting_main
-from see_dml.reporting.geometry import geometry_frame, geometry_summary
+from see_dml.reporting.geometry_table import geometry_frame, geometry_summary
+from see_dml.runtime.errors import AmbiguousBaselineError, ProvenanceMismatchError
 
 
 def test_paired_interval_is_the_student_t_interval():
@@ -133,16 +133,14 @@ def _table_error(capsys, argv: list[str]) -> str:
 
 
 def test_table_keys_are_those_provenance_writes():
-    from see_dml.provenance import provenance
     from see_dml.reporting import tables
-
+    from see_dml.runtime.provenance import provenance
     assert set(provenance(("cpu", 1))) == {*tables.CODE_KEYS, *tables.SETUP_KEYS,
                                            *tables.RECORDED_KEYS}
 
 
 def test_table_does_not_pool_seeds_of_other_libraries_devices_or_commits(tmp_path, capsys):
     from see_dml.reporting import tables
-
     # a torch upgrade between the seeds of one config: the spread would be the upgrade's too
     old = _table_run(tmp_path / "a", "s0", 0, 0.10)
     new = _table_run(tmp_path / "a", "s1", 1, 0.12, provenance={"provenance/torch": "2.5.1"})
@@ -193,7 +191,6 @@ def test_table_does_not_pool_seeds_of_other_libraries_devices_or_commits(tmp_pat
 
 def test_table_names_the_seeds_that_lack_a_metric(tmp_path, capsys):
     from see_dml.reporting import tables
-
     for seed in range(3):
         _table_run(tmp_path, f"none{seed}", seed, 0.10 + seed / 100)
     lacking = _table_run(tmp_path, "see0", 0, 0.20, see=True, drop=("test/recall@2",))
@@ -217,7 +214,6 @@ def test_table_pairs_with_the_one_baseline_cell_or_says_which_match(tmp_path, ca
     a SEE row is paired with the one of its own n_points, and a row that none or both fit is
     an error naming them, not a pairing with whichever sorted last."""
     from see_dml.reporting import tables
-
     for seed in range(2):
         _table_run(tmp_path, f"none_n4_{seed}", seed, 0.10 + seed / 100, n_points=4)
         _table_run(tmp_path, f"none_n8_{seed}", seed, 0.30 + seed / 100, n_points=8)
@@ -242,7 +238,6 @@ def test_tuned_arms_pair_seed_by_seed_across_their_tuned_keys(tmp_path):
     """Each arm of a tuned comparison has its own learning rate: --tuned names the keys the
     pairing may cross, and the SEE row is paired with the baseline, seed by seed."""
     from see_dml.reporting import tables
-
     for seed in range(3):
         none = _table_run(tmp_path, f"none_{seed}", seed, 0.10 + seed / 100)
         see = _table_run(tmp_path, f"see_{seed}", seed, 0.12 + seed / 50, see=True)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from see_dml.embedding_files import save_embeddings
+from see_dml.evaluation.embedding_files import save_embeddings
 from see_dml.reporting.__main__ import main as report
 from see_dml.reporting.folds import concatenate, fold_metrics
 

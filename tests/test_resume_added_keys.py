@@ -7,8 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from see_dml.config import ADDED_KEYS
-from see_dml.errors import ConfigError
+from see_dml.runtime.config import ADDED_KEYS
+from see_dml.runtime.errors import ConfigError
 from see_dml.train import check_resume_config
 
 

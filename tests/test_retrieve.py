@@ -13,10 +13,10 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import compose_config
-from see_dml.errors import ConfigError
-from see_dml.image_sets import list_images
-from see_dml.plots import RIGHT, UNKNOWN
+from see_dml.evaluation.plots import RIGHT, UNKNOWN
 from see_dml.retrieve import retrieve_images
+from see_dml.runtime.errors import ConfigError
+from see_dml.serving.image_sets import list_images
 
 CLASSES, PER_CLASS = 3, 3
 

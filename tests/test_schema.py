@@ -1,4 +1,4 @@
-"""The schema of the owned config groups (``see_dml.schema``): an unknown key, a wrongly
+"""The schema of the owned config groups (``see_dml.runtime.schema``): an unknown key, a wrongly
 typed value or a value outside its choices is one line naming the key, from
 ``validate_config``, before anything is built; every shipped option and experiment passes."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_config
-from see_dml.config import validate_config
-from see_dml.errors import ConfigError
-from see_dml.schema import check_schema
+from see_dml.runtime.errors import ConfigError
+from see_dml.runtime.schema import check_schema
+from see_dml.training.config_checks import validate_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 
 from helpers.embedding_fixtures import unit_clusters
-from see_dml.metrics import nmi_score, retrieval_metrics
-from see_dml.scoring import (
+from see_dml.evaluation.report import (
     ReportOptions,
     evaluate_embeddings,
     format_results,
     report,
     write_metrics,
 )
+from see_dml.metrics import nmi_score, retrieval_metrics
 
 
 def _fake_dm(items: dict[str, np.ndarray]) -> SimpleNamespace:

@@ -15,9 +15,10 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from see_dml.config import hydra_quote, validate_config
-from see_dml.errors import ConfigError
+from see_dml.runtime.config import hydra_quote
+from see_dml.runtime.errors import ConfigError
 from see_dml.train import train
+from see_dml.training.config_checks import validate_config
 
 LOSSES = ["proxy_anchor", "multi_similarity", "contrastive", "triplet", "norm_softmax",
           "arcface"]
@@ -405,7 +406,7 @@ def test_damaged_last_checkpoint_is_named_and_the_newest_intact_one_resumed(make
     last = run_dir / "checkpoints" / "last.ckpt"
     with last.open("r+b") as f:  # a truncated write of another tool, a full disk
         f.truncate(69632)
-    with caplog.at_level(logging.WARNING, logger="see_dml.checkpoint_io"):
+    with caplog.at_level(logging.WARNING, logger="see_dml.checkpoints.write"):
         resumed = train(make_cfg(*_ATOMIC, "trainer.max_epochs=2", f"paths.run_dir={run_dir}"))
     assert f"'{last}' is damaged" in caplog.text and "epoch000.ckpt" in caplog.text
     assert resumed["epochs"] == 2
@@ -421,7 +422,7 @@ def test_resume_command_keeps_every_override_hydra_ones_too(tmp_path):
 
     from hydra.core.hydra_config import HydraConfig
 
-    from see_dml.config import compose
+    from see_dml.runtime.config import compose
     from see_dml.train import resume_command
 
     given = ["seed=3", "loss.loss.margin=0.2", f"ckpt_path={tmp_path / 'x.ckpt'}",
@@ -448,7 +449,7 @@ def test_resume_command_of_a_non_ascii_path_works_as_printed(tmp_path):
 
     from hydra.core.hydra_config import HydraConfig
 
-    from see_dml.config import compose
+    from see_dml.runtime.config import compose
     from see_dml.train import resume_command
 
     run_dir = tmp_path / "résumé d'été" / "run"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from see_dml.build import build_datamodule
 from see_dml.module import DMLModule
 from see_dml.train import train
+from see_dml.training.components import build_datamodule
 
 QUIET = ["callbacks.embedding_export=null", "test_final=false"]
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from see_dml.config import (
+from see_dml.runtime.config import compose
+from see_dml.runtime.errors import ConfigError
+from see_dml.training.config_checks import (
     NO_VALIDATION_CLASSES,
     check_objective,
-    compose,
     objective_value,
     validate_config,
 )
-from see_dml.errors import ConfigError
 from see_dml.tune import check_space, parse_study, trial_overrides
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -38,7 +38,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         return subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True,
                               text=True, timeout=600)
 
-    where = run("-c", "import see_dml.config as c; print(c.__file__); print(c.CONFIG_DIR)")
+    where = run("-c", "import see_dml.runtime.config as c; print(c.__file__); print(c.CONFIG_DIR)")
     assert where.returncode == 0, where.stderr
     assert all(line.startswith(str(site)) for line in where.stdout.split()), where.stdout
     helped = run("-m", "see_dml.train", "--help")

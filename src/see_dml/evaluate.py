@@ -3,7 +3,7 @@
 The model is rebuilt from the run config stored in the checkpoint
 (``checkpoint["see_dml_config"]``), so no training config has to be given again. The test
 split (or query + gallery for In-Shop) is embedded with a plain loop, then evaluated and
-reported exactly as training's test is (:mod:`see_dml.scoring`: one kNN search, one
+reported exactly as training's test is (:mod:`see_dml.evaluation.report`: one kNN search, one
 report): Recall@K (the dataset's Ks), MAP@R, R-Precision and Precision@1 are printed as a
 Markdown table and written to ``metrics.json`` / ``metrics.md`` in the output directory
 (``${paths.output_dir}/evaluate/runs/<time>_<id>``); the last line printed names it.
@@ -34,18 +34,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import check_knn_backend, hydra_main, warn_ignored_keys
-from see_dml.embedding_files import EXPORT_FORMATS
-from see_dml.errors import ConfigError
-from see_dml.extras import check_config as check_config_extras
-from see_dml.inference import (
+from see_dml.checkpoints.read import check_ckpt_path
+from see_dml.evaluation.embedding_files import EXPORT_FORMATS
+from see_dml.runtime.config import hydra_main, warn_ignored_keys
+from see_dml.runtime.errors import ConfigError
+from see_dml.runtime.extras import check_config as check_config_extras
+from see_dml.serving.inference import (
     EVAL_SPLITS,
     InferenceRun,
     embed_split,
     eval_split_names,
     torch_threads,
 )
+from see_dml.training.config_checks import check_knn_backend
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                           f"'{cfg.export.format}'")
     check_knn_backend(cfg)
     check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
-    from see_dml.inference import open_checkpoint
+    from see_dml.serving.inference import open_checkpoint
 
     run = open_checkpoint(cfg)
     # the CPU threads the run was trained and tested with: the same embeddings, bit for bit,
@@ -70,7 +71,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _evaluate(cfg: DictConfig, run: InferenceRun, split: str) -> dict[str, Any]:
-    from see_dml.scoring import ReportOptions, evaluate_embeddings, report, write_metrics
+    from see_dml.evaluation.report import ReportOptions, evaluate_embeddings, report, write_metrics
 
     dm = run.datamodule(setup=True)
     names = eval_split_names(dm, split)
@@ -78,7 +79,7 @@ def _evaluate(cfg: DictConfig, run: InferenceRun, split: str) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # The embeddings stay where the model ran; the search that train's test runs
-    # (see_dml.scoring.evaluate_embeddings), so the numbers agree.
+    # (see_dml.evaluation.report.evaluate_embeddings), so the numbers agree.
     embedded = {name: embed_split(run.module, dm.eval_dataset(name), dm.eval_batch_size,
                                   run.device, dm.num_workers, progress=cfg.get("progress", True),
                                   desc=f"embedding {name}")
@@ -110,7 +111,7 @@ def _evaluate(cfg: DictConfig, run: InferenceRun, split: str) -> dict[str, Any]:
 
 @hydra_main("evaluate")
 def main(cfg: DictConfig) -> float | None:
-    from see_dml.cli import run_cli
+    from see_dml.runtime.cli import run_cli
 
     return run_cli(evaluate, cfg).get(f"{cfg.split}/map@r")
 

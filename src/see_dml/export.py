@@ -2,11 +2,11 @@
 
 Writes the checkpoint's backbone, head and L2 normalisation as one ONNX graph (input
 ``images`` ``(B, C, H, W)``, output ``embeddings`` ``(B, d)`` unit rows, ``B`` dynamic;
-:mod:`see_dml.onnx_graph`) and a JSON sidecar ``<output>.json`` with what the graph expects
-(:func:`see_dml.inference.eval_preprocessing`) and which model it is
-(:func:`see_dml.inference.model_identity`); unless ``check=false`` it runs the graph with
+:mod:`see_dml.serving.onnx_graph`) and a JSON sidecar ``<output>.json`` with what the graph expects
+(:func:`see_dml.serving.inference.eval_preprocessing`) and which model it is
+(:func:`see_dml.serving.inference.model_identity`); unless ``check=false`` it runs the graph with
 onnxruntime and compares it with PyTorch. Embeddings are exported by
-``python -m see_dml.evaluate export.enabled=true`` (:mod:`see_dml.embedding_files`).
+``python -m see_dml.evaluate export.enabled=true`` (:mod:`see_dml.evaluation.embedding_files`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import hydra_main, warn_ignored_keys
-from see_dml.errors import ConfigError
-from see_dml.rundir import check_writable
+from see_dml.checkpoints.read import check_ckpt_path
+from see_dml.runtime.config import hydra_main, warn_ignored_keys
+from see_dml.runtime.errors import ConfigError
+from see_dml.runtime.lock import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"format must be onnx or safetensors, got '{cfg.format}' "
                           "(embeddings: python -m see_dml.evaluate export.enabled=true)")
     if cfg.format == "onnx":  # onnx writes the graph, onnxruntime checks it
-        from see_dml.extras import check
+        from see_dml.runtime.extras import check
 
         check("onnx", asked_by="format=onnx")
     ckpt = check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
@@ -45,8 +45,8 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
         return export_safetensors(ckpt, out)
     import torch
 
-    from see_dml.inference import eval_preprocessing, open_checkpoint
-    from see_dml.onnx_graph import export_onnx, onnx_max_abs_diff
+    from see_dml.serving.inference import eval_preprocessing, open_checkpoint
+    from see_dml.serving.onnx_graph import export_onnx, onnx_max_abs_diff
 
     run = open_checkpoint(cfg, device="cpu")
     prep = eval_preprocessing(run.datamodule())
@@ -78,11 +78,11 @@ def export_safetensors(ckpt: Path, out: Path) -> dict[str, Any]:
     """``ckpt`` as a checkpoint to share without pickle: its weights (the model's and the
     loss's) as ``safetensors`` tensors, and in the file's metadata the run's config (JSON
     text) and class count. Every tool reads it as ``ckpt_path=<out>`` (see
-    :func:`see_dml.checkpoints.read_checkpoint`); training state (optimiser, loops) is left
+    :func:`see_dml.checkpoints.read.read_checkpoint`); training state (optimiser, loops) is left
     out: it evaluates, retrieves, indexes and exports, but does not resume."""
     from safetensors.torch import save_file
 
-    from see_dml.checkpoints import SAFETENSORS_CLASSES, SAFETENSORS_CONFIG, read_checkpoint
+    from see_dml.checkpoints.read import SAFETENSORS_CLASSES, SAFETENSORS_CONFIG, read_checkpoint
 
     state = read_checkpoint(ckpt)
     # safetensors stores each tensor once and whole: contiguous copies, no shared storage
@@ -103,7 +103,7 @@ def export_safetensors(ckpt: Path, out: Path) -> dict[str, Any]:
 
 @hydra_main("export")
 def main(cfg: DictConfig) -> None:
-    from see_dml.cli import run_cli
+    from see_dml.runtime.cli import run_cli
 
     run_cli(export_model, cfg)
 

@@ -7,15 +7,15 @@ as for ``see_dml.retrieve``) once and writes two files:
   searched by inner product (= cosine similarity). ``index.kind=flat`` (default) is exact
   (``IndexFlatIP``); ``index.kind=hnsw`` (``IndexHNSWFlat``) is approximate and fast on
   galleries of millions. Its recall against the exact index is measured at build time
-  (:func:`see_dml.gallery_index.approximate_recall`) and printed.
+  (:func:`see_dml.serving.gallery_index.approximate_recall`) and printed.
 - ``<index.path>.json``, the sidecar: one entry per row (``item``: image path or
   ``test[12]``, ``label``, where to find the image), the embedding size, the hashes of the
-  checkpoint's config and of its weights (:func:`see_dml.inference.model_identity`: another
+  checkpoint's config and of its weights (:func:`see_dml.serving.inference.model_identity`: another
   epoch of the same run differs in the second), the preprocessing the model expects, and the
   SHA-256 of the index file, so a truncated or corrupt index is refused with a one-line
-  :class:`~see_dml.errors.IndexFileError` before faiss reads a byte of it.
+  :class:`~see_dml.runtime.errors.IndexFileError` before faiss reads a byte of it.
 
-The files are :mod:`see_dml.gallery_index`'s; this module is the command.
+The files are :mod:`see_dml.serving.gallery_index`'s; this module is the command.
 
 ``add`` embeds more images into an existing index: row ids never change (faiss numbers rows
 in the order they are added, and nothing is removed), images already in it are skipped.
@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import hydra_main, warn_ignored_keys
-from see_dml.errors import ConfigError, IndexFileError
-from see_dml.gallery_index import (
+from see_dml.checkpoints.read import check_ckpt_path
+from see_dml.runtime.config import hydra_main, warn_ignored_keys
+from see_dml.runtime.errors import ConfigError, IndexFileError
+from see_dml.serving.gallery_index import (
     KINDS,
     SIDECAR_VERSION,
     SavedIndex,
@@ -50,7 +50,7 @@ from see_dml.gallery_index import (
     save_index,
     sidecar_path,
 )
-from see_dml.image_sets import (
+from see_dml.serving.image_sets import (
     DATASET_SPLITS,
     check_location,
     image_files,
@@ -82,8 +82,8 @@ def _embed_gallery(cfg: DictConfig, saved: SavedIndex | None = None
         raise ConfigError("gallery is required: an image file or folder, or a split name "
                           f"({', '.join(DATASET_SPLITS)})")
     on_error = str(OmegaConf.select(cfg, "on_error", default="fail"))
-    from see_dml.inference import embed_split, eval_preprocessing, open_checkpoint
     from see_dml.metrics.knn import l2_normalised
+    from see_dml.serving.inference import embed_split, eval_preprocessing, open_checkpoint
 
     if saved is None:  # a typo, or an unreadable file, fails before the model loads
         files = image_files(str(cfg.gallery), "gallery", on_error)
@@ -221,7 +221,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra_main("index")
 def main(cfg: DictConfig) -> None:
-    from see_dml.cli import run_cli
+    from see_dml.runtime.cli import run_cli
 
     run_cli(run, cfg)
 

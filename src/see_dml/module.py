@@ -25,25 +25,25 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from see_dml.checkpoints import (
+from see_dml.checkpoints.read import (
     check_config_layout,
     num_classes_from_state_dict,
     read_checkpoint,
     resolve_device,
 )
-from see_dml.cli import one_lightning_console
-from see_dml.config import to_dict
 from see_dml.data.base import skipped_rows
-from see_dml.errors import CheckpointError
 from see_dml.losses import MetricLoss, build_metric_loss
 from see_dml.models import Backbone, EmbeddingHead
+from see_dml.runtime.cli import one_lightning_console
+from see_dml.runtime.config import to_dict
+from see_dml.runtime.errors import CheckpointError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from see_dml.data.base import DatasetSource
+    from see_dml.evaluation.report import EvaluationResult
     from see_dml.metrics.knn import Backend
-    from see_dml.scoring import EvaluationResult
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class DMLModule(L.LightningModule):
         config: the resolved run config, stored in checkpoints so any tool can rebuild
             the model from a checkpoint alone.
 
-    Every evaluation ends in one :class:`~see_dml.scoring.EvaluationResult` (one kNN
+    Every evaluation ends in one :class:`~see_dml.evaluation.report.EvaluationResult` (one kNN
     search); the last test's stays in :attr:`test_result` for the export callback, and its
     metrics are logged as ``<prefix>/...``, the prefix ``test`` unless a test runs inside
     :meth:`test_metrics_prefix`.
@@ -205,10 +205,10 @@ class DMLModule(L.LightningModule):
         ``map_location`` (a device; default the CPU). Lightning's own version calls
         ``__init__`` with the saved hyperparameters, which this module does not save (its
         arguments are built modules). The file is loaded with ``weights_only=True``
-        (:func:`see_dml.checkpoints.load_checkpoint_file`): nothing in it runs."""
+        (:func:`see_dml.checkpoints.read.load_checkpoint_file`): nothing in it runs."""
         refused = dict(kwargs)
         # a parameter because Lightning's signature has it: the checkpoint is read as every
-        # tool reads it (see_dml.checkpoints.read_checkpoint), weights only, so a file
+        # tool reads it (see_dml.checkpoints.read.read_checkpoint), weights only, so a file
         # someone sent runs no code; weights_only=False is refused like the rest
         if weights_only is not None and weights_only is not True:
             refused["weights_only"] = weights_only
@@ -406,7 +406,7 @@ class DMLModule(L.LightningModule):
         """The result of the splits ``names`` (one, or query and gallery) embedded in this
         epoch by the dataloaders ``first_index, first_index + 1, ...``; None when nothing
         was (``limit_val_batches=0``)."""
-        from see_dml.scoring import evaluate_embeddings
+        from see_dml.evaluation.report import evaluate_embeddings
 
         splits = {name: self.collect_embeddings(first_index + i, name, self._split_size(name))
                   for i, name in enumerate(names)}
@@ -458,7 +458,7 @@ class DMLModule(L.LightningModule):
         ``train`` tests the selected checkpoint as ``test`` and the last one as
         ``test_final``. A block, not an attribute to set: a later ``trainer.test`` (of a
         user, of ``evaluate``) logs under ``test`` again. The prefix also travels in the
-        :class:`~see_dml.scoring.EvaluationResult`, which is what the export callback
+        :class:`~see_dml.evaluation.report.EvaluationResult`, which is what the export callback
         reads.
         """
         previous, self._test_prefix = self._test_prefix, prefix

@@ -38,16 +38,23 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.checkpoints import check_ckpt_path
-from see_dml.config import check_knn_backend, hydra_main, warn_ignored_keys
-from see_dml.errors import ConfigError
-from see_dml.image_sets import DATASET_SPLITS, ImageSet, image_files, image_set, skipped_line
+from see_dml.checkpoints.read import check_ckpt_path
+from see_dml.runtime.config import hydra_main, warn_ignored_keys
+from see_dml.runtime.errors import ConfigError
+from see_dml.serving.image_sets import (
+    DATASET_SPLITS,
+    ImageSet,
+    image_files,
+    image_set,
+    skipped_line,
+)
+from see_dml.training.config_checks import check_knn_backend
 
 # As in evaluate.py, torch & co. load where they are used, after the cheap checks.
 if TYPE_CHECKING:
     import numpy as np
 
-    from see_dml.gallery_index import IndexedGallery, SavedIndex
+    from see_dml.serving.gallery_index import IndexedGallery, SavedIndex
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +95,13 @@ def retrieve_images(cfg: DictConfig) -> dict[str, Any]:
     _positive(cfg, "json_queries", 100)
     _positive(cfg, "json_k", 10)
     check_knn_backend(cfg)
-    from see_dml.gallery_index import IndexedGallery, index_location, load_index
+    from see_dml.serving.gallery_index import IndexedGallery, index_location, load_index
 
     # a bad index fails before torch; a relative one is where the user ran the command
     saved = load_index(index_location(index_path)) if index_path else None
-    from see_dml.inference import embed_split, open_checkpoint
     from see_dml.metrics import knn_chunks
     from see_dml.metrics.knn import l2_normalised
+    from see_dml.serving.inference import embed_split, open_checkpoint
 
     run = open_checkpoint(cfg)
     if saved is not None:
@@ -237,7 +244,7 @@ def _draw_grid(cfg: DictConfig, query: ImageSet, gallery: Any, indices: Any, sco
     """``retrieval_grid.png``: ``grid_queries`` rows of the query and its first ``grid_k``
     neighbours (whatever ``k`` is: the images drawn, and the memory, stay bounded). A grid
     that cannot be drawn is a warning: ``retrieval.json`` is written already."""
-    from see_dml.plots import retrieval_grid
+    from see_dml.evaluation.plots import retrieval_grid
 
     cols = _grid_k(cfg)
     rows = list(range(min(len(query.ids), cfg.grid_queries)))
@@ -263,7 +270,7 @@ def _draw_grid(cfg: DictConfig, query: ImageSet, gallery: Any, indices: Any, sco
 
 @hydra_main("retrieve")
 def main(cfg: DictConfig) -> None:
-    from see_dml.cli import run_cli
+    from see_dml.runtime.cli import run_cli
 
     run_cli(retrieve_images, cfg)
 

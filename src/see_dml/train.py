@@ -21,27 +21,20 @@ from typing import TYPE_CHECKING, Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.build import build_callbacks, build_datamodule, build_loggers
-from see_dml.config import (
-    ADDED_KEYS,
-    NO_VALIDATION_CLASSES,
-    flatten,
-    hydra_main,
-    hydra_quote,
-    objective_value,
-    validate_config,
-)
-from see_dml.errors import (
+from see_dml.evaluation.report import best_on_test, format_results, write_metrics
+from see_dml.runtime.config import ADDED_KEYS, flatten, hydra_main, hydra_quote
+from see_dml.runtime.errors import (
     USER_ERROR_STATUS,
     ConfigError,
     NotARunError,
     RunDirectoryLockedError,
     user_error_line,
 )
-from see_dml.hydra_callbacks import FAILURE_FILE, record_failed_job
-from see_dml.inference import torch_threads
-from see_dml.rundir import is_rank_zero, lock_run_dir, remove_if_empty
-from see_dml.scoring import best_on_test, format_results, write_metrics
+from see_dml.runtime.hydra_hooks import FAILURE_FILE, record_failed_job
+from see_dml.runtime.lock import is_rank_zero, lock_run_dir, remove_if_empty
+from see_dml.serving.inference import torch_threads
+from see_dml.training.components import build_callbacks, build_datamodule, build_loggers
+from see_dml.training.config_checks import NO_VALIDATION_CLASSES, objective_value, validate_config
 
 # torch, Lightning, timm and faiss are imported where they are used: they take seconds to
 # load, and a mistyped key, option or value must fail (or --help answer) before that.
@@ -162,7 +155,7 @@ def _epochs_run(trainer: L.Trainer, ckpt_cb: ModelCheckpoint | None, last: Path 
     count are then read from ``last.ckpt``."""
     if trainer.global_step > 0 or ckpt_cb is None or last is None:
         return trainer.current_epoch
-    from see_dml.checkpoints import load_checkpoint_file
+    from see_dml.checkpoints.read import load_checkpoint_file
 
     state = load_checkpoint_file(last)
     if ckpt_cb.best_model_score is None:
@@ -178,7 +171,7 @@ def _test_history(trainer: L.Trainer, model: DMLModule, last: Path | None
     module; under ``ddp_spawn`` the fit ran in worker processes: read from ``last.ckpt``."""
     if trainer.global_step > 0 or last is None:
         return dict(model.test_history)
-    from see_dml.checkpoints import load_checkpoint_file
+    from see_dml.checkpoints.read import load_checkpoint_file
 
     state = load_checkpoint_file(last)
     return {int(e): dict(m) for e, m in state.get("see_dml_test_history", {}).items()}
@@ -186,12 +179,12 @@ def _test_history(trainer: L.Trainer, model: DMLModule, last: Path | None
 
 def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
     """``ckpt_path=auto``: ``last.ckpt`` when it exists; a damaged one is named, and the newest
-    intact checkpoint beside it is used (:func:`see_dml.checkpoint_io.find_resumable`)."""
+    intact checkpoint beside it is used (:func:`see_dml.checkpoints.write.find_resumable`)."""
     if ckpt_path != "auto":
         return ckpt_path
     if last is None or not last.exists():
         return None
-    from see_dml.checkpoint_io import find_resumable
+    from see_dml.checkpoints.write import find_resumable
 
     return str(find_resumable(last))
 
@@ -226,7 +219,7 @@ def check_resume_config(cfg: DictConfig, ckpt: str | Path) -> None:
     moved run directory resumes) may differ; anything else (a model, loss or data key)
     would resume into another experiment, or fail later with a raw ``size mismatch``.
     """
-    from see_dml.checkpoints import load_checkpoint_file
+    from see_dml.checkpoints.read import load_checkpoint_file
 
     # weights only, as every tool reads a checkpoint: ckpt_path may be someone else's file
     stored = load_checkpoint_file(ckpt, mmap=True)
@@ -262,7 +255,7 @@ def resume_command(cfg: DictConfig) -> str:
     in its own directory: this interpreter (``sys.executable``), every command-line override
     of the run as it was given, ``hydra.*`` ones too (a loss found through
     ``hydra.searchpath`` resumes only with it), plus ``resume=<run dir>``; quoted for the
-    shell, and the run directory for Hydra (:func:`see_dml.config.hydra_quote`), so that it
+    shell, and the run directory for Hydra (:func:`see_dml.runtime.config.hydra_quote`), so that it
     works as printed."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -291,7 +284,7 @@ def _fit(trainer: L.Trainer, model: DMLModule, dm: RetrievalDataModule, ckpt: st
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from see_dml.checkpoints import safe_loading
+    from see_dml.checkpoints.read import safe_loading
 
     try:
         # Lightning's resume loads weights only too (the omegaconf types of an older
@@ -402,7 +395,7 @@ def _global_rank_zero() -> bool:
 
 
 def _run_dir_lock(run_dir: Path) -> AbstractContextManager[None]:
-    """The run directory's lock (:func:`see_dml.rundir.lock_run_dir`), taken by the global
+    """The run directory's lock (:func:`see_dml.runtime.lock.lock_run_dir`), taken by the global
     rank zero only (:func:`_global_rank_zero`)."""
     return lock_run_dir(run_dir) if _global_rank_zero() else nullcontext()
 
@@ -412,8 +405,8 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from see_dml.cli import one_lightning_console
     from see_dml.module import DMLModule, build_backbone
+    from see_dml.runtime.cli import one_lightning_console
 
     one_lightning_console()
     L.seed_everything(cfg.seed, workers=True)
@@ -426,7 +419,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     # alone; the other ranks read what it wrote
     rank_zero = _global_rank_zero()
     if last_file is not None and rank_zero:  # what a killed checkpoint write left (ours)
-        from see_dml.checkpoint_io import remove_partial_checkpoints
+        from see_dml.checkpoints.write import remove_partial_checkpoints
 
         remove_partial_checkpoints(last_file.parent)
     ckpt = _resolve_ckpt_path(cfg.get("ckpt_path"), last_file)
@@ -458,7 +451,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     if not loggers:  # logger=none: LearningRateMonitor refuses to run without a logger
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     # every checkpoint whole or absent: written beside its target, fsync'ed, renamed
-    from see_dml.checkpoint_io import AtomicCheckpointIO
+    from see_dml.checkpoints.write import AtomicCheckpointIO
 
     plugins = [*(instantiate(cfg.trainer.get("plugins")) or []), AtomicCheckpointIO()]
     # a SIGTERM (or SLURM's requeue signal) that reaches one DDP task stops them all at the
@@ -483,7 +476,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
     history = _test_history(trainer, model, last) if test_every_epoch else {}
     runs: list[tuple[str, str | None]] = [("test", best)]
     # the embedding export's files and plots come after metrics.json, which they never cost
-    from see_dml.callbacks.export import EmbeddingExport
+    from see_dml.callbacks.embedding_export import EmbeddingExport
 
     export = next((cb for cb in trainer.callbacks  # type: ignore[attr-defined]
                    if isinstance(cb, EmbeddingExport)), None)
@@ -491,7 +484,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
         export.hold()
     if cfg.get("test_final", True) and best and last and Path(best) != Path(last):
         runs.append(("test_final", str(last)))
-    from see_dml.checkpoints import safe_loading
+    from see_dml.checkpoints.read import safe_loading
 
     for prefix, ckpt in runs:
         with model.test_metrics_prefix(prefix), safe_loading():
@@ -535,7 +528,7 @@ def _in_multirun() -> bool:
 
 def _in_basic_sweep() -> bool:
     """A multirun of Hydra's basic sweeper, which ends the sweep with the first failed job's
-    traceback (see :mod:`see_dml.hydra_callbacks`), whichever launcher runs the jobs (in
+    traceback (see :mod:`see_dml.runtime.hydra_hooks`), whichever launcher runs the jobs (in
     this process, or submitit's processes of their own). Other sweepers read the job's return
     value (optuna's objective): a failure is raised."""
     if not _in_multirun():
@@ -550,7 +543,7 @@ def _remove_hydra_output() -> None:
     (``.hydra`` too when that leaves it empty) and its job log when nothing was logged."""
     from hydra.core.hydra_config import HydraConfig
 
-    from see_dml.config import RUN_UID
+    from see_dml.runtime.config import RUN_UID
 
     if not HydraConfig.initialized():
         return
@@ -584,7 +577,7 @@ def _log_to_file(line: str | None, err: BaseException) -> None:
 def _release_run_dirs(cfg: DictConfig) -> None:
     """Give up the run directory this process took at Hydra's run start (and the one of
     ``paths.run_dir``): the process ends next, and the directory may be removed."""
-    from see_dml.rundir import release_run_dir
+    from see_dml.runtime.lock import release_run_dir
 
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -598,7 +591,7 @@ def _release_run_dirs(cfg: DictConfig) -> None:
 
 @hydra_main("train")
 def main(cfg: DictConfig) -> float | None:
-    from see_dml.cli import quiet_third_party
+    from see_dml.runtime.cli import quiet_third_party
 
     quiet_third_party()
     try:

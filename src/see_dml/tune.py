@@ -7,7 +7,7 @@ a process of its own (the same code path, run directory, logs and resume as any 
 objective is the validation metric of the checkpoint chosen on the validation classes
 (``best/<objective>`` in its ``metrics.json``, default ``val/map@r``). A test metric is never
 read, and a ``test/`` objective is refused before anything trains
-(:func:`see_dml.config.check_objective`). With ``folds: K`` a trial trains the K
+(:func:`see_dml.training.config_checks.check_objective`). With ``folds: K`` a trial trains the K
 class-disjoint folds of the training classes (``dataset.folds``) and its objective is their
 mean.
 
@@ -50,15 +50,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.config import (
-    CONFIG_DIR,
-    NO_VALIDATION_CLASSES,
-    check_objective,
-    hydra_main,
-    to_dict,
-    validate_config,
-)
-from see_dml.errors import ConfigError
+from see_dml.runtime.config import CONFIG_DIR, hydra_main, to_dict
+from see_dml.runtime.errors import ConfigError
+from see_dml.training.config_checks import NO_VALIDATION_CLASSES, check_objective, validate_config
 
 if TYPE_CHECKING:
     import optuna
@@ -260,14 +254,14 @@ def trial_overrides(spec: StudySpec, params: dict[str, Any], fold: int | None = 
 
 def _compose_train(overrides: Sequence[str]) -> DictConfig:
     """``conf/train.yaml`` with ``overrides``, inside the running Hydra app when there is one
-    (its config search path), else as :func:`see_dml.config.compose`."""
+    (its config search path), else as :func:`see_dml.runtime.config.compose`."""
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
         from hydra import compose
 
         return compose("train", overrides=list(overrides))
-    from see_dml.config import compose as compose_outside
+    from see_dml.runtime.config import compose as compose_outside
 
     return compose_outside(overrides)
 
@@ -280,8 +274,8 @@ def check_space(spec: StudySpec, compose: Callable[[Sequence[str]], DictConfig] 
     """Fail before any training when a trial could not train: the study's ``train``
     overrides compose; every searched key is a key of that config (or a config group, for
     categorical options); the config at each end of every range and at every choice passes
-    :func:`see_dml.config.validate_config`; and (``check_data``) the dataset has validation
-    classes. Returns the composed config of the first trial's settings."""
+    :func:`see_dml.training.config_checks.validate_config`; and (``check_data``) the dataset
+    has validation classes. Returns the composed config of the first trial's settings."""
     groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
     try:
         base = compose(trial_overrides(spec, {}, 0 if spec.folds else None))
@@ -323,7 +317,7 @@ def check_space(spec: StudySpec, compose: Callable[[Sequence[str]], DictConfig] 
 
 
 def distributions(spec: StudySpec) -> dict[str, optuna.distributions.BaseDistribution]:
-    from see_dml.extras import require
+    from see_dml.runtime.extras import require
 
     optuna = require("optuna", "tune", "python -m see_dml.tune")
     out: dict[str, Any] = {}
@@ -342,7 +336,7 @@ def distributions(spec: StudySpec) -> dict[str, optuna.distributions.BaseDistrib
 def open_study(spec: StudySpec, study_dir: Path, worker: int = 0) -> optuna.Study:
     """The study in ``study_dir/journal.log``, created or resumed; a resumed study must have
     been made by the same objective, direction, folds, training overrides and space."""
-    from see_dml.extras import require
+    from see_dml.runtime.extras import require
 
     optuna = require("optuna", "tune", "python -m see_dml.tune")
     from optuna.storages import JournalStorage
@@ -532,7 +526,7 @@ def train_run(overrides: list[str], run_dir: Path, objective: str) -> float:
 def _wait_for_release(run_dir: Path, timeout_s: float = 300.0) -> None:
     """Wait while a training still holds ``run_dir`` (the killed tuner's, stopping on its
     SIGTERM and finishing its last checkpoint write) before resuming it there."""
-    from see_dml.rundir import held_by_another
+    from see_dml.runtime.lock import held_by_another
 
     deadline = time.monotonic() + timeout_s
     while held_by_another(run_dir) and time.monotonic() < deadline:
@@ -671,7 +665,7 @@ def _plot_history(done: list[optuna.trial.FrozenTrial], spec: StudySpec, path: P
 def tune(cfg: DictConfig) -> dict[str, Any] | None:
     """Check the study, then run trials until it has ``n_trials`` (with other workers);
     write and print the summary. Returns the best trial's record."""
-    from see_dml.extras import check
+    from see_dml.runtime.extras import check
 
     check("tune", "python -m see_dml.tune")
     spec = parse_study(cfg.study)
@@ -738,7 +732,7 @@ def usage() -> str:
 
 @hydra_main("tune")
 def _main(cfg: DictConfig) -> float | None:
-    from see_dml.cli import run_cli
+    from see_dml.runtime.cli import run_cli
 
     record = run_cli(tune, cfg)
     return None if record is None else float(record["value"])

@@ -9,11 +9,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from see_dml.build import build_datamodule
 from see_dml.callbacks.guards import NonFiniteGuard
-from see_dml.errors import DivergenceError
 from see_dml.module import DMLModule, build_backbone
+from see_dml.runtime.errors import DivergenceError
 from see_dml.train import train
+from see_dml.training.components import build_datamodule
 
 
 def test_the_default_callbacks_include_the_guard(make_cfg):

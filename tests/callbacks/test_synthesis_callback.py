@@ -20,11 +20,12 @@ from see_dml.callbacks.synthesis import (
     build_synthesis_callback,
     split_mixed_tuples,
 )
-from see_dml.config import CONFIG_DIR, validate_config
-from see_dml.errors import ConfigError
 from see_dml.module import DMLModule
+from see_dml.runtime.config import CONFIG_DIR
+from see_dml.runtime.errors import ConfigError
 from see_dml.synthesis import class_axes, other_class_partners
 from see_dml.train import train
+from see_dml.training.config_checks import validate_config
 
 LOSSES = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))
 PROXY_LOSSES = ["arcface", "norm_softmax", "proxy_anchor"]

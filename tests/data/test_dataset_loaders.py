@@ -32,7 +32,7 @@ from see_dml.data.cars import Cars196
 from see_dml.data.cub import CUB200
 from see_dml.data.inshop import InShop, item_label
 from see_dml.data.sop import StanfordOnlineProducts
-from see_dml.errors import DatasetCountError, DatasetNotFoundError, UnreadableImageError
+from see_dml.runtime.errors import DatasetCountError, DatasetNotFoundError, UnreadableImageError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 

@@ -30,8 +30,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from helpers.dataset_fixtures import make_cars, make_cub, make_inshop, make_sop
-from see_dml.config import CONFIG_DIR
 from see_dml.data import download as dl
+from see_dml.runtime.config import CONFIG_DIR
 
 LENIENT = ["dataset.strict_counts=false"]
 

@@ -23,7 +23,7 @@ from see_dml.data import emoji_build as es
 from see_dml.data.emoji_build import IconSet, build_arrays, match_classes
 from see_dml.data.emoji_styles import EmojiStyles
 from see_dml.data.transforms import TransformConfig, build_transforms
-from see_dml.errors import DatasetNotFoundError
+from see_dml.runtime.errors import DatasetNotFoundError
 
 SIZE = 24  # rendered side of the fixture builds
 

@@ -13,7 +13,7 @@ import pytest
 
 from helpers.dataset_fixtures import write_jpeg
 from see_dml.data.validation import check_source
-from see_dml.errors import DatasetNotFoundError
+from see_dml.runtime.errors import DatasetNotFoundError
 from see_dml.train import train
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from see_dml.config import compose
-from see_dml.errors import ConfigError
-from see_dml.local_gpus import gpu_sets
+from see_dml.runtime.config import compose
+from see_dml.runtime.errors import ConfigError
+from see_dml.runtime.local_gpus import gpu_sets
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def test_gpu_sets_are_disjoint_runs_of_gpus_per_job(monkeypatch):
 def test_local_gpus_launcher_config_is_a_hydra_launcher():
     from hydra.core.plugins import Plugins
 
-    from see_dml.local_gpus import LocalGPUsLauncher
+    from see_dml.runtime.local_gpus import LocalGPUsLauncher
 
     cfg = compose(["hydra/launcher=local_gpus", "hydra.launcher.gpus_per_job=2",
                    "hydra.launcher.devices=[0,1,2,3]"], hydra=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from see_dml.errors import TableError
 from see_dml.reporting import tables as make_table  # noqa: E402
+from see_dml.runtime.errors import TableError
 
 
 def _run(root: Path, name: str, seed: int, map_r: float, *, see: bool = False,
@@ -396,7 +396,7 @@ def test_a_fixed_nested_seed_and_a_key_added_later_do_not_split_a_cell(tmp_path)
     """A nested seed fixed at 0 (the geometry monitor's class draw) equals the run seed in
     the seed-0 run only, and an older run lacks a key added since (config.ADDED_KEYS): the
     seeds still pool, while a run with another value of that key gets its own row."""
-    from see_dml.config import ADDED_KEYS
+    from see_dml.runtime.config import ADDED_KEYS
 
     for seed in range(3):
         _run(tmp_path, f"none{seed}", seed, 0.1 + seed / 100)

@@ -14,9 +14,10 @@ import yaml
 from omegaconf import OmegaConf
 
 from helpers.dataset_fixtures import make_fixture
-from see_dml.config import CONFIG_DIR, compose, flatten, sweep_jobs, validate_config
-from see_dml.errors import ConfigError
+from see_dml.runtime.config import CONFIG_DIR, compose, flatten, sweep_jobs
+from see_dml.runtime.errors import ConfigError
 from see_dml.train import train
+from see_dml.training.config_checks import validate_config
 
 REPO = Path(__file__).resolve().parents[2]
 from see_dml.reporting import tables as make_table  # noqa: E402

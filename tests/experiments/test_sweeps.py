@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from see_dml.config import CONFIG_DIR, compose, validate_config
-from see_dml.errors import ConfigError
+from see_dml.runtime.config import CONFIG_DIR, compose
+from see_dml.runtime.errors import ConfigError
+from see_dml.training.config_checks import validate_config
 
 REPO = Path(__file__).resolve().parents[2]
 #: every experiment, paper/ included; recipe/ holds the parts experiments are built from
@@ -43,7 +44,7 @@ def test_slurm_launcher_config_resolves():
 
 
 def test_gpus_per_node_follows_trainer_devices(monkeypatch):
-    from see_dml.config import gpus_per_node
+    from see_dml.runtime.config import gpus_per_node
 
     assert (gpus_per_node(2), gpus_per_node([0, 1, 2]), gpus_per_node("4")) == (2, 3, 4)
     monkeypatch.delenv("SEE_DML_GPUS_PER_NODE", raising=False)
@@ -108,8 +109,13 @@ def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path):
 
 
 def test_sweep_summary_names_every_job_and_its_numbers(tmp_path, monkeypatch):
-    from see_dml import hydra_callbacks
-    from see_dml.hydra_callbacks import FAILURE_FILE, read_failure, record_failed_job, sweep_summary
+    from see_dml.runtime import hydra_hooks as hydra_callbacks
+    from see_dml.runtime.hydra_hooks import (
+        FAILURE_FILE,
+        read_failure,
+        record_failed_job,
+        sweep_summary,
+    )
 
     monkeypatch.setattr(hydra_callbacks, "_FAILED_JOBS", {})  # this test's records only
 

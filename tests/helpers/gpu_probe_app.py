@@ -21,14 +21,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from see_dml.config import CONFIG_DIR
+from see_dml.runtime.config import CONFIG_DIR
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from see_dml.hydra_callbacks import record_failed_job
+    from see_dml.runtime.hydra_hooks import record_failed_job
 
     probe = cfg.probe
     num = int(HydraConfig.get().job.num)

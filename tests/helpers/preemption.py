@@ -74,7 +74,7 @@ class FileSizeLimitAt(Callback):
 
 
 class FailAt(Callback):
-    """Raise a user error (:class:`see_dml.errors.ConfigError`) at the start of training
+    """Raise a user error (:class:`see_dml.runtime.errors.ConfigError`) at the start of training
     step ``step``: a run that fails after its data is built and its logs are open."""
 
     def __init__(self, step: int = 1) -> None:
@@ -82,6 +82,6 @@ class FailAt(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            from see_dml.errors import ConfigError
+            from see_dml.runtime.errors import ConfigError
 
             raise ConfigError(f"failing on cue at step {self.step}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from see_dml.config import CONFIG_DIR
+from see_dml.runtime.config import CONFIG_DIR
 
 RECIPE = OmegaConf.load(CONFIG_DIR / "experiment" / "emoji_styles_lite0.yaml")
 

@@ -210,7 +210,7 @@ def test_unreachable_pretrained_weights_are_one_clear_error(monkeypatch, make_cf
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from see_dml.errors import user_error_line
+    from see_dml.runtime.errors import user_error_line
 
     def offline(*args, **kwargs):
         raise LocalEntryNotFoundError("An error happened while trying to locate the file on "

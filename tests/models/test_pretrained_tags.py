@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from timm.models import get_pretrained_cfg
 
-from see_dml.config import CONFIG_DIR, compose
+from see_dml.runtime.config import CONFIG_DIR, compose
 
 #: model file -> the weights it must resolve to (docs/method.md, "Training recipe")
 INTENDED = {

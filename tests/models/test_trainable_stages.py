@@ -10,9 +10,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from see_dml.build import build_datamodule
 from see_dml.models import Backbone
 from see_dml.module import DMLModule, build_backbone
+from see_dml.training.components import build_datamodule
 
 LITE0_STAGES = [("conv_stem", "bn1"), *((f"blocks.{i}",) for i in range(6)),
                 ("blocks.6", "conv_head", "bn2")]

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from see_dml.errors import DivergenceError
+from see_dml.runtime.errors import DivergenceError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from see_dml.errors import DatasetCountError, DatasetNotFoundError, UnreadableImageError
+from see_dml.runtime.errors import DatasetCountError, DatasetNotFoundError, UnreadableImageError
 
 log = logging.getLogger(__name__)
 

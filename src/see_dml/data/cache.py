@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from see_dml.errors import with_hint
+from see_dml.runtime.errors import with_hint
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Builds the dataset's splits exactly as training does (index files, official coun
 ``dataset.strict_counts``, the held-out validation classes), decodes every image, checks that
 the training classes are disjoint from the evaluation classes, and prints what it found. The
 last stdout line is a JSON object ``{split: {"images": N, "classes": C}}`` for scripts. The
-exit status is 2 (:data:`see_dml.errors.USER_ERROR_STATUS`, as for every tool) when the
+exit status is 2 (:data:`see_dml.runtime.errors.USER_ERROR_STATUS`, as for every tool) when the
 data is unusable, with the reasons on stderr as ``error:`` lines.
 """
 
@@ -18,10 +18,10 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from see_dml.cli import exit_with_error, quiet_third_party
-from see_dml.config import hydra_main
 from see_dml.data.validation import check_source, format_report
-from see_dml.errors import DatasetNotFoundError
+from see_dml.runtime.cli import exit_with_error, quiet_third_party
+from see_dml.runtime.config import hydra_main
+from see_dml.runtime.errors import DatasetNotFoundError
 
 
 @hydra_main("check")

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Sequential
 from see_dml.data.base import DatasetSource, RetrievalDataset
 from see_dml.data.samplers import ClassBalancedBatchSampler
 from see_dml.data.transforms import TransformConfig, build_transforms
-from see_dml.errors import ConfigError
+from see_dml.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def validate(self) -> None:
         """Fail before training when the training split cannot fill one batch
-        (:class:`~see_dml.config.ConfigError`: the data keys do not fit this dataset)."""
+        (:class:`~see_dml.runtime.errors.ConfigError`: the data keys do not fit this dataset)."""
         if self.sampler == "class_balanced":
             try:
                 ClassBalancedBatchSampler(self.datasets["train"].labels, self.batch_size,

@@ -22,7 +22,7 @@ is written beside it (``<name>.sha256``), and every later run verifies it agains
 ``sha256=<hex>`` to verify it from the start.
 
 ``--archive X`` and ``--sha256 X`` are accepted as spellings of ``archive=X`` and
-``sha256=X``. Exit status: 0 done; 2 (:data:`see_dml.errors.USER_ERROR_STATUS`, as every
+``sha256=X``. Exit status: 0 done; 2 (:data:`see_dml.runtime.errors.USER_ERROR_STATUS`, as every
 tool) the files cannot be had or do not match (one ``error:`` line, and the manual route
 where there is no source), or they unpacked but the dataset is unusable (as ``data.check``).
 
@@ -50,11 +50,11 @@ from typing import IO, Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from see_dml.cli import exit_with_error
-from see_dml.config import CONFIG_DIR, hydra_main
 from see_dml.data.base import DatasetSource
 from see_dml.data.validation import check_source, format_report
-from see_dml.errors import USER_ERROR_STATUS
+from see_dml.runtime.cli import exit_with_error
+from see_dml.runtime.config import CONFIG_DIR, hydra_main
+from see_dml.runtime.errors import USER_ERROR_STATUS
 
 #: name of the file in ``dataset.root`` recording which archives were unpacked there.
 UNPACKED_RECORD = ".see_dml_unpacked.json"
@@ -398,7 +398,7 @@ def dataset_key(source: DatasetSource) -> str:
 
 def download(cfg: DictConfig, source: DatasetSource) -> int:
     """The whole run; returns the exit status: 0 usable,
-    :data:`~see_dml.errors.USER_ERROR_STATUS` unpacked but unusable."""
+    :data:`~see_dml.runtime.errors.USER_ERROR_STATUS` unpacked but unusable."""
     key = dataset_key(source)
     files = SOURCES[key]
     if source.root is None:
@@ -511,8 +511,8 @@ def _quote(value: str) -> str:
 def _main(cfg: DictConfig) -> None:
     from hydra.errors import InstantiationException
 
-    from see_dml.cli import quiet_third_party
-    from see_dml.errors import DatasetNotFoundError
+    from see_dml.runtime.cli import quiet_third_party
+    from see_dml.runtime.errors import DatasetNotFoundError
 
     quiet_third_party()
     try:

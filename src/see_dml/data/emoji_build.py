@@ -51,8 +51,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from see_dml.errors import DatasetNotFoundError
-from see_dml.extras import require
+from see_dml.runtime.errors import DatasetNotFoundError
+from see_dml.runtime.extras import require
 
 log = logging.getLogger(__name__)
 

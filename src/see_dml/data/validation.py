@@ -25,7 +25,7 @@ from see_dml.data.base import (
     Split,
     hold_out_classes,
 )
-from see_dml.errors import DatasetCountError
+from see_dml.runtime.errors import DatasetCountError
 
 #: how many unreadable files the report lists by path before summarising the rest.
 MAX_LISTED = 50

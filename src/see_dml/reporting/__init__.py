@@ -2,7 +2,7 @@
 
 A *run* is a run directory: ``config.yaml`` (the resolved config), ``metrics.json`` when it
 finished, ``csv/metrics.csv`` (the CSV logger) and, with the geometry monitor,
-``geometry.csv`` (:mod:`see_dml.callbacks.geometry`).
+``geometry.csv`` (:mod:`see_dml.callbacks.geometry_monitor`).
 
 - here: :func:`synthesis_name` (the arm of a run: ``SEE``, a baseline's name, ``none``),
   :func:`paired_interval` (the mean of paired differences and its Student-t interval, from
@@ -16,7 +16,7 @@ finished, ``csv/metrics.csv`` (the CSV logger) and, with the geometry monitor,
   the command line (:mod:`~see_dml.reporting.tables`, ``experiments/make_table.py``);
 - :mod:`see_dml.reporting.folds`: the K fold models on the test classes, apart and
   concatenated; :mod:`see_dml.reporting.records`: a sweep's text records, to commit;
-- :mod:`see_dml.reporting.geometry`: the per-epoch geometry measures of a sweep, both arms
+- :mod:`see_dml.reporting.geometry_table`: the per-epoch geometry measures of a sweep, both arms
   on one plot per measure.
 
 ``python -m see_dml.reporting table|geometry <folders> ...`` runs either.

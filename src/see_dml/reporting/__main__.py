@@ -1,6 +1,6 @@
 """``python -m see_dml.reporting table|geometry|records|folds <folders> ...``: the results table
 of a sweep (:mod:`see_dml.reporting.tables`), its geometry report
-(:mod:`see_dml.reporting.geometry`), its runs' records without checkpoints
+(:mod:`see_dml.reporting.geometry_table`), its runs' records without checkpoints
 (:mod:`see_dml.reporting.records`), or k-fold models on the test classes, each and
 concatenated (:mod:`see_dml.reporting.folds`)."""
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         from see_dml.reporting.folds import main as folds
 
         return folds(argv[1:])
-    from see_dml.reporting.geometry import main as geometry
+    from see_dml.reporting.geometry_table import main as geometry
 
     return geometry(argv[1:])
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from see_dml.errors import ConfigError
+from see_dml.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
     from see_dml.metrics.knn import Backend
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table (.md) and the numbers "
                         "(.json beside it)")
     args = parser.parse_args(argv)
-    from see_dml.cli import exit_with_error
+    from see_dml.runtime.cli import exit_with_error
 
     runs = [Path(r) for r in args.runs]
     missing = [r for r in runs if not r.is_dir()]

@@ -11,10 +11,10 @@ from typing import Any
 
 import pandas as pd
 
-from see_dml.errors import TableError
 from see_dml.reporting import markdown_table
 from see_dml.reporting.pooling import CHECKPOINTS, KEY_NAMES
 from see_dml.reporting.published import PUBLISHED
+from see_dml.runtime.errors import TableError
 
 #: the long table's metric columns: a key without ``/`` is read under the ``--checkpoint``
 #: prefix, one with a prefix as it is

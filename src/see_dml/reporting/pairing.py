@@ -11,7 +11,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from see_dml.errors import AmbiguousBaselineError
 from see_dml.reporting import paired_interval
 from see_dml.reporting.layouts import DELTAS, METRICS, PERCENT
 from see_dml.reporting.pooling import (
@@ -24,6 +23,7 @@ from see_dml.reporting.pooling import (
     named_columns,
 )
 from see_dml.reporting.published import run_protocol
+from see_dml.runtime.errors import AmbiguousBaselineError
 
 
 def summarise(values: list[float]) -> tuple[float, float]:

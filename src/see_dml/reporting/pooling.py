@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from see_dml.config import ADDED_KEYS, class_name, flatten
-from see_dml.errors import ProvenanceMismatchError, TableError
 from see_dml.reporting import finished_runs, synthesis_name
+from see_dml.runtime.config import ADDED_KEYS, class_name, flatten
+from see_dml.runtime.errors import ProvenanceMismatchError, TableError
 
 #: ``--checkpoint``: the prefix of its metrics in metrics.json, and what it is
 CHECKPOINTS = {
@@ -48,9 +48,9 @@ REPORT_KEYS = ("test_every_epoch", "test_epochs", "test_final", "nmi", "knn_back
 SYNTHESIS_KEYS = ("see", "synthesis")
 
 
-#: the ``provenance/*`` keys of metrics.json (see_dml.provenance, not imported: it loads torch)
-#: that the seeds of one cell must agree in: the code version (``--pool-commits`` lets it
-#: differ), then the libraries and devices, which stay strict
+#: the ``provenance/*`` keys of metrics.json (see_dml.runtime.provenance, not imported: it
+#: loads torch) that the seeds of one cell must agree in: the code version
+#: (``--pool-commits`` lets it differ), then the libraries and devices, which stay strict
 CODE_KEYS = ("provenance/commit", "provenance/dirty")
 
 
@@ -64,7 +64,7 @@ SETUP_KEYS = ("provenance/torch", "provenance/lightning", "provenance/timm",
 RECORDED_KEYS = ("provenance/threads", "provenance/cpu_capability")
 
 
-#: a provenance value that tells nothing (see_dml.provenance.UNKNOWN): it agrees with any
+#: a provenance value that tells nothing (see_dml.runtime.provenance.UNKNOWN): it agrees with any
 UNKNOWN = "unknown"
 
 
@@ -78,7 +78,7 @@ def config_key(cfg: dict[str, Any]) -> dict[str, Any]:
     Every ``*.seed`` key is a seed: ``dataset.seed: ${seed}`` resolves to the run's seed, and
     a fixed one (``callbacks.geometry.seed: 0``) equals the run's seed in one run and not in
     the others, which would split a cell by seed. A key added to the config after a run was
-    made (:data:`see_dml.config.ADDED_KEYS`) counts with the value that did what that run's
+    made (:data:`see_dml.runtime.config.ADDED_KEYS`) counts with the value that did what that run's
     code did.
     """
     run_dir = str((cfg.get("paths") or {}).get("run_dir") or "\0")

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from see_dml.errors import TableError
+from see_dml.runtime.errors import TableError
 
 #: the published R@1 (a string: the number, and another backbone's name when it stands in) and
 #: our mean R@1 minus it, inserted after our R@1

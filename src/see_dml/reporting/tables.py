@@ -13,8 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from see_dml.cli import exit_with_error
-from see_dml.errors import TableError
 from see_dml.reporting.figures import paper_plot, plot
 from see_dml.reporting.layouts import (
     LAYOUTS,
@@ -49,6 +47,8 @@ from see_dml.reporting.published import (
     published_entry,
     run_protocol,
 )
+from see_dml.runtime.cli import exit_with_error
+from see_dml.runtime.errors import TableError
 
 
 def _write_tables(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:

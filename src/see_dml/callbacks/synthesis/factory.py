@@ -6,7 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from see_dml.callbacks.synthesis.base import SynthesisCallback
-from see_dml.config import to_dict
+from see_dml.runtime.config import to_dict
 
 
 def synthesis_node(cfg: DictConfig) -> DictConfig | None:

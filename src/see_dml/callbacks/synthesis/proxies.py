@@ -45,7 +45,7 @@ class ProxySynthesisCallback(SynthesisCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         criterion = cast("DMLModule", pl_module).criterion  # the module: see SynthesisCallback
         if criterion.kind != "proxy":
-            from see_dml.errors import ConfigError  # one 'error:' line, not a traceback
+            from see_dml.runtime.errors import ConfigError  # one 'error:' line, not a traceback
 
             raise ConfigError(f"synthesis=proxy_synthesis mixes proxies, but loss="
                              f"{criterion.name} has none; use loss=proxy_anchor, norm_softmax "

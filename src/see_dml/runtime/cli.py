@@ -1,5 +1,5 @@
 """What every entry point does around its task: third-party noise silenced, and an error of
-the user's making answered with one line (:mod:`see_dml.errors`).
+the user's making answered with one line (:mod:`see_dml.runtime.errors`).
 
 Each entry point calls :func:`quiet_third_party` once, first thing (:func:`run_cli` does).
 Every filter below is narrow (one message) and says why hiding it loses nothing.
@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from see_dml.errors import USER_ERROR_STATUS, user_error_line
+from see_dml.runtime.errors import USER_ERROR_STATUS, user_error_line
 
 #: ``warnings`` messages (regular expressions matched at the start of the message).
 WARNINGS = (
@@ -71,8 +71,8 @@ def quiet_third_party() -> None:
 def run_cli(task: Callable[[Any], T], cfg: Any) -> T:
     """Run an entry point's ``task(cfg)`` as the tools (evaluate, retrieve, index, export) do:
     third-party noise filtered, and an error of the user's making
-    (:func:`see_dml.errors.user_error_line`) printed as one ``error:`` line with exit status
-    :data:`~see_dml.errors.USER_ERROR_STATUS`, leaving no empty run directory."""
+    (:func:`see_dml.runtime.errors.user_error_line`) printed as one ``error:`` line with exit status
+    :data:`~see_dml.runtime.errors.USER_ERROR_STATUS`, leaving no empty run directory."""
     quiet_third_party()
     try:
         return task(cfg)
@@ -96,7 +96,7 @@ def _remove_empty_run_dir(cfg: Any) -> None:
 
     from omegaconf import OmegaConf
 
-    from see_dml.rundir import remove_if_empty
+    from see_dml.runtime.lock import remove_if_empty
 
     with suppress(Exception):  # an unresolvable path: nothing of ours to remove
         run_dir = OmegaConf.select(cfg, "paths.run_dir", default=None)

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from see_dml.checkpoints import check_ckpt_path, resolve_device
-from see_dml.config import to_dict
-from see_dml.errors import ConfigError
+from see_dml.checkpoints.read import check_ckpt_path, resolve_device
+from see_dml.runtime.config import to_dict
+from see_dml.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -274,7 +274,7 @@ def weights_hash(module: Any) -> str:
 
 def model_identity(module: Any, ckpt_cfg: DictConfig) -> dict[str, Any]:
     """Which model makes an embedding, as the index and ONNX sidecars record it and
-    :meth:`see_dml.gallery_index.SavedIndex.check_model` compares it: ``config_hash``,
+    :meth:`see_dml.serving.gallery_index.SavedIndex.check_model` compares it: ``config_hash``,
     ``weights_hash`` and ``embed_dim``."""
     return {"config_hash": config_hash(ckpt_cfg), "weights_hash": weights_hash(module),
             "embed_dim": int(ckpt_cfg.model.embed_dim)}

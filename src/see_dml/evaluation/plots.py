@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from see_dml.data.base import load_image
-from see_dml.errors import UnreadableImageError
+from see_dml.runtime.errors import UnreadableImageError
 
 if TYPE_CHECKING:
     from see_dml.metrics import RetrievalResult

@@ -9,10 +9,10 @@
   (``IndexHNSWFlat``, approximate; :func:`approximate_recall` measures it against exact).
 - ``<path>.json``, the sidecar: one entry per row (``item``: image path or ``test[12]``,
   ``label``, where to find the image), the embedding size, the hashes of the checkpoint's
-  config and of its weights (:func:`see_dml.inference.model_identity`: another epoch of the
+  config and of its weights (:func:`see_dml.serving.inference.model_identity`: another epoch of the
   same run differs in the second), the preprocessing the model expects, and the SHA-256 of
   the index file, so a truncated or corrupt index is refused with a one-line
-  :class:`~see_dml.errors.IndexFileError` before faiss reads a byte of it.
+  :class:`~see_dml.runtime.errors.IndexFileError` before faiss reads a byte of it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from see_dml.errors import ConfigError, IndexFileError
+from see_dml.runtime.errors import ConfigError, IndexFileError
 
 if TYPE_CHECKING:
     import faiss
@@ -67,7 +67,7 @@ class SavedIndex:
 
     def check_model(self, model: Mapping[str, Any], ckpt_path: str | Path) -> None:
         """:class:`IndexFileError` unless the index was built by the model of ``ckpt_path``
-        (``model``: its :func:`~see_dml.inference.model_identity`): the same config hash,
+        (``model``: its :func:`~see_dml.serving.inference.model_identity`): the same config hash,
         embedding size and, where the sidecar has it, weights hash."""
         embed_dim, model_hash = model["embed_dim"], model["config_hash"]
         weights = model["weights_hash"]
@@ -246,7 +246,7 @@ class IndexedGallery:
         import numpy as np
 
         from see_dml.data.base import load_image
-        from see_dml.plots import split_image
+        from see_dml.evaluation.plots import split_image
 
         item = self._items[i]
         if item.get("path"):

@@ -2,7 +2,7 @@
 
 A key the component does not take (``+data.batchsize=32``), a value of the wrong type
 (``data.transforms.hflip=maybe``) or outside its choices (``see.mode=bogus``, even while SEE
-is off) is one :class:`~see_dml.errors.ConfigError` naming the key, from
+is off) is one :class:`~see_dml.runtime.errors.ConfigError` naming the key, from
 ``validate_config``, instead of a ``TypeError`` from deep inside a run or nothing at all.
 
 The schema is the code itself: a group's keys are the arguments of its ``_target_`` (its
@@ -13,7 +13,7 @@ annotations are not checked), and ``data.transforms`` is the
 second declaration. Structured configs (OmegaConf's dataclass schemas) would say the same
 twice, once in the code and once in the schema. Pass-through groups (the loss, optimiser,
 scheduler, trainer, loggers: arguments of PML, torch, Lightning) are left to their
-libraries; range and cross-field checks stay in ``see_dml.config``.
+libraries; range and cross-field checks stay in ``see_dml.training.config_checks``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.errors import ConfigError
+from see_dml.runtime.errors import ConfigError
 
 #: ``(config key, keys of the node that are not arguments of its target)``
 OWNED_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
@@ -54,7 +54,7 @@ def check_schema(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first key of an owned group that its component
     does not take, or whose value has the wrong type or is not one of its choices."""
     # located by name, as every _target_ is: the schema reads the components a config names
-    # and imports none of the library's layers itself (no cycle through see_dml.config)
+    # and imports none of the library's layers itself (no cycle through see_dml.runtime.config)
     transform_config = _locate(TRANSFORMS_SCHEMA, "data.transforms")
 
     for key, extra in OWNED_GROUPS:

@@ -55,7 +55,7 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
 def build_loggers(cfg: DictConfig) -> list[Any]:
     nodes = [c for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
     if any(str(c._target_).endswith("WandbLogger") for c in nodes):
-        from see_dml.extras import require
+        from see_dml.runtime.extras import require
 
         require("wandb", "wandb", asked_by="logger=wandb")  # one line naming the extra
     return [instantiate(c) for c in nodes]

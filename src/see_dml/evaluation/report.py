@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from see_dml.embedding_files import EXPORT_FORMATS, ExportFormat
+from see_dml.evaluation.embedding_files import EXPORT_FORMATS, ExportFormat
 
 if TYPE_CHECKING:
     import torch
@@ -129,7 +129,7 @@ def evaluate_embeddings(prefix: str,
         norms = np.linalg.norm(np.nan_to_num(part.embeddings), axis=1)
         bad = ~np.isfinite(part.embeddings).all(axis=1) | (norms < 0.5)
         if bad.any():
-            from see_dml.errors import DivergenceError
+            from see_dml.runtime.errors import DivergenceError
 
             raise DivergenceError(
                 f"{int(bad.sum())} of {len(bad)} '{part.name}' embeddings are NaN, inf or zero: "
@@ -161,7 +161,7 @@ class ReportOptions:
 
     Attributes:
         export: ``embeddings_<split>.npz`` for every split (layout:
-            :mod:`see_dml.embedding_files`).
+            :mod:`see_dml.evaluation.embedding_files`).
         format: ``npz``, or ``parquet`` (written besides the npz).
         plots: ``projection_<query split>.png``, ``recall_at_k.png`` and
             ``retrieval_grid_<query split>.png``.
@@ -228,7 +228,7 @@ def report(result: EvaluationResult, dm: RetrievalDataModule, out_dir: str | Pat
 
 def _export(result: EvaluationResult, dm: RetrievalDataModule, out: Path, fmt: str
             ) -> list[Path]:
-    from see_dml.embedding_files import save_embeddings, split_paths
+    from see_dml.evaluation.embedding_files import save_embeddings, split_paths
 
     written = []
     formats: list[ExportFormat] = ["npz", "parquet"] if fmt == "parquet" else ["npz"]
@@ -254,7 +254,7 @@ def _plots(result: EvaluationResult, dm: RetrievalDataModule, out: Path,
            options: ReportOptions) -> dict[str, tuple[Figure, Path]]:
     """Files are named after the query split (``test``, ``val``, In-Shop's ``query``), as
     the embedding exports are."""
-    from see_dml.plots import plot_projection, plot_recall_curve, plot_retrieval_examples
+    from see_dml.evaluation.plots import plot_projection, plot_recall_curve, plot_retrieval_examples
 
     name, query, gallery = dm.source.name, result.query, result.gallery
     figures = {}
@@ -354,10 +354,10 @@ def format_results(metrics: Mapping[str, Any], rows: Mapping[str, str] | None = 
 def write_metrics(out_dir: str | Path, metrics: Mapping[str, Any],
                   devices: tuple[str, int] | Any = None) -> Path:
     """``<out_dir>/metrics.json``: the flat metrics of a run, keys sorted, with what produced
-    it (:func:`see_dml.provenance.provenance`: code version, library versions, ``devices``
+    it (:func:`see_dml.runtime.provenance.provenance`: code version, library versions, ``devices``
     as ``(kind, count)``, a ``torch.device`` or the trainer). Train and evaluate both write
     it here."""
-    from see_dml.provenance import provenance
+    from see_dml.runtime.provenance import provenance
 
     path = Path(out_dir) / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Training's test, ``python -m see_dml.evaluate export.enabled=true`` and the end-of-training
 export callback all write through :func:`save_embeddings` (by way of
-:func:`see_dml.scoring.report`), so all have the same file layout.
+:func:`see_dml.evaluation.report.report`), so all have the same file layout.
 
 File layout of ``embeddings_<split>.npz`` (and ``.parquet``, one row per image):
 
@@ -77,7 +77,7 @@ def save_embeddings(path: str | Path, embeddings: np.ndarray, labels: np.ndarray
         np.savez(out, embeddings=emb, **columns)  # type: ignore[arg-type]
         return out
     if fmt == "parquet":
-        from see_dml.extras import require
+        from see_dml.runtime.extras import require
 
         pa = require("pyarrow", "parquet", asked_by="format=parquet")
         import pyarrow.parquet as pq

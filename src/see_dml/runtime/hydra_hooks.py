@@ -101,7 +101,7 @@ def sweep_summary(sweep_dir: str | Path,
 
 
 class RunDirectoryInUse(Callback):
-    """Take the run directory's lock (:func:`see_dml.rundir.hold_run_dir`) at the start of a
+    """Take the run directory's lock (:func:`see_dml.runtime.lock.hold_run_dir`) at the start of a
     training run, before Hydra writes its ``.hydra`` files (``config.yaml``, ``hydra.yaml``,
     ``overrides.yaml``) there; a run whose ``hydra.run.dir`` another live run holds is
     refused with one ``error:`` line, status 2, having written nothing there. Holding the
@@ -111,8 +111,8 @@ class RunDirectoryInUse(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from omegaconf import OmegaConf
 
-        from see_dml.errors import USER_ERROR_STATUS, RunDirectoryLockedError
-        from see_dml.rundir import hold_run_dir, is_rank_zero
+        from see_dml.runtime.errors import USER_ERROR_STATUS, RunDirectoryLockedError
+        from see_dml.runtime.lock import hold_run_dir, is_rank_zero
 
         # DDP's other ranks start in the directory their rank zero holds
         if OmegaConf.select(config, "task_name") != "train" or not is_rank_zero():
@@ -145,7 +145,7 @@ class RunDirectoryCreatable(Callback):
     (``hydra: default``) gets this."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from see_dml.rundir import is_rank_zero
+        from see_dml.runtime.lock import is_rank_zero
 
         if is_rank_zero():  # DDP's other ranks write nothing there (train): not theirs to probe
             self._check(config, "hydra.run.dir")
@@ -160,7 +160,7 @@ class RunDirectoryCreatable(Callback):
 
         from omegaconf import OmegaConf
 
-        from see_dml.errors import USER_ERROR_STATUS
+        from see_dml.runtime.errors import USER_ERROR_STATUS
 
         try:
             where = OmegaConf.select(config, dir_key)
@@ -204,7 +204,7 @@ class RunDirectories(Callback):
     whose jobs failed with their errors and a non-zero status (see the module docstring)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from see_dml.errors import USER_ERROR_STATUS
+        from see_dml.runtime.errors import USER_ERROR_STATUS
 
         sweep = Path(config.hydra.sweep.dir)
         failed = failed_jobs(sweep)

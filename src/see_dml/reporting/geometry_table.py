@@ -1,4 +1,4 @@
-"""The geometry measures of a sweep (:mod:`see_dml.callbacks.geometry` writes them into each
+"""The geometry measures of a sweep (:mod:`see_dml.callbacks.geometry_monitor` writes them into each
 run's ``geometry.csv``) as a data frame, a last-epoch summary with paired differences, and a
 plot per measure against the epoch with both arms on it.
 

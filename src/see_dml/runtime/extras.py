@@ -16,7 +16,7 @@ import importlib.util
 from types import ModuleType
 from typing import Any
 
-from see_dml.errors import ConfigError
+from see_dml.runtime.errors import ConfigError
 
 #: ``{extra: (importable modules it provides, what it is for)}``; pyproject.toml's
 #: ``[project.optional-dependencies]`` installs them.

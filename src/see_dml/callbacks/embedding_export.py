@@ -2,15 +2,15 @@
 
 ``train`` tests the validation-selected checkpoint (prefix ``test``) and then the final
 weights (``test_final``). The module leaves each test's
-:class:`~see_dml.scoring.EvaluationResult` in ``DMLModule.test_result``; after the test
+:class:`~see_dml.evaluation.report.EvaluationResult` in ``DMLModule.test_result``; after the test
 whose prefix is this callback's ``test_prefix``, the callback hands that result to
-:func:`see_dml.scoring.report` (the function ``python -m see_dml.evaluate`` uses) and
+:func:`see_dml.evaluation.report.report` (the function ``python -m see_dml.evaluate`` uses) and
 so writes, on rank zero:
 
 - ``embeddings_<split>.npz`` (``test``, or ``query`` and ``gallery``; layout in
-  :mod:`see_dml.embedding_files`);
+  :mod:`see_dml.evaluation.embedding_files`);
 - ``projection_<query split>.png``, ``recall_at_k.png``, ``retrieval_grid_<query split>.png``
-  (:mod:`see_dml.plots`), also sent to loggers that take images (W&B ``log_image``,
+  (:mod:`see_dml.evaluation.plots`), also sent to loggers that take images (W&B ``log_image``,
   TensorBoard ``add_figure``; the CSV logger keeps just the files).
 
 Nothing is embedded or searched again: the grid shows the neighbours the metrics counted.
@@ -34,8 +34,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from see_dml.embedding_files import EXPORT_FORMATS
-from see_dml.scoring import DEFAULT_PROJECTION, EvaluationResult, ReportOptions, report
+from see_dml.evaluation.embedding_files import EXPORT_FORMATS
+from see_dml.evaluation.report import DEFAULT_PROJECTION, EvaluationResult, ReportOptions, report
 
 
 class EmbeddingExport(Callback):

@@ -1,4 +1,4 @@
-"""Log what training does to the embedding space, every epoch (:mod:`see_dml.geometry`).
+"""Log what training does to the embedding space, every epoch (:mod:`see_dml.evaluation.geometry`).
 
 After each validation epoch the callback embeds a fixed subset of the *training* images
 with the evaluation transforms (as many classes as the validation split has, so that
@@ -16,7 +16,7 @@ They go to every logger of the run (step = global step, with the epoch) and, one
 epoch, to ``geometry.csv`` in the run directory. Proxy measures need a proxy loss; with a
 pair loss only the embedding measures are logged. An experiment turns it on with a
 ``callbacks.geometry`` node (``conf/experiment/see_emoji_long.yaml``); on the command line:
-``+callbacks.geometry._target_=see_dml.callbacks.geometry.GeometryMonitor
+``+callbacks.geometry._target_=see_dml.callbacks.geometry_monitor.GeometryMonitor
 +callbacks.geometry.dirpath='${paths.run_dir}'``.
 """
 
@@ -33,8 +33,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from see_dml import geometry
 from see_dml.data.base import skipped_rows
+from see_dml.evaluation import geometry
 
 if TYPE_CHECKING:
     from see_dml.module import DMLModule
@@ -48,8 +48,8 @@ class GeometryMonitor(Callback):
     num_classes: training classes embedded each epoch; None: as many as ``val`` has (all
         training classes when there is no ``val`` split).
     seed: seed of the class draw (fixed: the same images every epoch and every arm).
-    uniformity_t: the ``t`` of :func:`see_dml.geometry.uniformity`.
-    uniformity_rows: its ``max_rows`` (default :data:`see_dml.geometry.UNIFORMITY_ROWS`);
+    uniformity_t: the ``t`` of :func:`see_dml.evaluation.geometry.uniformity`.
+    uniformity_rows: its ``max_rows`` (default :data:`see_dml.evaluation.geometry.UNIFORMITY_ROWS`);
         None: every pair of every embedded image (time quadratic in their number).
     """
 

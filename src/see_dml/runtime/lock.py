@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from see_dml.errors import RunDirectoryLockedError
+from see_dml.runtime.errors import RunDirectoryLockedError
 
 LOCK_NAME = ".see_dml.lock"
 HOLDER_NAME = ".see_dml.lock.holder"
@@ -134,7 +134,7 @@ def hold_run_dir(run_dir: str | Path) -> None:
     """Hold ``run_dir`` (created if missing) until :func:`release_run_dir`, the end of the
     ``lock_run_dir`` block of this process's training there, or the process's end;
     :class:`RunDirectoryLockedError` at once when another live process holds it. Hydra's
-    run start calls it (:class:`see_dml.hydra_callbacks.RunDirectoryInUse`): from then on
+    run start calls it (:class:`see_dml.runtime.hydra_hooks.RunDirectoryInUse`): from then on
     no other run can write there, Hydra's own files included."""
     run_dir = Path(run_dir)
     key = os.path.realpath(run_dir)
@@ -201,13 +201,13 @@ def remove_if_empty(run_dir: str | Path, up_to: str | Path | None = None) -> boo
 
 
 def check_writable(folder: str | Path, key_hint: str) -> None:
-    """An :class:`OSError` (one line through :func:`see_dml.errors.io_error_line`, saying to
+    """An :class:`OSError` (one line through :func:`see_dml.runtime.errors.io_error_line`, saying to
     give ``key_hint``) when files cannot be written into ``folder``: checked before the work
     whose result would go there. Folders made for the check are removed again (the writer
     makes them)."""
     import tempfile
 
-    from see_dml.errors import with_hint
+    from see_dml.runtime.errors import with_hint
 
     folder = Path(folder)
     made = []

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from see_dml.errors import ConfigError
+from see_dml.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from see_dml.data.base import RetrievalDataset
-    from see_dml.inference import InferenceRun
+    from see_dml.serving.inference import InferenceRun
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 #: The names a dataset's splits may have (``query=test`` means the test split; a folder that
@@ -71,7 +71,7 @@ class ImageSet:
 
     def display_image(self, i: int) -> Image.Image:
         """The raw image ``i`` (RGB, untransformed) for the grid."""
-        from see_dml.plots import split_image
+        from see_dml.evaluation.plots import split_image
 
         # an unreadable file follows the dataset's on_error, as embedding it did
         return split_image(self.dataset.split.items, self.position(i), "RGB",

@@ -3,7 +3,7 @@
 SEE's synthetic term moves only the proxies, so whether it helps is a question about where
 the proxies go and how the real embeddings sit around them. These functions measure that
 on plain tensors (unit rows, or rows normalised here), so they apply to any run, any
-checkpoint and to hand-made embeddings alike; :class:`see_dml.callbacks.geometry.
+checkpoint and to hand-made embeddings alike; :class:`see_dml.callbacks.geometry_monitor.
 GeometryMonitor` logs them every epoch. Angles are in degrees.
 
 - :func:`proxy_drift`: how far the proxies moved between two snapshots (mean angle).

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from see_dml.checkpoints import load_checkpoint_file
-from see_dml.errors import ConfigError
+from see_dml.checkpoints.read import load_checkpoint_file
+from see_dml.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

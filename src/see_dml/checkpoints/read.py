@@ -10,7 +10,7 @@ omegaconf types such a config is made of (:data:`OMEGACONF_GLOBALS`, by name).
 
 Cheap to import: torch loads inside :func:`read_checkpoint` and :func:`resolve_device`, so a
 CLI's mistyped ``ckpt_path`` fails before seconds of imports. Writing checkpoints is
-:mod:`see_dml.checkpoint_io`; the model itself is rebuilt by
+:mod:`see_dml.checkpoints.write`; the model itself is rebuilt by
 :func:`see_dml.module.load_module_from_checkpoint`.
 """
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from see_dml.errors import CheckpointError
+from see_dml.runtime.errors import CheckpointError
 
 if TYPE_CHECKING:
     import torch

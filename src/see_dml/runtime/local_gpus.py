@@ -16,7 +16,7 @@ module adds only the pool of GPU sets and the loop that starts a job when a set 
 job is still submitit's local job (its own process and log files under
 ``<sweep>/.submitit/<id>/``, the same job function as ``submitit_local``, its requeue on a
 preemption signal on the same GPU set), so the sweep's run directories, its failed jobs'
-``failed.json`` and its end (:mod:`see_dml.hydra_callbacks`) are those of any sweep. A job
+``failed.json`` and its end (:mod:`see_dml.runtime.hydra_hooks`) are those of any sweep. A job
 whose process died without a result (killed, out of memory) is recorded as failed with the
 path of its log, instead of ending the sweep with a traceback before the list.
 
@@ -39,7 +39,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from see_dml.errors import USER_ERROR_STATUS, ConfigError
+from see_dml.runtime.errors import USER_ERROR_STATUS, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class LocalGPUsLauncher(Launcher):
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(USER_ERROR_STATUS)
-        from see_dml.extras import MissingExtraError, check
+        from see_dml.runtime.extras import MissingExtraError, check
 
         try:
             check("slurm", "hydra/launcher=local_gpus")
@@ -185,13 +185,13 @@ class LocalGPUsLauncher(Launcher):
     def _result(self, job: Any, idx: int, overrides: Sequence[str]) -> JobReturn:
         """The job's :class:`JobReturn`; for a job whose process left none (killed), a
         failure record in its run directory and an empty return, so that the sweep goes on to
-        its list (:class:`see_dml.hydra_callbacks.RunDirectories`) and its non-zero end."""
+        its list (:class:`see_dml.runtime.hydra_hooks.RunDirectories`) and its non-zero end."""
         from submitit.core.utils import UncompletedJobError
 
         try:
             return job.results()[0]
         except UncompletedJobError as err:
-            from see_dml.hydra_callbacks import record_failed_job
+            from see_dml.runtime.hydra_hooks import record_failed_job
 
             assert self.config is not None
             # the job's run directory as the sweep's list finds it (hydra.sweep.subdir of
