@@ -69,3 +69,71 @@ def test_the_cli_says_it_in_one_line_before_any_work(tmp_path):
         "error: data.batchsize is not an option of data (see_dml.data.datamodule."
         "RetrievalDataModule); did you mean data.batch_size?")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.ckpt"))
+
+
+_CHECK = """
+import sys
+from see_dml.runtime.config import compose
+from see_dml.runtime.errors import ConfigError
+from see_dml.training.config_checks import validate_config
+try:
+    validate_config(compose([sys.argv[1], "paths.cache_dir=" + sys.argv[2]]))
+except ConfigError as err:
+    print(err)
+print(sorted(m for m in ("torch", "lightning", "timm") if m in sys.modules))
+"""
+
+
+def _check_in_a_process(override: str, cache: Path) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", _CHECK, override, str(cache)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    return out.stdout.strip().splitlines()
+
+
+def test_the_signatures_read_once_are_kept_and_a_later_check_imports_nothing(tmp_path):
+    """The first check reads the components' signatures from the code (importing torch and
+    Lightning: seconds); it keeps them under paths.cache_dir, and the next process names the
+    same bad key without importing either."""
+    first = _check_in_a_process("see.mode=bogus", tmp_path)
+    assert "see.mode='bogus': must be one of top_fraction, threshold" in first[0]
+    assert first[1] != "[]"  # read from the code
+    [kept] = tmp_path.glob("schema-*.json")
+    assert "see_dml.callbacks.synthesis.SEECallback" in kept.read_text()
+    second = _check_in_a_process("see.mode=bogus", tmp_path)
+    assert second == [first[0], "[]"]
+
+
+def test_kept_signatures_of_other_code_or_unreadable_are_not_used(tmp_path, monkeypatch):
+    import see_dml.runtime.schema as schema
+
+    cfg = compose_config(["see.mode=bogus", f"paths.cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="must be one of top_fraction"):
+        check_schema(cfg)
+    [kept] = tmp_path.glob("schema-*.json")
+    # a file with another digest (code edited since) is not read: SEE takes any mode there
+    monkeypatch.setattr(schema, "_source_digest", lambda: "edited")
+    other = tmp_path / "schema-edited.json"
+    other.write_text(kept.read_text().replace('"top_fraction"', '"bogus", "top_fraction"'))
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="must be one of top_fraction, threshold"):
+        check_schema(cfg)
+    kept.write_text("{not json")  # unreadable: read from the code again, and rewritten
+    with pytest.raises(ConfigError, match="must be one of top_fraction, threshold"):
+        check_schema(cfg)
+    assert "SEECallback" in kept.read_text()
+
+
+def test_a_digest_covers_every_source_file(tmp_path):
+    import shutil
+
+    import see_dml.runtime.schema as schema
+
+    package = Path(schema.__file__).resolve().parents[1]
+    copy = tmp_path / "see_dml"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__", "conf"))
+    assert schema._source_digest(copy) == schema._source_digest()
+    (copy / "data" / "mine.py").write_text("x = 1\n")  # a new file
+    added = schema._source_digest(copy)
+    assert added != schema._source_digest()
+    (copy / "data" / "mine.py").write_text("x = 2\n")  # an edit
+    assert schema._source_digest(copy) not in (added, schema._source_digest())

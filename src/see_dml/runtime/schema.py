@@ -14,17 +14,29 @@ second declaration. Structured configs (OmegaConf's dataclass schemas) would say
 twice, once in the code and once in the schema. Pass-through groups (the loss, optimiser,
 scheduler, trainer, loggers: arguments of PML, torch, Lightning) are left to their
 libraries; range and cross-field checks stay in ``see_dml.training.config_checks``.
+
+Reading a component's signature imports it, and the synthesis callbacks import Lightning and
+torch: seconds, before a bad key could be named. So the signatures read from the package's
+own components are kept in a small JSON file under ``paths.cache_dir``
+(``schema-<digest>.json``, the digest of the package's source files): a later check reads
+that file and imports nothing, and any edit to the package's code makes a new digest, so
+the file is never stale. A component from outside the package (a user's own ``_target_``)
+is read anew each time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import inspect
+import json
+import os
 import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -53,31 +65,113 @@ _MISSING = object()
 def check_schema(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first key of an owned group that its component
     does not take, or whose value has the wrong type or is not one of its choices."""
-    # located by name, as every _target_ is: the schema reads the components a config names
-    # and imports none of the library's layers itself (no cycle through see_dml.runtime.config)
-    transform_config = _locate(TRANSFORMS_SCHEMA, "data.transforms")
+    cache = _SignatureCache(OmegaConf.select(cfg, "paths.cache_dir", default=None,
+                                             throw_on_resolution_failure=False))
+    try:
+        for key, extra in OWNED_GROUPS:
+            node = OmegaConf.select(cfg, key, default=None)
+            if not isinstance(node, DictConfig) or "_target_" not in node:
+                continue
+            params = cache.parameters(str(node._target_), key)
+            if params is None:
+                continue
+            for (group, name), hint in SUBSTITUTED.items():
+                if group == key and name in params:
+                    params[name] = _spec(hint)
+            values = _resolved(node, key)
+            _check(values, params, key, str(node._target_), extra)
+        transforms = OmegaConf.select(cfg, "data.transforms", default=None)
+        if isinstance(transforms, DictConfig):
+            fields = cache.parameters(TRANSFORMS_SCHEMA, "data.transforms")
+            _check(_resolved(transforms, "data.transforms"), fields or {}, "data.transforms",
+                   TRANSFORMS_SCHEMA, frozenset())
+    finally:
+        cache.save()
 
-    for key, extra in OWNED_GROUPS:
-        node = OmegaConf.select(cfg, key, default=None)
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            continue
-        target = _locate(str(node._target_), key)
-        params = _parameters(target)
-        if params is None:
-            continue
-        for (group, name), hint in SUBSTITUTED.items():
-            if group == key and name in params:
-                params[name] = hint
-        values = _resolved(node, key)
-        _check(values, params, key, str(node._target_), extra)
-    transforms = OmegaConf.select(cfg, "data.transforms", default=None)
-    if isinstance(transforms, DictConfig):
-        hints = typing.get_type_hints(transform_config)
-        fields = {f.name: hints.get(f.name, Any)
-                  for f in dataclasses.fields(typing.cast(Any, transform_config))
-                  if f.name != "native_size"}  # set by the DataModule, not by config
-        _check(_resolved(transforms, "data.transforms"), fields, "data.transforms",
-               "see_dml.data.transforms.TransformConfig", frozenset())
+
+Spec = Any  # a JSON-able type: "bool" | "int" | "float" | "str" | "none" | "any" |
+#           {"choices": [...]} | {"any_of": [Spec, ...]}
+
+
+def _spec(hint: Any) -> Spec:
+    """A type hint as the JSON the checks read (hints this does not check become "any")."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return {"choices": list(typing.get_args(hint))}
+    if origin in (typing.Union, types.UnionType):
+        return {"any_of": [_spec(b) for b in typing.get_args(hint)]}
+    if hint is type(None):
+        return "none"
+    if hint in (bool, int, float, str):
+        return hint.__name__
+    return "any"
+
+
+class _SignatureCache:
+    """The keyword arguments (as :func:`_spec`) of the package's own components, kept in
+    ``<cache_dir>/schema-<digest of the package's sources>.json`` (see the module doc).
+    What this does not know is read from the code (which imports it) and remembered."""
+
+    def __init__(self, cache_dir: Any) -> None:
+        self.path: Path | None = None
+        self.known: dict[str, dict[str, Spec] | None] = {}
+        self.changed = False
+        if not isinstance(cache_dir, str) or not cache_dir:
+            return
+        self.path = Path(cache_dir).expanduser() / f"schema-{_source_digest()}.json"
+        try:
+            loaded = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return  # none yet, or unreadable: read from the code and write it anew
+        if isinstance(loaded, dict):
+            self.known = loaded
+
+    def parameters(self, target: str, key: str) -> dict[str, Spec] | None:
+        if target in self.known:
+            params = self.known[target]
+            return None if params is None else dict(params)
+        params = _signature(target, key)
+        if target.startswith("see_dml."):  # the digest covers the package's code only
+            try:
+                json.dumps(params)
+            except (TypeError, ValueError):
+                return params  # a choice that is not plain data: not kept
+            self.known[target] = params
+            self.changed = True
+        return None if params is None else dict(params)
+
+    def save(self) -> None:
+        if self.path is None or not self.changed:
+            return
+        try:  # written whole (a rename), or not at all: a cache is never worth an error
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.known, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+
+def _source_digest(root: Path | None = None) -> str:
+    """A digest of the package's Python sources (names and bytes): milliseconds to read."""
+    root = root or Path(__file__).resolve().parents[1]
+    digest = hashlib.sha1()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _signature(target: str, key: str) -> dict[str, Spec] | None:
+    """The arguments ``target`` takes, read from the code (the one place that imports)."""
+    located = _locate(target, key)
+    if target == TRANSFORMS_SCHEMA:
+        hints = typing.get_type_hints(located)
+        return {f.name: _spec(hints.get(f.name, Any))
+                for f in dataclasses.fields(typing.cast(Any, located))
+                if f.name != "native_size"}  # set by the DataModule, not by config
+    params = _parameters(located)
+    return None if params is None else {name: _spec(h) for name, h in params.items()}
 
 
 def _locate(path: str, key: str) -> Callable[..., Any]:
@@ -151,26 +245,25 @@ def _check(values: dict[str, Any], params: dict[str, Any], key: str, target: str
             raise ConfigError(f"{key}.{name}={value!r}: {problem} ({target})")
 
 
-def _mismatch(value: Any, hint: Any) -> str | None:
-    """Why ``value`` does not fit ``hint``, or None (also for hints this does not check)."""
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        choices = typing.get_args(hint)
+def _mismatch(value: Any, spec: Spec) -> str | None:
+    """Why ``value`` does not fit ``spec`` (:func:`_spec`), or None (also for "any")."""
+    if isinstance(spec, dict) and "choices" in spec:
+        choices = spec["choices"]
         return None if value in choices else "must be one of " + ", ".join(map(str, choices))
-    if origin in (typing.Union, types.UnionType):
-        branches = typing.get_args(hint)
-        if value is None and type(None) in branches:
+    if isinstance(spec, dict) and "any_of" in spec:
+        branches = spec["any_of"]
+        if value is None and "none" in branches:
             return None
-        problems = [_mismatch(value, b) for b in branches if b is not type(None)]
+        problems = [_mismatch(value, b) for b in branches if b != "none"]
         return None if any(p is None for p in problems) else problems[0]
-    if hint is bool:
+    if spec == "bool":
         return None if isinstance(value, bool) else "must be true or false"
-    if hint is int:
+    if spec == "int":
         return None if isinstance(value, int) and not isinstance(value, bool) else (
             "must be an integer")
-    if hint is float:
+    if spec == "float":
         return None if isinstance(value, int | float) and not isinstance(value, bool) else (
             "must be a number")
-    if hint is str:
+    if spec == "str":
         return None if isinstance(value, str) else "must be a string"
     return None
