@@ -22,13 +22,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from see_dml.evaluation.report import best_on_test, format_results, write_metrics
+from see_dml.runtime.cli import FailurePolicy, run_cli
 from see_dml.runtime.config import ADDED_KEYS, flatten, hydra_main, hydra_quote
 from see_dml.runtime.errors import (
-    USER_ERROR_STATUS,
     ConfigError,
     NotARunError,
     RunDirectoryLockedError,
-    user_error_line,
 )
 from see_dml.runtime.hydra_hooks import FAILURE_FILE, record_failed_job
 from see_dml.runtime.lock import is_rank_zero, lock_run_dir, remove_if_empty
@@ -589,57 +588,61 @@ def _release_run_dirs(cfg: DictConfig) -> None:
         pass
 
 
-@hydra_main("train")
-def main(cfg: DictConfig) -> float | None:
-    from see_dml.runtime.cli import quiet_third_party
+class TrainFailure(FailurePolicy):
+    """What a failed training does around :func:`~see_dml.runtime.cli.run_cli`'s error path,
+    for what sweeps and DDP need."""
 
-    quiet_third_party()
-    try:
-        metrics = train(cfg)
-    except Exception as err:
-        line = user_error_line(err)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        if _in_basic_sweep():  # recorded: the sweep goes on, and ends listing this job
-            from hydra.core.hydra_config import HydraConfig
+    def recorded(self, err: Exception, line: str | None) -> bool:
+        if not _in_basic_sweep():
+            return False
+        # recorded: the sweep goes on, and ends listing this job
+        from hydra.core.hydra_config import HydraConfig
 
-            if line is None:  # a bug: its traceback now, in this job's output
-                import traceback
+        if line is None:  # a bug: its traceback now, in this job's output
+            import traceback
 
-                traceback.print_exc()
-            else:
-                print(f"error: {line}", file=sys.stderr)
-            # a locked run directory is another run's: the record stays in memory; DDP's
-            # other ranks (a multi-task SLURM job) leave the file to the global rank zero
-            if not isinstance(err, RunDirectoryLockedError):
-                _log_to_file(line, err)
-            record_failed_job(HydraConfig.get().runtime.output_dir,
-                              line or f"{type(err).__name__}: {err} (traceback in the job's "
-                              "output)", user_error=line is not None,
-                              write=not isinstance(err, RunDirectoryLockedError)
-                              and is_rank_zero())
-            return None
+            traceback.print_exc()
+        else:
+            print(f"error: {line}", file=sys.stderr)
+        # a locked run directory is another run's: the record stays in memory; DDP's other
+        # ranks (a multi-task SLURM job) leave the file to the global rank zero
+        if not isinstance(err, RunDirectoryLockedError):
+            _log_to_file(line, err)
+        record_failed_job(HydraConfig.get().runtime.output_dir,
+                          line or f"{type(err).__name__}: {err} (traceback in the job's "
+                          "output)", user_error=line is not None,
+                          write=not isinstance(err, RunDirectoryLockedError) and is_rank_zero())
+        return True
+
+    def before_report(self, err: Exception, line: str | None) -> None:
         # the directory stays (a bug, a sweep's job): its log says why
         if ((line is None or _in_multirun())
                 and not isinstance(err, (RunDirectoryLockedError, NotARunError))):
             _log_to_file(line, err)
-        if line is None:
-            raise
-        print(f"error: {line}", file=sys.stderr)
-        if _in_multirun():  # the sweep goes on with its other jobs and lists this one
-            raise
+
+    def reraise(self, err: Exception, line: str) -> bool:
+        return _in_multirun()  # the sweep goes on with its other jobs and lists this one
+
+    def cleanup(self, cfg: DictConfig, err: Exception, line: str) -> None:
         if not is_rank_zero():  # DDP's other ranks: the run directory is rank zero's
-            sys.exit(USER_ERROR_STATUS)
+            return
         if isinstance(err, NotARunError):  # Hydra's files of this attempt go with it
             _remove_hydra_output()
-        if not isinstance(err, RunDirectoryLockedError):  # else the directory is another's
-            _release_run_dirs(cfg)
-            # a run directory that stays (a failure after its logs were written) keeps the
-            # error in its train.log; else it goes, as if the run never started
-            if (not remove_if_empty(cfg.paths.run_dir, cfg.paths.output_dir)
-                    and not isinstance(err, NotARunError)):  # that folder is not a run's
-                _log_to_file(line, err)
-        sys.exit(USER_ERROR_STATUS)
+        if isinstance(err, RunDirectoryLockedError):  # the directory is another run's
+            return
+        _release_run_dirs(cfg)
+        # a run directory that stays (a failure after its logs were written) keeps the error
+        # in its train.log; else it goes, as if the run never started
+        if (not remove_if_empty(cfg.paths.run_dir, cfg.paths.output_dir)
+                and not isinstance(err, NotARunError)):  # that folder is not a run's
+            _log_to_file(line, err)
+
+
+@hydra_main("train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run_cli(train, cfg, TrainFailure())
+    if metrics is None:  # recorded for the basic sweeper, which lists it at the end
+        return None
     value = objective_value(cfg, metrics)
     if value is None and _in_multirun() and not _in_basic_sweep():
         # an optimising sweeper (optuna's) reads this value: nothing to give it is an error

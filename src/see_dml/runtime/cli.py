@@ -8,10 +8,11 @@ Every filter below is narrow (one message) and says why hiding it loses nothing.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, overload
 
 from see_dml.runtime.errors import USER_ERROR_STATUS, user_error_line
 
@@ -68,20 +69,61 @@ def quiet_third_party() -> None:
             logger.addFilter(_DropLines(substrings))
 
 
-def run_cli(task: Callable[[Any], T], cfg: Any) -> T:
-    """Run an entry point's ``task(cfg)`` as the tools (evaluate, retrieve, index, export) do:
-    third-party noise filtered, and an error of the user's making
-    (:func:`see_dml.runtime.errors.user_error_line`) printed as one ``error:`` line with exit status
-    :data:`~see_dml.runtime.errors.USER_ERROR_STATUS`, leaving no empty run directory."""
+class FailurePolicy:
+    """What an entry point does around the one error path of :func:`run_cli` when its task
+    fails. The defaults are the tools' (evaluate, retrieve, index, export, tune): nothing is
+    recorded, the run directory goes when it is still empty. ``train`` overrides the hooks
+    for what sweeps and DDP need (:class:`see_dml.train.TrainFailure`)."""
+
+    def recorded(self, err: Exception, line: str | None) -> bool:
+        """Whether the failure was recorded for a sweep that goes on: the task returns None."""
+        return False
+
+    def before_report(self, err: Exception, line: str | None) -> None:
+        """Runs before a bug's traceback or the ``error:`` line (e.g. writing the run's log)."""
+
+    def reraise(self, err: Exception, line: str) -> bool:
+        """Whether the user error is raised on after its line (a sweep that lists its jobs)."""
+        return False
+
+    def cleanup(self, cfg: Any, err: Exception, line: str) -> None:
+        """Before the exit with :data:`~see_dml.runtime.errors.USER_ERROR_STATUS`: a tool run
+        that failed before writing anything leaves no run directory."""
+        _remove_empty_run_dir(cfg)
+
+
+@overload
+def run_cli(task: Callable[[Any], T], cfg: Any) -> T: ...
+
+@overload
+def run_cli(task: Callable[[Any], T], cfg: Any, policy: FailurePolicy) -> T | None: ...
+
+def run_cli(task: Callable[[Any], T], cfg: Any, policy: FailurePolicy | None = None
+            ) -> T | None:
+    """Run an entry point's ``task(cfg)``, every tool's one error path: third-party noise
+    filtered; an error of the user's making (:func:`see_dml.runtime.errors.user_error_line`)
+    printed as one ``error:`` line with exit status
+    :data:`~see_dml.runtime.errors.USER_ERROR_STATUS`; a bug raised with its traceback, as
+    is everything under ``HYDRA_FULL_ERROR=1``. ``policy`` adds what an entry point needs
+    around that (:class:`FailurePolicy`); None (a recorded failure) only when it says so."""
     quiet_third_party()
+    policy = policy or FailurePolicy()
     try:
         return task(cfg)
     except Exception as err:
         line = user_error_line(err)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if policy.recorded(err, line):
+            return None
+        policy.before_report(err, line)
         if line is None:
             raise
-        _remove_empty_run_dir(cfg)
-        exit_with_error(line)
+        print(f"error: {line}", file=sys.stderr)
+        if policy.reraise(err, line):
+            raise
+        policy.cleanup(cfg, err, line)
+        sys.exit(USER_ERROR_STATUS)
 
 
 def exit_with_error(message: str) -> NoReturn:
