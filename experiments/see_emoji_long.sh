@@ -17,6 +17,7 @@
 #   PYTHONPATH=$PWD/src PY=/work/main/.venv/bin/python OMP_NUM_THREADS=1 nohup \
 #       bash experiments/see_emoji_long.sh 0 2 >> $GRID/grid0.log 2>&1 &
 set -u
+source "$(dirname "${BASH_SOURCE[0]}")/run_or_resume.sh"
 worker=${1:-0}; workers=${2:-1}
 GRID=${GRID:-/work/runs/grid}
 PY=${PY:-.venv/bin/python}
@@ -33,16 +34,7 @@ for job in "${jobs[@]}"; do
   dir=$GRID/runs/d${dim}_s${seed}_${arm}
   args=(experiment=see_emoji_long "model.embed_dim=$dim" "seed=$seed" "synthesis=$arm"
         "paths.output_dir=$GRID")
-  if [[ -f $dir/metrics.json ]]; then
-    echo "$(date -Is) done already: $job ($dir)"; continue
-  elif [[ -f $dir/config.yaml ]]; then
-    echo "$(date -Is) resuming: $job ($dir)"
-    "$PY" -m see_dml.train "${args[@]}" "resume=$dir"
-  else
-    echo "$(date -Is) starting: $job ($dir)"
-    "$PY" -m see_dml.train "${args[@]}" "hydra.run.dir=$dir"
-  fi
-  echo "$(date -Is) exit $?: $job"
+  run_or_resume "$job" "$dir" "${args[@]}"
   if [[ -n $RECORDS && -f $dir/metrics.json ]]; then
     "$PY" -m see_dml.reporting records "$GRID" --out "$RECORDS"
   fi

@@ -30,6 +30,7 @@
 # and the records to commit (no checkpoints):
 #   python -m see_dml.reporting records $OUT/seeds --out experiments/results/see_emoji_tuned_runs
 set -u
+source "$(dirname "${BASH_SOURCE[0]}")/run_or_resume.sh"
 OUT=${OUT:-/work/runs/tune}
 PY=${PY:-.venv/bin/python}
 TRIALS=${TRIALS:-24}          # per arm: the study files' n_trials (docs/results.md, the budget)
@@ -77,16 +78,7 @@ for o in yaml.safe_load(open(sys.argv[1]))["overrides"]:
   for seed in $SEEDS; do
     dir=$OUT/seeds/${arm}_s$seed
     args=("${overrides[@]}" "seed=$seed" "paths.output_dir=$OUT/seeds")
-    if [[ -f $dir/metrics.json ]]; then
-      echo "$(date -Is) done already: $arm seed $seed ($dir)"; continue
-    elif [[ -f $dir/config.yaml ]]; then
-      echo "$(date -Is) resuming: $arm seed $seed ($dir)"
-      "$PY" -m see_dml.train "${args[@]}" "resume=$dir"
-    else
-      echo "$(date -Is) starting: $arm seed $seed ($dir)"
-      "$PY" -m see_dml.train "${args[@]}" "hydra.run.dir=$dir"
-    fi
-    echo "$(date -Is) exit $?: $arm seed $seed"
+    run_or_resume "$arm seed $seed" "$dir" "${args[@]}"
     keep_records
   done
 done
