@@ -37,7 +37,9 @@ TRIALS=${TRIALS:-24}          # per arm: the study files' n_trials (docs/results
 STEP=${STEP:-4}
 SEEDS=${SEEDS:-1 2 3 4}
 RECORDS=${RECORDS:-}
-ARMS=(none see)
+# ARMS: the arms this process runs; two processes, ARMS=none and ARMS=see, tune the arms side
+# by side on two cores, each arm sequentially as one worker, as one process does
+read -r -a ARMS <<< "${ARMS:-none see}"
 
 keep_records() {
   [[ -n $RECORDS ]] || return 0
