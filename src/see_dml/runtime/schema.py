@@ -7,7 +7,8 @@ is off) is one :class:`~see_dml.runtime.errors.ConfigError` naming the key, from
 
 The schema is the code itself: a group's keys are the arguments of its ``_target_`` (its
 ``__init__``, the base classes' too where it passes ``**kwargs`` on), their types its
-annotations (``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``; other
+annotations (``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``, and
+``tuple[X, ...]`` / ``list[X]`` / ``Sequence[X]`` of those, a list in YAML; other
 annotations are not checked), and ``data.transforms`` is the
 :class:`~see_dml.data.transforms.TransformConfig` dataclass. So a new argument needs no
 second declaration. Structured configs (OmegaConf's dataclass schemas) would say the same
@@ -24,7 +25,7 @@ import inspect
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +40,7 @@ OWNED_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("synthesis", frozenset()),
     ("model.backbone", frozenset()),
     ("model.head", frozenset()),
+    ("metrics", frozenset()),  # the metric set (see_dml.metrics.MetricSet)
 )
 #: arguments whose config value is replaced before the component is built (``auto``)
 SUBSTITUTED: dict[tuple[str, str], Any] = {
@@ -50,14 +52,20 @@ _HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_
 _MISSING = object()
 
 
-def check_schema(cfg: DictConfig) -> None:
+def check_schema(cfg: DictConfig, keys: Iterable[str] | None = None) -> None:
     """Raise :class:`ConfigError` for the first key of an owned group that its component
-    does not take, or whose value has the wrong type or is not one of its choices."""
+    does not take, or whose value has the wrong type or is not one of its choices.
+
+    ``keys``: only these of :data:`OWNED_GROUPS` (a tool's config holds some of them:
+    ``evaluate`` has ``metrics``); default all, and ``data.transforms``."""
+    only = None if keys is None else set(keys)
     # located by name, as every _target_ is: the schema reads the components a config names
     # and imports none of the library's layers itself (no cycle through see_dml.runtime.config)
     transform_config = _locate(TRANSFORMS_SCHEMA, "data.transforms")
 
     for key, extra in OWNED_GROUPS:
+        if only is not None and key not in only:
+            continue
         node = OmegaConf.select(cfg, key, default=None)
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
@@ -71,7 +79,7 @@ def check_schema(cfg: DictConfig) -> None:
         values = _resolved(node, key)
         _check(values, params, key, str(node._target_), extra)
     transforms = OmegaConf.select(cfg, "data.transforms", default=None)
-    if isinstance(transforms, DictConfig):
+    if isinstance(transforms, DictConfig) and (only is None or "data.transforms" in only):
         hints = typing.get_type_hints(transform_config)
         fields = {f.name: hints.get(f.name, Any)
                   for f in dataclasses.fields(typing.cast(Any, transform_config))
@@ -173,4 +181,13 @@ def _mismatch(value: Any, hint: Any) -> str | None:
             "must be a number")
     if hint is str:
         return None if isinstance(value, str) else "must be a string"
+    if origin in (tuple, list, Sequence):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if not isinstance(value, list | tuple):
+            return "must be a list"
+        if len(args) == 1:
+            for item in value:
+                problem = _mismatch(item, args[0])
+                if problem:
+                    return f"every item {problem}"
     return None
