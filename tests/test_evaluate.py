@@ -120,9 +120,24 @@ def test_torch_knn_backend_gives_the_faiss_numbers(trained, tmp_path):
         evaluate(_evaluate_cfg(f"ckpt_path={trained['best']}", "knn_backend=annoy"))
 
 
+def test_the_metric_set_is_evaluate_s_config_too(trained, tmp_path):
+    """``metrics.precision_at=[10] metrics.map_at=[10]``: evaluate adds precision@10 and
+    map@10 (and drops precision@1: the list replaces the default) to metrics.json and its
+    table, from the same search as the metrics it always computes."""
+    report = evaluate(_evaluate_cfg(f"ckpt_path={trained['best']}", f"paths.run_dir={tmp_path}",
+                                    "metrics.precision_at=[10]", "metrics.map_at=[10]"))
+    assert {"test/precision@10", "test/map@10"} <= set(report)
+    assert "test/precision@1" not in report
+    assert report["test/map@r"] == pytest.approx(trained["metrics"]["test/map@r"], abs=1e-6)
+    table = (tmp_path / "metrics.md").read_text()
+    assert "| weights | R@1 | R@2 | R@4 | R@8 | P@10 | mAP@10 | MAP@R | RP |" in table
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test/precision@10"] == report["test/precision@10"]
+
+
 def test_nmi_option(trained, tmp_path):
     report = evaluate(_evaluate_cfg(f"ckpt_path={trained['best']}", f"paths.run_dir={tmp_path}",
-                                    "nmi=true"))
+                                    "metrics.nmi=true"))
     assert 0.0 <= report["test/nmi"] <= 1.0
     assert "NMI" in (tmp_path / "metrics.md").read_text()
     assert report["test/map@r"] == pytest.approx(trained["metrics"]["test/map@r"], abs=1e-6)

@@ -65,10 +65,16 @@ def test_folds_command_reads_the_runs_exports(tmp_path, capsys):
                         order.astype(np.int64), indices=order.astype(np.int64))
         (run / "metrics.json").write_text(json.dumps({"test/recall@1": 0.0,
                                                       "test/recall@2": 0.0}))
+        # the metric set the folds were trained with: the table's columns
+        (run / "config.yaml").write_text(json.dumps({
+            "dataset": {"folds": 2, "fold": i},
+            "metrics": {"_target_": "see_dml.metrics.MetricSet", "precision_at": [1, 5]}}))
         runs.append(str(run))
     assert report(["folds", *runs, "--out", str(tmp_path / "folds.md")]) == 0
     out = capsys.readouterr().out
-    assert "| **concatenated (2 × d)** | 100.00 | 100.00 |" in out
+    assert out.splitlines()[0] == "| | R@1 | R@2 | P@5 | MAP@R | RP |"
+    assert "| fold 1 of 2 (fold1) | " in out
+    assert "| **concatenated (2 × d)** | 100.00 | 100.00 | 100.00 |" in out
     saved = json.loads((tmp_path / "folds.json").read_text())
     assert saved["concatenated"]["map@r"] == pytest.approx(1.0)
 

@@ -31,12 +31,41 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
     ("model.backbone.in_chans=three", "model.backbone.in_chans='three': must be an integer"),
     ("see.n_points=2.5", "see.n_points=2.5: must be an integer"),
     ("data.transforms.interpolation=3", "data.transforms.interpolation=3: must be a string"),
+    # the metric set (conf/metrics/default.yaml): its keys, types, Ks, and the metrics that
+    # other keys name
+    ("+metrics.precison_at=[10]", "metrics.precison_at is not an option of metrics "
+                                  "(see_dml.metrics.MetricSet); did you mean "
+                                  "metrics.precision_at?"),
+    ("metrics.precision_at=[0]", "metrics.precision_at=[0]: must be a list of positive "
+                                 "integers"),
+    ("metrics.map_at=[a]", "metrics.map_at=['a']: every item must be an integer"),
+    ("metrics.recall_at=4", "metrics.recall_at=4: must be a list"),
+    ("metrics.nmi=maybe", "metrics.nmi='maybe': must be true or false"),
 ])
 def test_slipping_values_fail_in_validation_naming_the_key(override, message):
     cfg = compose_config([override])
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_metric_other_keys_name_is_one_the_set_computes():
+    """The checkpoint's monitor and the tuning objective are metrics of the set; the papers'
+    best epoch (test_every_epoch) needs Recall@1."""
+    def error(*overrides: str) -> str:
+        with pytest.raises(ConfigError) as err:
+            validate_config(compose_config(list(overrides)))
+        return str(err.value)
+
+    assert error("metrics.map_at_r=false").startswith(
+        "callbacks.model_checkpoint.monitor=val/map@r, but the metric set does not compute "
+        "map@r (it computes recall@K at the dataset's Ks, precision@1, r_precision)")
+    on_p10 = ["objective=val/precision@10", "callbacks.model_checkpoint.monitor=val/precision@10"]
+    assert "does not compute precision@10" in error(*on_p10)
+    validate_config(compose_config([*on_p10, "metrics.precision_at=[1,10]"]))
+    assert error("metrics.recall_at=[2,4]", "test_every_epoch=true").startswith(
+        "test_every_epoch=true reports the epoch of the best test Recall@1")
+    validate_config(compose_config(["metrics.recall_at=[1,5]", "test_every_epoch=true"]))
 
 
 def test_see_mode_is_checked_while_see_is_off():
@@ -137,3 +166,22 @@ def test_a_digest_covers_every_source_file(tmp_path):
     assert added != schema._source_digest()
     (copy / "data" / "mine.py").write_text("x = 2\n")  # an edit
     assert schema._source_digest(copy) not in (added, schema._source_digest())
+
+
+def test_a_bad_metric_set_is_one_line_from_evaluate_too(tmp_path):
+    """``evaluate`` takes the metric set too: a bad K is its one ``error:`` line, status 2,
+    before the checkpoint is read; so is the old top-level ``nmi`` switch, now
+    ``metrics.nmi``."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    for tool, override, line in (
+            ("see_dml.evaluate", "metrics.precision_at=[0]",
+             "error: metrics.precision_at=[0]: must be a list of positive integers (the Ks)"),
+            ("see_dml.evaluate", "+metrics.mapat=[5]",
+             "error: metrics.mapat is not an option of metrics (see_dml.metrics.MetricSet); "
+             "did you mean metrics.map_at?"),
+            ("see_dml.train", "nmi=true", "error: nmi is now metrics.nmi: metrics.nmi=true")):
+        done = subprocess.run([sys.executable, "-m", tool, f"ckpt_path={tmp_path / 'x.ckpt'}",
+                               override, f"paths.output_dir={tmp_path / 'out'}"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1] == line

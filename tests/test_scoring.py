@@ -18,7 +18,7 @@ from see_dml.evaluation.report import (
     report,
     write_metrics,
 )
-from see_dml.metrics import nmi_score, retrieval_metrics
+from see_dml.metrics import MetricSet, nmi_score, retrieval_metrics
 
 
 def _fake_dm(items: dict[str, np.ndarray]) -> SimpleNamespace:
@@ -35,7 +35,7 @@ def test_result_of_query_and_gallery_tensors():
         "test", {"query": (torch.from_numpy(emb[q]), torch.from_numpy(labels[q]),
                            torch.arange(12)),
                  "gallery": (torch.from_numpy(emb[g]), labels[g], np.arange(12))},
-        (1, 2, 4), compute_nmi=True)
+        (1, 2, 4), metric_set=MetricSet(nmi=True))
     assert [s.name for s in result.splits] == ["query", "gallery"]
     assert result.query.embeddings.dtype == np.float32 and result.gallery is not None
     np.testing.assert_array_equal(result.gallery.labels, labels[g])
@@ -95,5 +95,5 @@ def test_write_metrics_and_table(tmp_path):
                                                                 "provenance/device"}
     assert list(saved) == sorted(saved)
     assert format_results(metrics).splitlines() == [
-        "| weights | R@1 | R@2 | MAP@R | R-Prec |", "|---|---|---|---|---|",
+        "| weights | R@1 | R@2 | MAP@R | RP |", "|---|---|---|---|---|",
         "| selected (val) | 50.00 | 75.00 | 25.00 | 30.00 |"]

@@ -54,15 +54,39 @@ def test_checkpoint_selected_on_validation_classes(make_cfg):
 def test_nmi_option_reports_test_nmi_and_prints_it(make_cfg, capsys):
     from see_dml.metrics import nmi_score
 
-    cfg = make_cfg("nmi=true", "test_final=false", "callbacks.embedding_export.plots=false")
+    cfg = make_cfg("metrics.nmi=true", "test_final=false",
+                   "callbacks.embedding_export.plots=false")
     metrics = train(cfg)
     assert 0.0 <= metrics["test/nmi"] <= 1.0
     # the clustering of the exported test embeddings (those of the tested weights) agrees
     exported = np.load(Path(cfg.paths.run_dir) / "embeddings_test.npz")
     assert metrics["test/nmi"] == pytest.approx(
         nmi_score(exported["embeddings"], exported["labels"], seed=0), abs=1e-6)
-    assert "| MAP@R | R-Prec | NMI |" in capsys.readouterr().out
+    assert "| MAP@R | RP | NMI |" in capsys.readouterr().out
     assert "test/nmi" not in train(make_cfg("test_final=false"))  # off by default
+
+
+def test_precision_at_10_is_a_config_change(make_cfg, capsys):
+    """docs/extending.md's example: ``metrics.precision_at=[1,10]`` (and ``metrics.map_at``)
+    puts ``test/precision@10`` into metrics.json, its val/ twin into the log and a ``P@10``
+    column into the printed table, with the numbers of the exported test embeddings."""
+    from see_dml.metrics import MetricSet, retrieval_metrics
+
+    cfg = make_cfg("metrics.precision_at=[1,10]", "metrics.map_at=[10]", "test_final=false",
+                   "callbacks.embedding_export.plots=false")
+    metrics = train(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    exported = np.load(run_dir / "embeddings_test.npz")
+    expected = retrieval_metrics(exported["embeddings"], exported["labels"], ks=(1, 2, 4, 8),
+                                 metric_set=MetricSet(precision_at=(1, 10), map_at=(10,)))
+    for key in ("precision@1", "precision@10", "map@10", "recall@1", "map@r"):
+        assert saved[f"test/{key}"] == metrics[f"test/{key}"], key
+        assert saved[f"test/{key}"] == pytest.approx(expected[key], abs=1e-6), key
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        assert {"val/precision@10", "val/map@10"} <= set(next(csv.reader(f)))
+    assert "| weights | R@1 | R@2 | R@4 | R@8 | P@10 | mAP@10 | MAP@R | RP |" in (
+        capsys.readouterr().out)
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

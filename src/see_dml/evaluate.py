@@ -4,9 +4,11 @@ The model is rebuilt from the run config stored in the checkpoint
 (``checkpoint["see_dml_config"]``), so no training config has to be given again. The test
 split (or query + gallery for In-Shop) is embedded with a plain loop, then evaluated and
 reported exactly as training's test is (:mod:`see_dml.evaluation.report`: one kNN search, one
-report): Recall@K (the dataset's Ks), MAP@R, R-Precision and Precision@1 are printed as a
-Markdown table and written to ``metrics.json`` / ``metrics.md`` in the output directory
-(``${paths.output_dir}/evaluate/runs/<time>_<id>``); the last line printed names it.
+report): the metric set of ``metrics`` (``conf/metrics/default.yaml``: Recall@K at the
+dataset's Ks, Precision@1, MAP@R and R-Precision; ``metrics.precision_at=[10]`` adds
+Precision@10) is printed as a Markdown table and written to ``metrics.json`` /
+``metrics.md`` in the output directory (``${paths.output_dir}/evaluate/runs/<time>_<id>``);
+the last line printed names it.
 
 Which dataset (see ``conf/evaluate.yaml``):
 
@@ -39,6 +41,7 @@ from see_dml.evaluation.embedding_files import EXPORT_FORMATS
 from see_dml.runtime.config import hydra_main, warn_ignored_keys
 from see_dml.runtime.errors import ConfigError
 from see_dml.runtime.extras import check_config as check_config_extras
+from see_dml.runtime.schema import check_schema
 from see_dml.serving.inference import (
     EVAL_SPLITS,
     InferenceRun,
@@ -46,7 +49,7 @@ from see_dml.serving.inference import (
     eval_split_names,
     torch_threads,
 )
-from see_dml.training.config_checks import check_knn_backend
+from see_dml.training.config_checks import check_knn_backend, check_metric_set
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -60,6 +63,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"export.format must be {' or '.join(EXPORT_FORMATS)}, got "
                           f"'{cfg.export.format}'")
     check_knn_backend(cfg)
+    check_schema(cfg, keys=("metrics",))  # a misspelt metrics.<key>: one line, like train's
+    check_metric_set(cfg)
     check_ckpt_path(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
     from see_dml.serving.inference import open_checkpoint
 
@@ -72,6 +77,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def _evaluate(cfg: DictConfig, run: InferenceRun, split: str) -> dict[str, Any]:
     from see_dml.evaluation.report import ReportOptions, evaluate_embeddings, report, write_metrics
+    from see_dml.metrics.metric_set import MetricSet
 
     dm = run.datamodule(setup=True)
     names = eval_split_names(dm, split)
@@ -87,8 +93,8 @@ def _evaluate(cfg: DictConfig, run: InferenceRun, split: str) -> dict[str, Any]:
     # images dataset.on_error=skip left out: counted, not scored
     skipped = {name: len(dm.eval_dataset(name)) - len(embedded[name][2]) for name in names}
     result = evaluate_embeddings(split, embedded, dm.source.recall_ks,
-                                 knn_backend=cfg.get("knn_backend", "auto"),
-                                 compute_nmi=bool(cfg.get("nmi", False)), skipped=skipped,
+                                 metric_set=MetricSet.from_config(cfg),
+                                 knn_backend=cfg.get("knn_backend", "auto"), skipped=skipped,
                                  keep_queries=int(cfg.plots.grid_queries))
     sizes = {s.name: len(s.indices) for s in result.splits}
     query = result.query

@@ -13,6 +13,7 @@ tool that uses them, so that no import runs upwards (``make lint`` checks it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,7 @@ from see_dml.checkpoints.read import (
 )
 from see_dml.data.base import skipped_rows
 from see_dml.losses import MetricLoss, build_metric_loss
+from see_dml.metrics.metric_set import HEADLINE, MetricSet
 from see_dml.models import Backbone, EmbeddingHead
 from see_dml.runtime.cli import one_lightning_console
 from see_dml.runtime.config import to_dict
@@ -110,12 +112,13 @@ class DMLModule(L.LightningModule):
             parameters use ``criterion.lr_multiplier``.
         warmup_epochs: epochs with a frozen backbone (head and proxies train alone).
         freeze_bn: keep every BatchNorm of the backbone in eval mode with frozen affine.
-        recall_ks: Ks of Recall@K.
+        recall_ks: the dataset's Ks of Recall@K, where the metric set leaves them to the
+            data.
         knn_backend: kNN search of the val/test metrics: ``auto`` (torch on the GPU when the
             model runs on one, else faiss), ``faiss`` or ``torch``.
-        compute_nmi: also report ``test/nmi``, the NMI of a k-means clustering of the test
-            embeddings (as many clusters as classes; query and gallery together for
-            In-Shop).
+        metric_set: what every evaluation computes (the config group ``metrics``; default
+            :class:`~see_dml.metrics.MetricSet`); its NMI (a k-means clustering, query and
+            gallery together for In-Shop) is scored on the test split only, as ``test/nmi``.
         compile: ``torch.compile`` the backbone and the head (in place, so checkpoints keep
             their keys); off by default, which runs the eager modules unchanged.
         config: the resolved run config, stored in checkpoints so any tool can rebuild
@@ -138,7 +141,7 @@ class DMLModule(L.LightningModule):
                  scheduler: Callable[..., Any] | None = None, backbone_lr_mult: float = 1.0,
                  head_lr_mult: float = 1.0, warmup_epochs: int = 0, freeze_bn: bool = False,
                  recall_ks: Iterable[int] = (1, 2, 4, 8), knn_backend: Backend = "auto",
-                 compute_nmi: bool = False, compile: bool = False,
+                 metric_set: MetricSet | None = None, compile: bool = False,
                  config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
@@ -150,12 +153,13 @@ class DMLModule(L.LightningModule):
         self.head_lr_mult = head_lr_mult
         self.warmup_epochs = warmup_epochs
         self.freeze_bn = freeze_bn
-        self.recall_ks = tuple(recall_ks)
+        #: what every evaluation computes, its Recall@K resolved (:attr:`recall_ks`)
+        self.metric_set = (metric_set or MetricSet()).resolved(tuple(recall_ks))
+        self.recall_ks: tuple[int, ...] = self.metric_set.recall_at or ()
         self.knn_backend = knn_backend
         #: queries whose neighbour lists an evaluation keeps (the retrieval grid's rows);
         #: None: see_dml.metrics.KEPT_QUERIES. The export callback sets its grid_queries.
         self.keep_queries: int | None = None
-        self.compute_nmi = compute_nmi
         self.config = config
         self.embedding_hooks: list[EmbeddingHook] = []
         self.test_result: EvaluationResult | None = None
@@ -191,7 +195,7 @@ class DMLModule(L.LightningModule):
             scheduler=scheduler, backbone_lr_mult=m.backbone_lr_mult,
             head_lr_mult=m.head_lr_mult, warmup_epochs=m.warmup_epochs, freeze_bn=m.freeze_bn,
             recall_ks=source.recall_ks, knn_backend=cfg.get("knn_backend", "auto"),
-            compute_nmi=bool(cfg.get("nmi", False)), compile=bool(m.get("compile", False)),
+            metric_set=MetricSet.from_config(cfg), compile=bool(m.get("compile", False)),
             config=to_dict(cfg),
         )
 
@@ -401,11 +405,11 @@ class DMLModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         return len(dm.eval_dataset(name)) if dm is not None else None
 
-    def _evaluate(self, prefix: str, names: list[str], compute_nmi: bool = False,
+    def _evaluate(self, prefix: str, names: list[str], with_nmi: bool = False,
                   first_index: int = 0) -> EvaluationResult | None:
         """The result of the splits ``names`` (one, or query and gallery) embedded in this
         epoch by the dataloaders ``first_index, first_index + 1, ...``; None when nothing
-        was (``limit_val_batches=0``)."""
+        was (``limit_val_batches=0``). The NMI of the metric set only ``with_nmi``."""
         from see_dml.evaluation.report import evaluate_embeddings
 
         splits = {name: self.collect_embeddings(first_index + i, name, self._split_size(name))
@@ -414,8 +418,10 @@ class DMLModule(L.LightningModule):
             return None
         # Embeddings are searched where they are: knn_backend=auto picks the torch search
         # for a model on a GPU (see_dml.metrics.knn.resolve_backend).
-        return evaluate_embeddings(prefix, splits, self.recall_ks, knn_backend=self.knn_backend,
-                                   compute_nmi=compute_nmi, keep_queries=self.keep_queries,
+        metric_set = self.metric_set if with_nmi else dataclasses.replace(self.metric_set,
+                                                                          nmi=False)
+        return evaluate_embeddings(prefix, splits, self.recall_ks, metric_set=metric_set,
+                                   knn_backend=self.knn_backend, keep_queries=self.keep_queries,
                                    skipped={n: self.skipped_images.get(n, 0) for n in names})
 
     def _validation_splits(self) -> tuple[list[str], list[str]]:
@@ -434,7 +440,7 @@ class DMLModule(L.LightningModule):
         val, tests = self._validation_splits()
         result = self._evaluate("val", val) if val else None
         if result is not None:
-            shown = {"val/map@r", "val/recall@1"}
+            shown = {f"val/{name}" for name in HEADLINE}  # the progress bar's
             metrics = result.prefixed_metrics()
             self.log_dict({k: v for k, v in metrics.items() if k in shown}, prog_bar=True)
             self.log_dict({k: v for k, v in metrics.items() if k not in shown})
@@ -474,7 +480,7 @@ class DMLModule(L.LightningModule):
         # Lightning's data connector sets trainer.datamodule; the Trainer class does not
         # declare it
         names = self.trainer.datamodule.test_split_names  # type: ignore[attr-defined]
-        self.test_result = self._evaluate(self._test_prefix, names, self.compute_nmi)
+        self.test_result = self._evaluate(self._test_prefix, names, with_nmi=True)
         if self.test_result is not None:
             self.log_dict(self.test_result.prefixed_metrics())
 

@@ -192,7 +192,7 @@ def _resolve_ckpt_path(ckpt_path: str | None, last: Path | None) -> str | None:
 RESUMABLE_CHANGES = ("ckpt_path", "resume", "paths.", "logger.", "callbacks.", "hydra.",
                      "trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar",
                      "data.num_workers", "data.eval_batch_size", "tags", "test_final", "nmi",
-                     "knn_backend", "model.compile", "test_every_epoch", "test_epochs",
+                     "metrics.", "knn_backend", "model.compile", "test_every_epoch", "test_epochs",
                      "objective", "threads")
 
 #: The last part of a key that says where something lives, not what the run is: a run
@@ -494,7 +494,7 @@ def _train_locked(cfg: DictConfig) -> dict[str, Any]:
         metrics[f"best/{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
     metrics["best_checkpoint"] = best
     metrics["epochs"] = epochs
-    if "test_final/recall@1" not in metrics:  # selected == final weights
+    if not any(k.startswith("test_final/") for k in metrics):  # selected == final weights
         metrics.update({k.replace("test/", "test_final/"): v for k, v in metrics.items()
                         if k.startswith("test/")})
     # the papers' protocol, for comparison only: the epoch with the best test recall@1

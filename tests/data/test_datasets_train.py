@@ -24,7 +24,7 @@ def test_train_and_evaluate_on_fixture(make_cfg, tmp_path, capsys, name, kwargs)
     data_dir = tmp_path / "data"
     make_fixture(name, data_dir, **kwargs)
     cfg = make_cfg(f"dataset={name}", f"paths.data_dir={data_dir}", "dataset.val_fraction=0.2",
-                   "see.enabled=true", "see.p_min=0.4", "see.n_points=4", "nmi=true",
+                   "see.enabled=true", "see.p_min=0.4", "see.n_points=4", "metrics.nmi=true",
                    *SMALL_PHOTOS)
     metrics = train(cfg)
     ks = (1, 10, 20, 30, 40, 50) if name == "inshop" else (

@@ -114,6 +114,27 @@ def test_plot_has_one_panel_per_requested_metric(tmp_path):
         make_table.main([str(tmp_path), "--plot-metrics", "nope"])
 
 
+def test_long_columns_are_the_metrics_the_runs_hold(tmp_path):
+    """Runs trained with ``metrics.precision_at=[1,10] metrics.nmi=true``: their P@10 and
+    NMI get columns (Precision@1, equal to Recall@1, does not), named and ordered as every
+    table names them, and can be plotted; the CSV has them too."""
+    for seed in range(2):
+        _run(tmp_path, f"none{seed}", seed, 0.1 + seed / 100)
+        path = tmp_path / f"none{seed}" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        path.write_text(json.dumps({**metrics, "test/precision@1": metrics["test/recall@1"],
+                                    "test/precision@10": 0.3, "test/nmi": 0.5,
+                                    "test/num_queries": 400.0}))
+    markdown = make_table.main([str(tmp_path), "--plot-metrics", "P@10"])
+    header = _cells(markdown.split("\n\n")[0].splitlines()[0])
+    assert header[header.index("seeds"):] == ["seeds", "R@1", "P@10", "MAP@R", "NMI",
+                                              "R@1 final", "MAP@R final"]
+    assert "| 30.00 ± 0.00 | " in markdown  # P@10 in %
+    assert "P@10 mean" in (tmp_path / "results.csv").read_text().splitlines()[0]
+    with pytest.raises(SystemExit):  # RP: a column of the default runs, not of these
+        make_table.main([str(tmp_path), "--plot-metrics", "RP"])
+
+
 # --- the paper layout: a fake reproduction sweep, DeiT-S / 128 with and without SEE on two
 # datasets, two seeds each ---
 

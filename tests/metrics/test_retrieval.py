@@ -6,6 +6,7 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
 from see_dml.metrics import (
+    MetricSet,
     metrics_from_neighbours,
     relevant_counts,
     retrieval_metrics,
@@ -44,6 +45,70 @@ def test_hand_built_matrix():
     }
     assert m == pytest.approx(expected, abs=1e-12)
     assert all(type(v) is float for v in m.values())
+
+
+def test_precision_and_map_at_k_on_the_hand_built_matrix():
+    """The same three queries (hits q0 [0,1,1,0] R=2, q1 [1,0,1,1] R=3, q2 [0,0,0,0] R=1).
+
+    Precision@K = hits among the first K / K:
+        @2: q0 1/2, q1 1/2, q2 0 -> 1/3.   @4: q0 2/4, q1 3/4, q2 0 -> 5/12.
+    mAP@K (OML) = sum over hits i <= K of P(i), over min(K, R):
+        @1: q0 0, q1 1/1, q2 0 -> 1/3.
+        @2: q0 P(2) = 1/2 over min(2, 2) -> 1/4; q1 P(1) = 1 over min(2, 3) -> 1/2 -> 1/4.
+        @4: q0 (1/2 + 2/3)/2 = 7/12; q1 (1 + 2/3 + 3/4)/3 = 29/36; q2 0 -> 25/54.
+    """
+    nbr, labels, r = _hand_built()
+    ms = MetricSet(precision_at=(1, 2, 4), map_at=(1, 2, 4))
+    m = metrics_from_neighbours(nbr, labels, r, ks=(1,), metric_set=ms)
+    assert m == pytest.approx({
+        "recall@1": 1 / 3, "precision@1": 1 / 3, "precision@2": 1 / 3,
+        "precision@4": 5 / 12, "map@1": 1 / 3, "map@2": 1 / 4, "map@4": 25 / 54,
+        "r_precision": 7 / 18, "map@r": 29 / 108, "num_queries": 3.0,
+        "num_excluded_queries": 0.0}, abs=1e-12)
+
+
+def test_map_at_k_is_oml_calc_map():
+    """OML's own example (``oml.functional.metrics.calc_map``'s docstring): hits
+    ``[[1, 0], [0, 1], [0, 0]]``, ``n_gt = [2, 3, 5]`` give map@1 ``[1, 0, 0]`` and map@2
+    ``[0.5, 0.25, 0]``; its precision@2 divides by ``min(2, n_gt)`` (``[0.5, 0.5, 0]``),
+    ours by 2: the same here. Per query, one query at a time."""
+    for hits, r, map1, map2, p2 in (([1, 0], 2, 1.0, 0.5, 0.5), ([0, 1], 3, 0.0, 0.25, 0.5),
+                                    ([0, 0], 5, 0.0, 0.0, 0.0)):
+        nbr = np.array([[0 if h else 9 for h in hits] + [9] * (r - 2 if r > 2 else 0)])
+        ms = MetricSet(recall_at=(1,), precision_at=(2,), map_at=(1, 2))
+        m = metrics_from_neighbours(nbr, np.array([0]), np.array([r]), metric_set=ms)
+        assert (m["map@1"], m["map@2"], m["precision@2"]) == pytest.approx((map1, map2, p2))
+
+
+def test_precision_divides_by_k_and_map_by_min_k_r():
+    """One query, R = 2, both relevant items first: Precision@4 = 2/4 (textbook; OML's
+    precision@4 would be 2/min(4, 2) = 1), mAP@4 = (1 + 1)/min(4, 2) = 1, and mAP@K = MAP@R
+    at K = R."""
+    ms = MetricSet(recall_at=(1,), precision_at=(4,), map_at=(2, 4))
+    m = metrics_from_neighbours(np.array([[0, 0, 1, 1]]), np.array([0]), np.array([2]),
+                                metric_set=ms)
+    assert (m["precision@4"], m["map@4"], m["map@2"], m["map@r"]) == (0.5, 1.0, 1.0, 1.0)
+
+
+def test_a_k_beyond_the_references_counts_those_there_are():
+    """A gallery of 3: Precision@10 and mAP@10 are over the 3 neighbours there are (OML clips
+    its K the same way), Recall@10 is Recall@3."""
+    query, gallery = np.eye(3, dtype=np.float32)[:1], np.eye(3, dtype=np.float32)
+    ms = MetricSet(recall_at=(10,), precision_at=(10,), map_at=(10,))
+    m = retrieval_metrics(query, np.array([0]), gallery, np.array([0, 1, 0]), metric_set=ms)
+    # neighbours by cosine: g0 (label 0), then g1, g2 tied at 0: one of them is relevant
+    assert m["recall@10"] == 1.0 and m["precision@10"] == pytest.approx(2 / 3)
+    assert m["map@10"] == pytest.approx((1 + (2 / 2 if m["map@r"] == 1.0 else 2 / 3)) / 2)
+
+
+def test_a_set_computes_only_its_metrics():
+    nbr, labels, r = _hand_built()
+    only = MetricSet(recall_at=(2,), precision_at=(), map_at_r=False, r_precision=False)
+    m = metrics_from_neighbours(nbr[:, :2], labels, r, metric_set=only)  # k=2 < R: no R needed
+    assert m == {"recall@2": pytest.approx(2 / 3), "num_queries": 3.0,
+                 "num_excluded_queries": 0.0}
+    with pytest.raises(ValueError, match="R=3"):  # MAP@R needs R neighbours
+        metrics_from_neighbours(nbr[:, :2], labels, r)
 
 
 def test_lone_queries_are_excluded_and_counted():
@@ -222,7 +287,7 @@ def test_nmi_on_separated_clusters():
     centres = np.eye(8, 16) * 10
     labels = np.repeat(np.arange(8), 40)
     x = (centres[labels] + 0.1 * rng.standard_normal((320, 16))).astype(np.float32)
-    m = retrieval_metrics(x, labels, compute_nmi=True)
+    m = retrieval_metrics(x, labels, metric_set=MetricSet(nmi=True))
     assert m["nmi"] == pytest.approx(1.0, abs=1e-6)
     assert m["recall@1"] == 1.0 and m["map@r"] == 1.0
 

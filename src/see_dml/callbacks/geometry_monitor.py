@@ -35,11 +35,15 @@ from torch.utils.data import DataLoader
 
 from see_dml.data.base import skipped_rows
 from see_dml.evaluation import geometry
+from see_dml.metrics.metric_set import MetricSet
 
 if TYPE_CHECKING:
     from see_dml.module import DMLModule
 
 log = logging.getLogger(__name__)
+
+#: The metric set of the train-subset Recall@1: that alone, from a one-neighbour search.
+RECALL_AT_1 = MetricSet(recall_at=(1,), precision_at=(), map_at_r=False, r_precision=False)
 
 
 class GeometryMonitor(Callback):
@@ -114,7 +118,9 @@ class GeometryMonitor(Callback):
                                                           self.uniformity_rows, self.seed),
                "geometry/uniformity_rows": float(geometry.uniformity_rows(
                    len(emb), self.uniformity_rows))}
-        recall = retrieval_metrics(emb.numpy(), labels.numpy(), ks=(1,))["recall@1"]
+        # Recall@1 alone: a search one neighbour wide (R-Precision and MAP@R read R of them)
+        recall = retrieval_metrics(emb.numpy(), labels.numpy(), metric_set=RECALL_AT_1
+                                   )["recall@1"]
         out["geometry/train_recall@1"] = recall
         val = trainer.callback_metrics.get("val/recall@1")
         if val is not None:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from see_dml.data.datamodule import RetrievalDataModule
-    from see_dml.metrics import RetrievalResult
+    from see_dml.metrics import MetricSet, RetrievalResult
     from see_dml.metrics.knn import Backend
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,9 @@ class EvaluationResult:
         splits: ``(test,)``, ``(val,)`` or ``(query, gallery)``: the queries come first.
         knn: the neighbours the one kNN search of the queries (all-vs-all, or against the
             gallery) kept for a few evenly spaced queries (the retrieval grid's).
-        metrics: ``recall@K``, ``precision@1``, ``r_precision``, ``map@r``, query counts
-            and, when asked, ``nmi`` (unprefixed floats).
+        metrics: the metric set's metrics (``recall@K``, ``precision@1``,
+            ``r_precision``, ``map@r`` by default; the config group ``metrics``), query
+            counts and ``skipped_images`` when there were any (unprefixed floats).
     """
 
     prefix: str
@@ -96,8 +97,9 @@ class EvaluationResult:
 
 def evaluate_embeddings(prefix: str,
                         splits: Mapping[str, tuple[torch.Tensor, Any, Any]],
-                        recall_ks: tuple[int, ...] | list[int], *, knn_backend: Backend = "auto",
-                        compute_nmi: bool = False, keep_queries: int | None = None,
+                        recall_ks: tuple[int, ...] | list[int], *,
+                        metric_set: MetricSet | None = None, knn_backend: Backend = "auto",
+                        keep_queries: int | None = None,
                         skipped: Mapping[str, int] | None = None) -> EvaluationResult:
     """Search once and compute every metric of one evaluation.
 
@@ -106,10 +108,12 @@ def evaluate_embeddings(prefix: str,
         splits: ``{name: (embeddings (N, d), labels (N,), indices (N,))}``, queries first,
             and at most a gallery after them. Embeddings are searched where they are (a
             tensor on a GPU: the torch search there with ``knn_backend=auto``).
-        recall_ks: the K of Recall@K.
+        recall_ks: the dataset's Ks of Recall@K, used where the metric set leaves them to
+            the data (``metrics.recall_at: null``).
+        metric_set: what to compute (the config group ``metrics``; default
+            :class:`see_dml.metrics.MetricSet`). Its ``nmi`` clusters all rows of all
+            splits together (query and gallery for In-Shop), as many clusters as classes.
         knn_backend: ``auto``, ``faiss`` or ``torch`` (see :func:`see_dml.metrics.knn_search`).
-        compute_nmi: also ``nmi``, of a k-means clustering of all rows of all splits together
-            (query and gallery for In-Shop), as many clusters as classes.
         skipped: ``{split: images left out}`` (unreadable, ``dataset.on_error=skip``): their
             sum is the metric ``skipped_images`` when it is not 0 (the metrics describe
             the other images only).
@@ -118,7 +122,7 @@ def evaluate_embeddings(prefix: str,
             metrics are streamed over query chunks (:func:`see_dml.metrics.
             evaluate_retrieval`), so memory does not grow with queries x neighbours.
     """
-    from see_dml.metrics import KEPT_QUERIES, evaluate_retrieval, nmi_score
+    from see_dml.metrics import KEPT_QUERIES, evaluate_retrieval
 
     if not 1 <= len(splits) <= 2:
         raise ValueError(f"evaluate one split, or a query and a gallery split; got {list(splits)}")
@@ -138,13 +142,11 @@ def evaluate_embeddings(prefix: str,
     reference, reference_labels = (gallery[0][0], parts[1].labels) if gallery else (None, None)
     metrics, knn = evaluate_retrieval(
         q_emb, parts[0].labels, reference, reference_labels, tuple(recall_ks),
-        keep=KEPT_QUERIES if keep_queries is None else keep_queries, backend=knn_backend)
+        metric_set=metric_set, keep=KEPT_QUERIES if keep_queries is None else keep_queries,
+        backend=knn_backend)
     left_out = sum(int(v) for v in (skipped or {}).values())
     if left_out:
         metrics["skipped_images"] = float(left_out)
-    if compute_nmi:
-        metrics["nmi"] = nmi_score(np.concatenate([p.embeddings for p in parts]),
-                                   np.concatenate([p.labels for p in parts]), seed=0)
     return EvaluationResult(prefix, tuple(parts), knn, metrics)
 
 
@@ -263,8 +265,9 @@ def _plots(result: EvaluationResult, dm: RetrievalDataModule, out: Path,
         draw["projection"] = (out / f"projection_{query.name}.png", lambda path: plot_projection(
             query.embeddings, query.labels, path, options.projection,  # type: ignore[arg-type]
             title=f"{name} {query.name}: {options.projection}"))
-    draw["recall_at_k"] = (out / "recall_at_k.png", lambda path: plot_recall_curve(
-        result.prefixed_metrics(), path, title=f"{name} {result.prefix}: Recall@K"))
+    if any(k.startswith("recall@") for k in result.metrics):  # a metric set without: none
+        draw["recall_at_k"] = (out / "recall_at_k.png", lambda path: plot_recall_curve(
+            result.prefixed_metrics(), path, title=f"{name} {result.prefix}: Recall@K"))
 
     def grid(path: Path) -> Figure:
         # The metrics' own neighbours; rows map to split items through the indices, so a
@@ -324,19 +327,18 @@ def best_on_test(history: Mapping[int, Mapping[str, float]], key: str = "recall@
 def format_results(metrics: Mapping[str, Any], rows: Mapping[str, str] | None = None) -> str:
     """A Markdown table in %: one row per ``{prefix: row name}`` (default
     :data:`RESULT_ROWS`: the selected and the final weights, and the papers' best on test
-    when there), columns Recall@K for every K present, MAP@R, R-Precision (and NMI when
-    there). A row with a ``<prefix>/epoch`` names that epoch."""
+    when there), a column per metric the rows hold (the metric set's: Recall@K, MAP@R,
+    R-Precision by default), ordered and named by :func:`see_dml.metrics.shown_metrics` and
+    :func:`see_dml.metrics.display_name`. A row with a ``<prefix>/epoch`` names that epoch."""
+    from see_dml.metrics.metric_set import display_name, shown_metrics
+
     rows = rows or RESULT_ROWS
     rows = {p: name for p, name in rows.items() if any(k.startswith(p + "/") for k in metrics)}
     if not rows:
         return "(no test metrics)"
-    ks = sorted({int(k.rsplit("@", 1)[1]) for k in metrics
-                 if any(k.startswith(f"{p}/recall@") for p in rows)})
-    cols = [f"recall@{k}" for k in ks] + ["map@r", "r_precision"]
-    names = [f"R@{k}" for k in ks] + ["MAP@R", "R-Prec"]
-    if any(f"{p}/nmi" in metrics for p in rows):
-        cols, names = [*cols, "nmi"], [*names, "NMI"]
-    header = "| weights | " + " | ".join(names) + " |"
+    cols = shown_metrics(k.split("/", 1)[1] for k in metrics
+                         if "/" in k and k.split("/", 1)[0] in rows)
+    header = "| weights | " + " | ".join(display_name(c) for c in cols) + " |"
     lines = [header, "|" + "---|" * (len(cols) + 1)]
     for prefix, name in rows.items():
         if f"{prefix}/epoch" in metrics:

@@ -1,10 +1,13 @@
-"""Retrieval metrics (Recall@K, Precision@1, R-Precision, MAP@R, NMI) from ONE kNN search.
+"""Retrieval metrics (Recall@K, Precision@K, mAP@K, R-Precision, MAP@R, NMI) from ONE kNN
+search, the set of them chosen by a :class:`~see_dml.metrics.metric_set.MetricSet` (the
+config group ``metrics``).
 
-One search with ``k = max(max(ks), max R)`` gives the neighbour-label matrix; every kNN
-metric is then a vectorised function of that matrix, as in pytorch-metric-learning's
-``AccuracyCalculator``. :func:`evaluate_retrieval` streams it: each chunk of queries is
-reduced to per-query parts and dropped, so memory is ``O(chunk x k)``, not ``O(Q x k)``
-(PML's calculator holds the whole ``(Q, k)`` result, as a plain faiss search does).
+One search with ``k`` = :meth:`MetricSet.width` (the largest K of any metric, and the largest
+R when MAP@R or R-Precision is on) gives the neighbour-label matrix; every kNN metric is then
+a vectorised function of that matrix, as in pytorch-metric-learning's ``AccuracyCalculator``.
+:func:`evaluate_retrieval` streams it: each chunk of queries is reduced to per-query parts
+(:func:`_contributions`) and dropped, so memory is ``O(chunk x k)``, not ``O(Q x k)`` (PML's
+calculator holds the whole ``(Q, k)`` result, as a plain faiss search does).
 
 We do not call that calculator: it lacks Recall@K, converts labels to float, builds its
 relevance mask with a Python loop over classes (11k for SOP), and materialises several
@@ -19,9 +22,21 @@ Conventions (matched to PML 2.x, ``utils/accuracy_calculator.py``, and tested ag
   absent from the gallery) are excluded from *every* kNN metric, and counted in
   ``num_excluded_queries``. PML drops them the same way. Note this includes Recall@K: a
   gallery-less query is not counted as a miss.
+- Recall@K = 1 when a relevant item is among the first K neighbours, else 0 (OML's
+  ``cmc@K``).
+- Precision@K = (relevant items among the first K neighbours) / K, the textbook definition
+  (PML's ``precision_at_1`` at K = 1). OML's ``precision@K`` divides by ``min(K, R)``
+  instead, which does not penalise a query with fewer than K relevant items; R-Precision
+  is the measure made for that.
+- mAP@K = OML's ``map@K`` (``oml.functional.metrics.calc_map``):
+  ``(1 / min(K, R)) * sum_{i<=K} P(i) * rel(i)``, with P(i) the precision over the first i
+  neighbours and rel(i) whether the i-th is relevant.
 - R-Precision = (same-label items among the first R neighbours) / R.
-- MAP@R = (1/R) * sum_{i<=R} P(i) * rel(i), with P(i) the precision over the first i
-  neighbours (Musgrave et al. 2020, "A Metric Learning Reality Check").
+- MAP@R = (1/R) * sum_{i<=R} P(i) * rel(i) (Musgrave et al. 2020, "A Metric Learning
+  Reality Check"): mAP@K at K = R.
+- A K beyond the references searched (a K larger than the gallery) counts the neighbours
+  there are: Recall@K and the sums stop at the last reference, and Precision@K and mAP@K
+  take that many as their K (OML clips its K to the gallery the same way).
 - All averages are over queries (PML's ``avg_of_avgs=False``).
 
 Deliberate differences from PML: we rank by cosine (inner product of L2-normalised
@@ -42,6 +57,7 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from see_dml.metrics.knn import ArrayLike, Backend, knn_chunks, l2_normalised
+from see_dml.metrics.metric_set import MetricSet
 
 #: Queries whose whole neighbour lists an evaluation keeps by default (evenly spaced), for
 #: the retrieval grid; every other query's list is reduced to its metrics and dropped.
@@ -112,39 +128,66 @@ def relevant_counts(
     return r - 1 if exclude_self else r
 
 
-def _contributions(hits: np.ndarray, r: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-query parts of every kNN metric, from the ``(c, k)`` same-label matrix of usable
-    queries (``R >= 1``, ``k >= max R``): the rank of the first hit (``k`` for none), the
-    R-Precision and the AP@R of each row."""
+#: The per-query part of Recall@K: the 0-based rank of the first relevant neighbour (the
+#: search width for none), from which every Recall@K is one comparison.
+FIRST_HIT = "first_hit"
+
+
+def _contributions(hits: np.ndarray, r: np.ndarray, metric_set: MetricSet
+                   ) -> dict[str, np.ndarray]:
+    """Per-query parts of every kNN metric of ``metric_set`` (its ``recall_at`` resolved),
+    from the ``(c, k)`` same-label matrix of usable queries (``R >= 1``, ``k`` the search
+    width): ``{part: (c,) array}``, one part per metric, named as the metric, except
+    Recall@K's one :data:`FIRST_HIT` for every K. :func:`_summary` averages them over the
+    queries. A new metric of the neighbour lists is one more part here (and one more key in
+    ``MetricSet.names``): memory stays one chunk's."""
     k = hits.shape[1]
-    # Recall@K needs only the rank of the first hit; k stands for "no hit at all".
-    first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), k)
-    # R-Precision and MAP@R only look at the first R columns of each row.
-    max_r = int(r.max(initial=0))
-    head = hits[:, :max_r]
-    ranks = np.arange(1, max_r + 1)
-    relevant_hits = head & (ranks[None, :] <= r[:, None])  # (c, max R)
-    r_precision = relevant_hits.sum(axis=1) / r
-    precision_at_i = np.cumsum(relevant_hits, axis=1) / ranks  # float64, as PML
-    ap_at_r = (precision_at_i * relevant_hits).sum(axis=1) / r
-    return first_hit, r_precision, ap_at_r
+    parts: dict[str, np.ndarray] = {}
+    if metric_set.recall_at:
+        # Recall@K needs only the rank of the first hit; k stands for "no hit at all".
+        parts[FIRST_HIT] = np.where(hits.any(axis=1), hits.argmax(axis=1), k)
+    # relevant items among the first i neighbours, i = 1 .. the largest K of P@K / mAP@K
+    cut = min(max((*metric_set.precision_at, *metric_set.map_at), default=0), k)
+    found = np.cumsum(hits[:, :cut], axis=1)  # (c, cut) int
+    for kk in metric_set.precision_at:  # a K beyond the width: the references there are
+        at = min(kk, k)
+        parts[f"precision@{kk}"] = found[:, at - 1] / at
+    if metric_set.map_at:
+        precision_at_i = found / np.arange(1, cut + 1)  # float64, as OML and PML
+        for kk in metric_set.map_at:  # OML's calc_map: sum of P(i) rel(i), over min(K, R)
+            at = min(kk, k)
+            parts[f"map@{kk}"] = ((precision_at_i[:, :at] * hits[:, :at]).sum(axis=1)
+                                  / np.minimum(at, r))
+    if metric_set.needs_r:
+        # R-Precision and MAP@R only look at the first R columns of each row.
+        max_r = int(r.max(initial=0))
+        head = hits[:, :max_r]
+        ranks = np.arange(1, max_r + 1)
+        relevant_hits = head & (ranks[None, :] <= r[:, None])  # (c, max R)
+        if metric_set.r_precision:
+            parts["r_precision"] = relevant_hits.sum(axis=1) / r
+        if metric_set.map_at_r:
+            precision_at_i = np.cumsum(relevant_hits, axis=1) / ranks  # float64, as PML
+            parts["map@r"] = (precision_at_i * relevant_hits).sum(axis=1) / r
+    return parts
 
 
-def _summary(first_hit: np.ndarray, r_precision: np.ndarray, ap_at_r: np.ndarray,
-             ks: Sequence[int], n_q: int) -> dict[str, float]:
-    """The averages over the usable queries, and the query counts."""
-    n_used = len(first_hit)
+def _summary(parts: dict[str, np.ndarray], metric_set: MetricSet, n_used: int, n_q: int
+             ) -> dict[str, float]:
+    """The averages of the per-query ``parts`` over the ``n_used`` usable queries, and the
+    query counts (NMI, which is not of the neighbours, is added by the caller)."""
+    names = [key for key in metric_set.names() if key != "nmi"]
     if n_used == 0:
         warnings.warn("no query has a relevant reference; kNN metrics are NaN", stacklevel=3)
-        names = [f"recall@{kk}" for kk in ks] + ["precision@1", "r_precision", "map@r"]
         return {name: float("nan") for name in names} | {
             "num_queries": 0.0, "num_excluded_queries": float(n_q)
         }
-    out = {f"recall@{kk}": float(np.mean(first_hit < kk)) for kk in ks}
-    out["precision@1"] = float(np.mean(first_hit == 0))
-    out["r_precision"] = float(np.mean(r_precision))
-    out["map@r"] = float(np.mean(ap_at_r))
+    out = {}
+    for name in names:
+        if name.startswith("recall@"):
+            out[name] = float(np.mean(parts[FIRST_HIT] < int(name[len("recall@"):])))
+        else:
+            out[name] = float(np.mean(parts[name]))
     out["num_queries"] = float(n_used)
     out["num_excluded_queries"] = float(n_q - n_used)
     return out
@@ -155,24 +198,31 @@ def metrics_from_neighbours(
     query_labels: np.ndarray,
     counts_r: np.ndarray,
     ks: Sequence[int] = (1, 2, 4, 8),
+    *,
+    metric_set: MetricSet | None = None,
 ) -> dict[str, float]:
-    """All kNN metrics from a neighbour-label matrix (the one-chunk case of
+    """Every kNN metric of a neighbour-label matrix (the one-chunk case of
     :func:`evaluate_retrieval`).
 
     Args:
         neighbour_labels: (Q, k) labels of each query's neighbours, most similar first, the
-            query itself already removed. ``k`` must be at least ``max(counts_r)``; for
-            Recall@K it should be at least ``min(K, number of references)`` — a K beyond
-            ``k`` is scored on all ``k`` columns (exact when every reference was searched).
+            query itself already removed. ``k`` must be at least ``max(counts_r)`` when
+            R-Precision or MAP@R is on; for a metric at K it should be at least
+            ``min(K, number of references)`` — a K beyond ``k`` is scored on the ``k``
+            columns there are (exact when every reference was searched).
         query_labels: (Q,) labels of the queries.
         counts_r: (Q,) number of relevant references ``R`` per query; queries with
             ``R == 0`` are excluded from every metric and counted.
-        ks: the K of Recall@K.
+        ks: the K of Recall@K where the metric set leaves them to the data.
+        metric_set: what to compute (default :class:`MetricSet`: Recall@``ks``,
+            Precision@1, R-Precision, MAP@R); its NMI needs the embeddings and is left out.
 
     Returns:
-        ``recall@K`` for each K, ``precision@1``, ``r_precision``, ``map@r`` (floats in
-        [0, 1]; NaN when no query is usable), ``num_queries`` and ``num_excluded_queries``.
+        a float in [0, 1] per metric of the set (NaN when no query is usable), named as in
+        ``metrics.json`` (``recall@K``, ``precision@K``, ``map@K``, ``r_precision``,
+        ``map@r``), and ``num_queries`` and ``num_excluded_queries``.
     """
+    metric_set = (metric_set or MetricSet()).resolved(ks)
     neighbour_labels = np.asarray(neighbour_labels)
     query_labels = np.asarray(query_labels)
     counts_r = np.asarray(counts_r, dtype=np.int64)
@@ -184,19 +234,21 @@ def metrics_from_neighbours(
         )
     usable = counts_r > 0
     max_r = int(counts_r.max(initial=0))
-    if max_r > k:
+    if metric_set.needs_r and max_r > k:
         raise ValueError(
             f"neighbour_labels has k={k} columns but a query has R={max_r} relevant items; "
             "search at least max(R) neighbours for R-Precision and MAP@R"
         )
     hits = neighbour_labels[usable] == query_labels[usable, None]  # (Qu, k) bool
-    return _summary(*_contributions(hits, counts_r[usable]), ks, n_q)
+    return _summary(_contributions(hits, counts_r[usable], metric_set), metric_set,
+                    int(usable.sum()), n_q)
 
 
-def search_width(counts_r: np.ndarray, k: int, available: int) -> int:
-    """The neighbours one search keeps per query: ``max(k, max R)`` (R-Precision and MAP@R
-    read the first ``R``), capped at the ``available`` references."""
-    return min(max(k, int(counts_r.max(initial=0))), available)
+def search_width(counts_r: np.ndarray, metric_set: MetricSet, available: int) -> int:
+    """The neighbours one search keeps per query (:meth:`MetricSet.width`: the largest K,
+    and ``max R`` when R-Precision or MAP@R read the first ``R``), capped at the
+    ``available`` references."""
+    return metric_set.width(int(counts_r.max(initial=0)), available)
 
 
 def evaluate_retrieval(
@@ -206,19 +258,20 @@ def evaluate_retrieval(
     reference_labels: ArrayLike | None = None,
     ks: Sequence[int] = (1, 2, 4, 8),
     *,
+    metric_set: MetricSet | None = None,
     keep: int | None = KEPT_QUERIES,
     backend: Backend = "faiss",
     batch_size: int | None = None,
 ) -> tuple[dict[str, float], RetrievalResult]:
-    """Every kNN metric from one search, streamed over query chunks, and the neighbours of
-    the queries that are kept.
+    """Every metric of ``metric_set`` from one search, streamed over query chunks, and the
+    neighbours of the queries that are kept: the one function every evaluation (training's
+    val and test, ``evaluate``, the export) computes its metrics with.
 
-    The search is :func:`search_width` wide (``max(max(ks), max R)``). Each chunk of
-    queries is searched (:func:`see_dml.metrics.knn.knn_chunks`), reduced to its
-    per-query contributions (first-hit rank, R-Precision, AP@R) and dropped, so the peak
-    memory is ``O(chunk x width)`` plus ``O(Q)`` whatever ``Q``; only the ``keep`` rows'
-    neighbour lists are kept. The numbers are those of :func:`metrics_from_neighbours`
-    on the whole result.
+    The search is :func:`search_width` wide. Each chunk of queries is searched
+    (:func:`see_dml.metrics.knn.knn_chunks`), reduced to its per-query contributions
+    (:func:`_contributions`) and dropped, so the peak memory is ``O(chunk x width)`` plus
+    ``O(Q)`` whatever ``Q``; only the ``keep`` rows' neighbour lists are kept. The numbers
+    are those of :func:`metrics_from_neighbours` on the whole result.
 
     Args:
         query: (Q, d) embeddings (numpy or torch), L2-normalised inside.
@@ -226,18 +279,24 @@ def evaluate_retrieval(
         reference: (R, d) gallery embeddings, or None for all-vs-all (query vs itself, each
             query excluded from its own neighbours by index).
         reference_labels: (R,) gallery labels; required with ``reference``.
-        ks: the K of Recall@K.
+        ks: the K of Recall@K where the metric set leaves them to the data (its
+            ``recall_at`` is None: the dataset's Ks).
+        metric_set: what to compute (default :class:`MetricSet`: Recall@``ks``,
+            Precision@1, R-Precision, MAP@R). Its ``nmi`` clusters the query and reference
+            rows together (In-Shop's query and gallery; all-vs-all: the queries).
         keep: evenly spaced queries whose neighbour lists are returned (:func:`spread_rows`);
             None keeps every query's, which is ``O(Q x width)`` again.
         backend: kNN backend, see :func:`see_dml.metrics.knn_search`.
         batch_size: queries per chunk (default :func:`see_dml.metrics.knn.default_chunk`).
 
     Returns:
-        ``(metrics, kept)``: the metrics as :func:`metrics_from_neighbours` returns them,
-        and a :class:`RetrievalResult` of the kept rows.
+        ``(metrics, kept)``: the metrics as :func:`metrics_from_neighbours` returns them
+        (and ``nmi`` when asked), and a :class:`RetrievalResult` of the kept rows.
     """
-    if not ks or min(ks) < 1:
+    metric_set = metric_set or MetricSet()
+    if metric_set.recall_at is None and (not ks or min(ks) < 1):
         raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
+    metric_set = metric_set.resolved(ks)
     n_q = len(query)
     q_labels = _as_labels(query_labels, n_q, "query_labels")
     exclude_self = reference is None
@@ -254,25 +313,31 @@ def evaluate_retrieval(
     if available < 1:
         raise ValueError("the reference set has no item other than the query itself")
     counts_r = relevant_counts(q_labels, r_labels, exclude_self=exclude_self)
-    width = search_width(counts_r, max(ks), available)
+    width = search_width(counts_r, metric_set, available)
     kept_rows = np.arange(n_q) if keep is None else spread_rows(n_q, keep)
     kept_idx = np.empty((len(kept_rows), width), dtype=np.int64)
     kept_sims = np.empty((len(kept_rows), width), dtype=np.float32)
     # O(Q) per-query parts; averaged once at the end, so the numbers are those of one pass.
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    parts: list[dict[str, np.ndarray]] = []
     for start, sims, idx in knn_chunks(query, reference, width, exclude_self=exclude_self,
                                        backend=backend, batch_size=batch_size):
         stop = start + len(idx)
         r = counts_r[start:stop]
         usable = r > 0
         hits = r_labels[idx[usable]] == q_labels[start:stop][usable, None]
-        parts.append(_contributions(hits, r[usable]))
+        parts.append(_contributions(hits, r[usable], metric_set))
         del hits
         lo, hi = np.searchsorted(kept_rows, [start, stop])
         kept_idx[lo:hi] = idx[kept_rows[lo:hi] - start]
         kept_sims[lo:hi] = sims[kept_rows[lo:hi] - start]
-    first_hit, r_precision, ap_at_r = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    metrics = _summary(first_hit, r_precision, ap_at_r, ks, n_q)
+    whole = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts \
+        else {}
+    metrics = _summary(whole, metric_set, int((counts_r > 0).sum()), n_q)
+    if metric_set.nmi:
+        rows = [query] if exclude_self else [query, reference]
+        metrics["nmi"] = nmi_score(np.concatenate([_float32(x) for x in rows]),
+                                   np.concatenate([q_labels] if exclude_self
+                                                  else [q_labels, r_labels]), seed=0)
     kept = RetrievalResult(
         query_labels=q_labels,
         rows=kept_rows,
@@ -283,6 +348,13 @@ def evaluate_retrieval(
         exclude_self=exclude_self,
     )
     return metrics, kept
+
+
+def _float32(x: ArrayLike) -> np.ndarray:
+    """(N, d) embeddings as a float32 numpy array on the CPU (not normalised)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
 
 
 def retrieve(
@@ -340,11 +412,10 @@ def retrieval_metrics(
     reference_labels: ArrayLike | None = None,
     ks: Sequence[int] = (1, 2, 4, 8),
     *,
+    metric_set: MetricSet | None = None,
     backend: Backend = "faiss",
-    compute_nmi: bool = False,
-    num_classes_for_nmi: int | None = None,
 ) -> dict[str, float]:
-    """Recall@K, Precision@1, R-Precision, MAP@R (and NMI) from one kNN search.
+    """The metrics of :func:`evaluate_retrieval`, without the neighbours (``keep=0``).
 
     Args:
         query: (Q, d) embeddings (numpy or torch), L2-normalised inside.
@@ -353,18 +424,16 @@ def retrieval_metrics(
             excluded from its own neighbours by index (CUB, Cars, SOP). In-Shop passes its
             gallery here and nothing is excluded.
         reference_labels: (R,) gallery labels.
-        ks: the K of Recall@K (1, 2, 4, 8 for CUB/Cars; 1, 10, 100, 1000 for SOP).
+        ks: the K of Recall@K (1, 2, 4, 8 for CUB/Cars; 1, 10, 100, 1000 for SOP) where the
+            metric set leaves them to the data.
+        metric_set: what to compute (default :class:`MetricSet`: Recall@``ks``,
+            Precision@1, R-Precision, MAP@R; ``MetricSet(nmi=True)`` adds the NMI).
         backend: kNN backend, ``"faiss"``, ``"torch"`` or ``"auto"`` (see :func:`knn_search`).
-        compute_nmi: also cluster the query embeddings with k-means and report ``nmi``.
-        num_classes_for_nmi: k-means clusters; default the number of query classes.
 
     Returns:
-        ``recall@K`` per K, ``precision@1``, ``r_precision``, ``map@r``, ``num_queries``,
-        ``num_excluded_queries`` (queries with no relevant reference, left out of every
-        kNN metric) and, if asked, ``nmi``. All python floats.
+        a python float per metric of the set (``recall@K``, ``precision@1``, ``r_precision``,
+        ``map@r`` by default), ``num_queries`` and ``num_excluded_queries`` (queries with no
+        relevant reference, left out of every kNN metric).
     """
-    out, kept = evaluate_retrieval(query, query_labels, reference, reference_labels, ks,
-                                   keep=0, backend=backend)
-    if compute_nmi:
-        out["nmi"] = nmi_score(query, kept.query_labels, num_classes_for_nmi)
-    return out
+    return evaluate_retrieval(query, query_labels, reference, reference_labels, ks,
+                              metric_set=metric_set, keep=0, backend=backend)[0]

@@ -26,11 +26,8 @@ import numpy as np
 from see_dml.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
+    from see_dml.metrics import MetricSet
     from see_dml.metrics.knn import Backend
-
-#: the metrics tabled, in this order (the retrieval metrics of see_dml.metrics)
-SHOWN = ("recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision",
-         "map@r")
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -51,15 +48,17 @@ def concatenate(embeddings: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def fold_metrics(models: Sequence[dict[str, tuple[np.ndarray, np.ndarray]]],
-                 ks: Sequence[int] = (1, 2, 4, 8), backend: Backend = "faiss"
-                 ) -> dict[str, Any]:
+                 ks: Sequence[int] = (1, 2, 4, 8), backend: Backend = "faiss",
+                 metric_set: MetricSet | None = None) -> dict[str, Any]:
     """The metrics of each model and of their concatenation.
 
     Args:
         models: per model ``{split: (embeddings (N, d), labels (N,))}``, with split ``test``
             (all-vs-all) or ``query`` and ``gallery``; every model's rows are the same images
             in the same order (the same labels).
-        ks: the K of Recall@K.
+        ks: the K of Recall@K where the metric set leaves them to the data.
+        metric_set: what to compute (default :class:`see_dml.metrics.MetricSet`); ``main``
+            takes the runs' own (their config's ``metrics``).
 
     Returns:
         ``{"separate": [metrics of each model], "mean": {...}, "std": {...} (sample std, 0
@@ -81,9 +80,9 @@ def fold_metrics(models: Sequence[dict[str, tuple[np.ndarray, np.ndarray]]],
     def metrics(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
         if "test" in parts:
             emb, lab = parts["test"]
-            return retrieval_metrics(emb, lab, ks=ks, backend=backend)
+            return retrieval_metrics(emb, lab, ks=ks, metric_set=metric_set, backend=backend)
         (q, ql), (g, gl) = parts["query"], parts["gallery"]
-        return retrieval_metrics(q, ql, g, gl, ks=ks, backend=backend)
+        return retrieval_metrics(q, ql, g, gl, ks=ks, metric_set=metric_set, backend=backend)
 
     separate = [metrics(m) for m in models]
     joined = {name: (concatenate([m[name][0] for m in models]), models[0][name][1])
@@ -126,6 +125,23 @@ def _ks(run_dir: Path) -> tuple[int, ...]:
     return tuple(ks) or (1, 2, 4, 8)
 
 
+def _metric_set(run_dir: Path) -> MetricSet:
+    """The metric set the run was trained with (its ``config.yaml``'s ``metrics``; the
+    defaults for a run from before that group)."""
+    from see_dml.metrics import MetricSet
+
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, ValueError):
+        cfg = None
+    try:
+        return MetricSet.from_config(cfg if isinstance(cfg, dict) else None)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{run_dir / 'config.yaml'}: metrics.{err}") from err
+
+
 def _fold_of(run_dir: Path) -> str:
     try:
         import yaml
@@ -138,9 +154,12 @@ def _fold_of(run_dir: Path) -> str:
 
 
 def format_table(result: dict[str, Any], runs: Sequence[Path]) -> str:
-    shown = [k for k in SHOWN if k in result["mean"]]
-    head = "| | " + " | ".join(k.replace("recall", "R").replace("map@r", "MAP@R")
-                                for k in shown) + " |"
+    """The table of :func:`fold_metrics`' result: a column per metric it holds, ordered and
+    named by :func:`see_dml.metrics.shown_metrics` and :func:`see_dml.metrics.display_name`."""
+    from see_dml.metrics.metric_set import display_name, shown_metrics
+
+    shown = shown_metrics(result["mean"])
+    head = "| | " + " | ".join(display_name(k) for k in shown) + " |"
     lines = [head, "|" + "---|" * (len(shown) + 1)]
     for run, metrics in zip(runs, result["separate"], strict=True):
         lines.append(f"| fold {_fold_of(run)} ({run.name}) | "
@@ -169,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_with_error(f"{missing[0]} is not a run directory")
     try:
         models = [load_run(r) for r in runs]
-        result = fold_metrics(models, _ks(runs[0]))
+        result = fold_metrics(models, _ks(runs[0]), metric_set=_metric_set(runs[0]))
     except (ConfigError, ValueError) as err:
         exit_with_error(str(err))
     table = format_table(result, runs)

@@ -5,30 +5,45 @@ and setting) and the paper's (one line per method x backbone / size, datasets si
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
 
+from see_dml.metrics.metric_set import HEADLINE, display_name, shown_metrics
 from see_dml.reporting import markdown_table
 from see_dml.reporting.pooling import CHECKPOINTS, KEY_NAMES
 from see_dml.reporting.published import PUBLISHED
 from see_dml.runtime.errors import TableError
 
-#: the long table's metric columns: a key without ``/`` is read under the ``--checkpoint``
-#: prefix, one with a prefix as it is
-METRICS = [("recall@1", "R@1"), ("map@r", "MAP@R"), ("r_precision", "RP"),
-           ("test_final/recall@1", "R@1 final"), ("test_final/map@r", "MAP@R final")]
+#: the final epoch's prefix in metrics.json: its headline metrics get columns of their own
+FINAL = "test_final/"
+
+
+def metric_columns(runs: Iterable[Mapping[str, Any]], prefix: str) -> list[tuple[str, str]]:
+    """The long table's metric columns, ``(metric, header)``, from what the runs'
+    ``metrics.json`` hold: a metric without ``/`` is read under the checkpoint's ``prefix``,
+    one with a prefix as it is.
+
+    Every metric the runs hold under ``prefix``, in :func:`see_dml.metrics.shown_metrics`'
+    order under :func:`see_dml.metrics.display_name`'s names (Recall@K at its smallest K
+    only: the paper layout shows the Ks), then the final epoch's :data:`~see_dml.metrics.
+    HEADLINE` metrics (``R@1 final``, ``MAP@R final``) unless the checkpoint is the final
+    epoch. The default metric set gives R@1, MAP@R, RP, R@1 final, MAP@R final.
+    """
+    held = {key[len(prefix):] for run in runs for key in run if key.startswith(prefix)}
+    shown = shown_metrics(held)
+    recall = [m for m in shown if m.startswith("recall@")][:1]
+    cols = [(m, display_name(m)) for m in shown if not m.startswith("recall@") or m in recall]
+    if prefix != FINAL:
+        cols += [(FINAL + m, f"{display_name(m)} final") for m in HEADLINE if m in dict(cols)]
+    return cols
 
 
 #: metrics (under the ``--checkpoint`` prefix) whose paired difference to the baseline is
 #: reported
-DELTAS = [("map@r", "ΔMAP@R"), ("recall@1", "ΔR@1")]
-
-
-#: metrics of a checkpoint that are fractions, shown in percent (``row["at"]``)
-PERCENT = re.compile(r"^(recall@\d+|map@r|r_precision|precision@1)$")
+DELTAS = [(metric, "Δ" + display_name(metric)) for metric in ("map@r", "recall@1")]
 
 
 def _format(value: Any) -> str:
@@ -52,11 +67,11 @@ def columns(rows: list[dict[str, Any]], checkpoint: str = "val") -> list[str]:
     cols = list(KEY_NAMES)
     if any(row["other"] for row in rows):
         cols.append("other")
-    prefix = CHECKPOINTS[checkpoint][0]
-    # the final epoch's columns repeat R@1 and MAP@R when those are the final epoch's too
-    cols += ["seeds", *(name for metric, name in METRICS if not metric.startswith(prefix))]
+    # table_rows' metric_columns: what the runs hold (no final-epoch columns for the final
+    # epoch's checkpoint, which would repeat R@1 and MAP@R)
+    cols += ["seeds", *(rows[0]["metrics"] if rows else [])]
     if any(row.get(PUBLISHED[0]) is not None for row in rows):
-        at = cols.index("R@1") + 1
+        at = cols.index("R@1") + 1 if "R@1" in cols else len(cols)
         cols[at:at] = PUBLISHED
     if any(row[name] is not None for row in rows for _, name in DELTAS):
         cols += [name for _, name in DELTAS]
@@ -74,7 +89,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     records = []
     for row in rows:
         record: dict[str, Any] = {k: row[k] for k in (*KEY_NAMES, "other", "seeds")}
-        for _, name in METRICS:
+        for name in row["metrics"]:
             record[f"{name} mean"], record[f"{name} std"] = row[name]
         for _, name in DELTAS:
             value = row[name] or (None, None, None, None)
@@ -157,8 +172,9 @@ def _paper_columns(table: dict[str, Any], dataset: str) -> list[tuple[str, str]]
     a ``PUBLISHED`` column or ``ΔR@1``."""
     rows = [row for _, cells in table["lines"] for row in cells.values()]
     name = DATASETS.get(dataset, dataset)
-    cols = [(f"{name} R@{k}", f"recall@{k}") for k in table["ks"][dataset]]
-    cols.append((f"{name} MAP@R", "map@r"))
+    # the paper's columns: Recall@K at the first Ks, and MAP@R
+    shown = [*(f"recall@{k}" for k in table["ks"][dataset]), "map@r"]
+    cols = [(f"{name} {display_name(metric)}", metric) for metric in shown]
     if not table["uniform_seeds"]:
         cols.append((f"{name} n", "seeds"))
     if any(row.get(PUBLISHED[0]) is not None for row in rows):

@@ -11,8 +11,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from see_dml.metrics.metric_set import metric_rank
 from see_dml.reporting import paired_interval
-from see_dml.reporting.layouts import DELTAS, METRICS, PERCENT
+from see_dml.reporting.layouts import DELTAS, metric_columns
 from see_dml.reporting.pooling import (
     CHECKPOINTS,
     KEY_NAMES,
@@ -44,12 +45,15 @@ def _context(key: dict[str, Any], tuned: tuple[str, ...] = ()) -> tuple:
 
 def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none",
                checkpoint: str = "val", tuned: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """One row per cell: the named columns, mean ± std of each metric of ``METRICS`` and the
-    paired ``DELTAS`` (relative keys read under the ``checkpoint``'s prefix), and ``at``:
-    ``{metric: (mean, std)}`` of every percent metric of that checkpoint (all Recall@K),
-    which the paper layout shows. ``tuned``: keys a row and its baseline may differ in
-    (:func:`_context`)."""
+    """One row per cell: the named columns, mean ± std (in %) of each metric column
+    (:func:`~see_dml.reporting.layouts.metric_columns` of all the runs: what they hold; their
+    headers in ``metrics``, the same list in every row) and the paired ``DELTAS`` (relative
+    keys read under the ``checkpoint``'s prefix), and ``at``: ``{metric: (mean, std)}`` of
+    every metric of that checkpoint (all Recall@K), which the paper layout shows. ``tuned``:
+    keys a row and its baseline may differ in (:func:`_context`)."""
     prefix = CHECKPOINTS[checkpoint][0]
+    columns = metric_columns((run for cell in cells.values() for run in cell["runs"].values()),
+                             prefix)
     ordered = sorted(cells.values(), key=lambda c: (
         *named_columns(c["cfg"])[:2], int(named_columns(c["cfg"])[2]),
         *named_columns(c["cfg"])[3:5], int(named_columns(c["cfg"])[5]),
@@ -68,15 +72,16 @@ def table_rows(cells: dict[tuple, dict[str, Any]], baseline: str = "none",
         row["other"] = extra
         row["seeds"] = len(runs)
         row["name"] = names[id(cell)]
-        row["missing"] = _missing_metrics(cell, prefix)
-        for metric, name in METRICS:
+        row["missing"] = _missing_metrics(cell, prefix, columns)
+        row["metrics"] = [name for _, name in columns]
+        for metric, name in columns:
             metric = metric if "/" in metric else prefix + metric
             values = [r[metric] * 100 for r in runs.values() if metric in r]
             row[name] = summarise(values) if values else (math.nan, math.nan)
         at: dict[str, list[float]] = defaultdict(list)
         for r in runs.values():
             for metric, value in r.items():
-                if metric.startswith(prefix) and PERCENT.match(metric[len(prefix):]):
+                if metric.startswith(prefix) and metric_rank(metric[len(prefix):]) is not None:
                     at[metric[len(prefix):]].append(value * 100)
         row["at"] = {metric: summarise(values) for metric, values in at.items()}
         base = (None if cell["key"]["synthesis"] == baseline else
@@ -121,14 +126,15 @@ def _baseline_of(cell: dict[str, Any], candidates: list[dict[str, Any]],
         "values of these keys)")
 
 
-def _missing_metrics(cell: dict[str, Any], prefix: str) -> dict[str, list[tuple[Any, Path]]]:
-    """``{metric: [(seed, run directory)]}``: the metrics of the table (``METRICS`` and the
-    checkpoint's percent metrics) that some seeds of the cell have and these lack; their means
+def _missing_metrics(cell: dict[str, Any], prefix: str, columns: list[tuple[str, str]]
+                     ) -> dict[str, list[tuple[Any, Path]]]:
+    """``{metric: [(seed, run directory)]}``: the metrics of the table (its ``columns`` and
+    the checkpoint's metrics) that some seeds of the cell have and these lack; their means
     are over fewer seeds than the row's ``seeds``."""
     runs = cell["runs"]
-    wanted = {metric if "/" in metric else prefix + metric for metric, _ in METRICS}
+    wanted = {metric if "/" in metric else prefix + metric for metric, _ in columns}
     wanted |= {k for r in runs.values() for k in r
-               if k.startswith(prefix) and PERCENT.match(k[len(prefix):])}
+               if k.startswith(prefix) and metric_rank(k[len(prefix):]) is not None}
     missing = {}
     for metric in sorted(wanted):
         lacking = sorted((s for s in runs if metric not in runs[s]), key=repr)

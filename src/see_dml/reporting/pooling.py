@@ -37,9 +37,10 @@ PATH_KEYS = ("paths", "ckpt_path", "resume")
 #: keys that change what is evaluated, reported or logged after training, never the weights
 #: (``test_every_epoch`` leaves them bit-identical: tests/test_best_on_test.py): runs that
 #: differ only in these, or that predate one of them, are seeds of one cell
-REPORT_KEYS = ("test_every_epoch", "test_epochs", "test_final", "nmi", "knn_backend",
-               "logger", "tags", "trainer.enable_progress_bar", "callbacks.embedding_export",
-               "callbacks.lr_monitor", "data.eval_batch_size", "objective",
+REPORT_KEYS = ("test_every_epoch", "test_epochs", "test_final", "nmi", "metrics",
+               "knn_backend", "logger", "tags", "trainer.enable_progress_bar",
+               "callbacks.embedding_export", "callbacks.lr_monitor", "data.eval_batch_size",
+               "objective",
                # torch's CPU threads change the last bits of the weights, not the experiment
                # (provenance/threads records them); runs from before the key pool with it
                "threads")

@@ -16,7 +16,7 @@ from pathlib import Path
 from see_dml.reporting.figures import paper_plot, plot
 from see_dml.reporting.layouts import (
     LAYOUTS,
-    METRICS,
+    metric_columns,
     paper_heading,
     paper_legend,
     paper_table,
@@ -65,6 +65,11 @@ def _write_tables(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     layout = args.layout
     if layout == "auto":
         layout = "paper" if len({row["dataset"] for row in rows}) > 1 else "long"
+    shown = rows[0]["metrics"] if rows else []
+    unknown = [m for m in args.plot_metrics if m not in shown]
+    if layout == "long" and unknown:
+        parser.error(f"--plot-metrics {unknown[0]}: not a metric column of this table (its "
+                     f"metric columns, from the runs' metrics.json: {', '.join(shown)})")
     out = args.folders[0]
     if layout == "paper":
         table = paper_table(rows, args.baseline)
@@ -100,10 +105,10 @@ def main(argv: list[str] | None = None) -> str:
                         help="paper: datasets side by side (results_paper.md/.csv); long: one "
                              "row per dataset and setting (results.md/.csv/.png); auto: paper "
                              "when the runs cover more than one dataset")
-    parser.add_argument("--plot-metrics", nargs="+", default=["MAP@R"],
-                        choices=[name for _, name in METRICS],
-                        help="metrics plotted against embedding size, one panel each (long "
-                             "layout)")
+    parser.add_argument("--plot-metrics", nargs="+", default=["MAP@R"], metavar="COLUMN",
+                        help="metrics plotted against embedding size, one panel each, by "
+                             "their column in the long table (R@1, MAP@R, RP, R@1 final, ...: "
+                             "the metrics the runs hold; long layout)")
     parser.add_argument("--published", default=str(PUBLISHED_FILE),
                         help="YAML of published R@1 shown beside ours ('none': no column)")
     parser.add_argument("--pool-commits", action="store_true",
@@ -143,7 +148,6 @@ __all__ = [
     "CODE_KEYS",
     "KEY_NAMES",
     "LAYOUTS",
-    "METRICS",
     "PUBLISHED_FILE",
     "RECORDED_KEYS",
     "SETUP_KEYS",
@@ -155,6 +159,7 @@ __all__ = [
     "listing",
     "load_published",
     "main",
+    "metric_columns",
     "missing_notes",
     "named_columns",
     "paper_heading",

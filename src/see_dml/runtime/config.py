@@ -72,11 +72,30 @@ def check_launcher(argv: list[str]) -> None:
         sys.exit(USER_ERROR_STATUS)
 
 
+#: Keys that moved, ``{old: new}``: an override of the old one is one ``error:`` line naming
+#: the new one (Hydra would say only that the config has no such key, or, with ``+``, add it
+#: and nothing would read it).
+MOVED_KEYS = {"nmi": "metrics.nmi"}
+
+
+def check_moved_keys(argv: list[str]) -> None:
+    """Exit with one ``error:`` line (status 2) when an override sets a key of
+    :data:`MOVED_KEYS`, naming where it is now."""
+    from see_dml.runtime.errors import USER_ERROR_STATUS
+
+    for arg in argv:
+        key, eq, value = arg.lstrip("+~").partition("=")
+        if eq and key in MOVED_KEYS:
+            print(f"error: {key} is now {MOVED_KEYS[key]}: {MOVED_KEYS[key]}={value}",
+                  file=sys.stderr)
+            sys.exit(USER_ERROR_STATUS)
+
+
 def hydra_main(config_name: str
                ) -> Callable[[Callable[[DictConfig], T]], Callable[..., T]]:
     """``hydra.main`` of an entry point on :data:`CONFIG_DIR`'s ``<config_name>.yaml``,
-    after :func:`check_config_dir` and :func:`check_launcher` (a config handed in, as to
-    ``hydra.main``'s function, runs as it is)."""
+    after :func:`check_config_dir`, :func:`check_launcher` and :func:`check_moved_keys` (a
+    config handed in, as to ``hydra.main``'s function, runs as it is)."""
     import functools
 
     import hydra
@@ -90,6 +109,7 @@ def hydra_main(config_name: str
             if cfg_passthrough is None:
                 check_config_dir(config_name)
                 check_launcher(sys.argv[1:])
+                check_moved_keys(sys.argv[1:])
             return cast(T, run(cfg_passthrough))
 
         return entry

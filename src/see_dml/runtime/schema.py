@@ -7,7 +7,8 @@ is off) is one :class:`~see_dml.runtime.errors.ConfigError` naming the key, from
 
 The schema is the code itself: a group's keys are the arguments of its ``_target_`` (its
 ``__init__``, the base classes' too where it passes ``**kwargs`` on), their types its
-annotations (``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``; other
+annotations (``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``, and
+``tuple[X, ...]`` / ``list[X]`` / ``Sequence[X]`` of those, a list in YAML; other
 annotations are not checked), and ``data.transforms`` is the
 :class:`~see_dml.data.transforms.TransformConfig` dataclass. So a new argument needs no
 second declaration. Structured configs (OmegaConf's dataclass schemas) would say the same
@@ -35,7 +36,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ OWNED_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("synthesis", frozenset()),
     ("model.backbone", frozenset()),
     ("model.head", frozenset()),
+    ("metrics", frozenset()),  # the metric set (see_dml.metrics.MetricSet)
 )
 #: arguments whose config value is replaced before the component is built (``auto``)
 SUBSTITUTED: dict[tuple[str, str], Any] = {
@@ -62,13 +64,19 @@ _HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_
 _MISSING = object()
 
 
-def check_schema(cfg: DictConfig) -> None:
+def check_schema(cfg: DictConfig, keys: Iterable[str] | None = None) -> None:
     """Raise :class:`ConfigError` for the first key of an owned group that its component
-    does not take, or whose value has the wrong type or is not one of its choices."""
+    does not take, or whose value has the wrong type or is not one of its choices.
+
+    ``keys``: only these of :data:`OWNED_GROUPS` (a tool's config holds some of them:
+    ``evaluate`` has ``metrics``); default all, and ``data.transforms``."""
+    only = None if keys is None else set(keys)
     cache = _SignatureCache(OmegaConf.select(cfg, "paths.cache_dir", default=None,
                                              throw_on_resolution_failure=False))
     try:
         for key, extra in OWNED_GROUPS:
+            if only is not None and key not in only:
+                continue
             node = OmegaConf.select(cfg, key, default=None)
             if not isinstance(node, DictConfig) or "_target_" not in node:
                 continue
@@ -81,7 +89,7 @@ def check_schema(cfg: DictConfig) -> None:
             values = _resolved(node, key)
             _check(values, params, key, str(node._target_), extra)
         transforms = OmegaConf.select(cfg, "data.transforms", default=None)
-        if isinstance(transforms, DictConfig):
+        if isinstance(transforms, DictConfig) and (only is None or "data.transforms" in only):
             fields = cache.parameters(TRANSFORMS_SCHEMA, "data.transforms")
             _check(_resolved(transforms, "data.transforms"), fields or {}, "data.transforms",
                    TRANSFORMS_SCHEMA, frozenset())
@@ -90,7 +98,7 @@ def check_schema(cfg: DictConfig) -> None:
 
 
 Spec = Any  # a JSON-able type: "bool" | "int" | "float" | "str" | "none" | "any" |
-#           {"choices": [...]} | {"any_of": [Spec, ...]}
+#           {"choices": [...]} | {"any_of": [Spec, ...]} | {"list_of": Spec}
 
 
 def _spec(hint: Any) -> Spec:
@@ -104,6 +112,9 @@ def _spec(hint: Any) -> Spec:
         return "none"
     if hint in (bool, int, float, str):
         return hint.__name__
+    if origin in (tuple, list, Sequence):  # a list in YAML
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return {"list_of": _spec(args[0]) if len(args) == 1 else "any"}
     return "any"
 
 
@@ -266,4 +277,11 @@ def _mismatch(value: Any, spec: Spec) -> str | None:
             "must be a number")
     if spec == "str":
         return None if isinstance(value, str) else "must be a string"
+    if isinstance(spec, dict) and "list_of" in spec:
+        if not isinstance(value, list | tuple):
+            return "must be a list"
+        for item in value:
+            problem = _mismatch(item, spec["list_of"])
+            if problem:
+                return f"every item {problem}"
     return None

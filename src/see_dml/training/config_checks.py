@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from see_dml.metrics.metric_set import MetricSet, metric_rank
 from see_dml.runtime.config import class_name
 from see_dml.runtime.errors import ConfigError
 from see_dml.runtime.extras import check_config as check_config_extras
@@ -60,6 +61,7 @@ def validate_config(cfg: DictConfig) -> None:
                           f"got '{cfg.matmul_precision}'")
     check_config_extras(cfg)  # an optional part the config uses but lacks: one line now
     check_schema(cfg)  # keys, types and choices of the groups the project owns
+    check_metric_set(cfg)
     check_knn_backend(cfg)
     check_learning_rate(cfg)
     check_see_effect(cfg)
@@ -231,6 +233,50 @@ def check_factory_keys(cfg: DictConfig, key: str) -> None:
             f"{key}: {node._target_} takes no {', '.join(unknown)}: a misspelt key, or a "
             f"node merged from two configs (say, an experiment's {key} with {key}=<option> "
             f"on top). Drop the extra keys with ~{key}.{unknown[0]}, or set the whole node")
+
+
+def check_metric_set(cfg: DictConfig) -> MetricSet:
+    """The metric set of ``cfg`` (the ``metrics`` node, train's and evaluate's), checked: its
+    Ks positive integers, and every metric a callback monitors or the tuner optimises
+    (``callbacks.*.monitor``, ``objective``: ``val/<metric>``) one that it computes, and
+    Recall@1 with ``test_every_epoch`` (the papers' best epoch is the best test Recall@1).
+    A Recall@K whose K the dataset decides (``metrics.recall_at: null``) is not checked."""
+    try:
+        metric_set = MetricSet.from_config(cfg)
+    except (ValueError, TypeError) as err:  # its message starts with the key
+        message = str(err)
+        raise ConfigError(message if message.startswith("metrics") else f"metrics.{message}"
+                          ) from err
+    ks = metric_set.recall_at
+    if ks is None:
+        ks = OmegaConf.select(cfg, "dataset.recall_ks", default=None)
+    computed = set(metric_set.names(ks)) - {"nmi"}  # NMI: of the test split only
+
+    def computes(metric: str) -> bool:
+        return metric in computed or (ks is None and metric.startswith("recall@"))
+
+    wanted = [(f"callbacks.{name}.monitor", node.get("monitor"))
+              for name, node in (cfg.get("callbacks") or {}).items()
+              if isinstance(node, DictConfig)]
+    if "objective" in cfg:
+        wanted.append(("objective", cfg.get("objective")))
+    for key, value in wanted:
+        if not isinstance(value, str) or not value.startswith("val/"):
+            continue
+        metric = value[len("val/"):]
+        if metric_rank(metric) is not None and not computes(metric):
+            names = sorted(computed, key=lambda m: metric_rank(m) or (0, 0))
+            if ks is None:
+                names.insert(0, "recall@K at the dataset's Ks")
+            raise ConfigError(
+                f"{key}={value}, but the metric set does not compute {metric} (it computes "
+                f"{', '.join(names)}): add it to metrics.* (conf/metrics/default.yaml), or "
+                f"set {key} to one of them")
+    if cfg.get("test_every_epoch", False) and not computes("recall@1"):
+        raise ConfigError("test_every_epoch=true reports the epoch of the best test Recall@1, "
+                          "but the metric set does not compute recall@1: add 1 to "
+                          "metrics.recall_at")
+    return metric_set
 
 
 def check_knn_backend(cfg: DictConfig) -> None:
