@@ -4,7 +4,9 @@ One search with ``k = max(max(ks), max R)`` gives the neighbour-label matrix; ev
 metric is then a vectorised function of that matrix, as in pytorch-metric-learning's
 ``AccuracyCalculator``. :func:`evaluate_retrieval` streams it: each chunk of queries is
 reduced to per-query parts and dropped, so memory is ``O(chunk x k)``, not ``O(Q x k)``
-(PML's calculator holds the whole ``(Q, k)`` result, as a plain faiss search does).
+(PML's calculator holds the whole ``(Q, k)`` result, as a plain faiss search does). A
+search much wider than the metrics need for most queries (SOP's Recall@1000) is done in
+two passes with the numbers of one (:func:`_two_pass`).
 
 We do not call that calculator: it lacks Recall@K, converts labels to float, builds its
 relevance mask with a Python loop over classes (11k for SOP), and materialises several
@@ -41,7 +43,16 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from see_dml.metrics.knn import ArrayLike, Backend, knn_chunks, l2_normalised
+from see_dml.metrics.knn import (
+    ArrayLike,
+    Backend,
+    ExactIndex,
+    certain_columns,
+    default_chunk,
+    knn_chunks,
+    l2_normalised,
+    resolve_backend,
+)
 
 #: Queries whose whole neighbour lists an evaluation keeps by default (evenly spaced), for
 #: the retrieval grid; every other query's list is reduced to its metrics and dropped.
@@ -112,16 +123,18 @@ def relevant_counts(
     return r - 1 if exclude_self else r
 
 
-def _contributions(hits: np.ndarray, r: np.ndarray
+def _contributions(hits: np.ndarray, r: np.ndarray, max_r: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-query parts of every kNN metric, from the ``(c, k)`` same-label matrix of usable
     queries (``R >= 1``, ``k >= max R``): the rank of the first hit (``k`` for none), the
-    R-Precision and the AP@R of each row."""
+    R-Precision and the AP@R of each row. ``max_r``: the columns R-Precision and MAP@R
+    read (default ``max(r)``); one number for every chunk of an evaluation, so that a row's
+    AP@R is summed the same way (to the last bit) whichever rows share its chunk."""
     k = hits.shape[1]
     # Recall@K needs only the rank of the first hit; k stands for "no hit at all".
     first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), k)
     # R-Precision and MAP@R only look at the first R columns of each row.
-    max_r = int(r.max(initial=0))
+    max_r = int(r.max(initial=0)) if max_r is None else max_r
     head = hits[:, :max_r]
     ranks = np.arange(1, max_r + 1)
     relevant_hits = head & (ranks[None, :] <= r[:, None])  # (c, max R)
@@ -220,6 +233,12 @@ def evaluate_retrieval(
     neighbour lists are kept. The numbers are those of :func:`metrics_from_neighbours`
     on the whole result.
 
+    A search at least 4 times wider than ``max(100, max R)`` (SOP's Recall@1000) is done in
+    two passes with faiss (:func:`_two_pass`): 100 neighbours of every query, then the full
+    width for the few queries whose first hit or first ``R`` neighbours those leave
+    uncertain, and for the kept rows. Same numbers, to the last bit; at SOP's test size
+    less than half the time of one full-width search (``benchmarks/README.md``).
+
     Args:
         query: (Q, d) embeddings (numpy or torch), L2-normalised inside.
         query_labels: (Q,) labels.
@@ -238,6 +257,8 @@ def evaluate_retrieval(
     """
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     n_q = len(query)
     q_labels = _as_labels(query_labels, n_q, "query_labels")
     exclude_self = reference is None
@@ -256,33 +277,145 @@ def evaluate_retrieval(
     counts_r = relevant_counts(q_labels, r_labels, exclude_self=exclude_self)
     width = search_width(counts_r, max(ks), available)
     kept_rows = np.arange(n_q) if keep is None else spread_rows(n_q, keep)
-    kept_idx = np.empty((len(kept_rows), width), dtype=np.int64)
-    kept_sims = np.empty((len(kept_rows), width), dtype=np.float32)
-    # O(Q) per-query parts; averaged once at the end, so the numbers are those of one pass.
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for start, sims, idx in knn_chunks(query, reference, width, exclude_self=exclude_self,
-                                       backend=backend, batch_size=batch_size):
-        stop = start + len(idx)
-        r = counts_r[start:stop]
-        usable = r > 0
-        hits = r_labels[idx[usable]] == q_labels[start:stop][usable, None]
-        parts.append(_contributions(hits, r[usable]))
-        del hits
-        lo, hi = np.searchsorted(kept_rows, [start, stop])
-        kept_idx[lo:hi] = idx[kept_rows[lo:hi] - start]
-        kept_sims[lo:hi] = sims[kept_rows[lo:hi] - start]
-    first_hit, r_precision, ap_at_r = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    metrics = _summary(first_hit, r_precision, ap_at_r, ks, n_q)
+    parts = _Parts(q_labels, r_labels, counts_r, kept_rows, width)
+    narrow = _narrow_width(counts_r, width)
+    if (keep is not None and narrow is not None
+            and resolve_backend(backend, query) == "faiss"):
+        _two_pass(parts, query, reference, exclude_self, narrow, batch_size)
+    else:
+        for start, sims, idx in knn_chunks(query, reference, width, exclude_self=exclude_self,
+                                           backend=backend, batch_size=batch_size):
+            parts.add(np.arange(start, start + len(idx)), sims, idx)
+    metrics = _summary(parts.first_hit, parts.r_precision, parts.ap_at_r, ks, n_q)
     kept = RetrievalResult(
         query_labels=q_labels,
         rows=kept_rows,
-        indices=kept_idx,
-        similarities=kept_sims,
-        neighbour_labels=r_labels[kept_idx],
+        indices=parts.kept_idx,
+        similarities=parts.kept_sims,
+        neighbour_labels=r_labels[parts.kept_idx],
         relevant_counts=counts_r,
         exclude_self=exclude_self,
     )
     return metrics, kept
+
+
+#: The width of the narrow first search of a wide evaluation (:func:`_two_pass`): the first
+#: hit of most queries of a trained model lies within it, and faiss keeps 100 neighbours at
+#: about the cost of the scores alone (at SOP's size, 60,502 x 128: 10 CPU s for 101 of
+#: them, 23 s for 1,001).
+NARROW_WIDTH = 100
+#: A search at least this many times wider than the narrow one is done in two passes.
+_TWO_PASS_MIN_RATIO = 4
+#: When the narrow search has left more than this share of the queries searched so far
+#: undecided, the remaining queries are searched at full width at once (the second pass
+#: would cost more than it saves).
+_TWO_PASS_MAX_UNDECIDED = 0.25
+#: The fewest queries of the first narrow chunk, which decides whether the rest is narrow.
+_TWO_PASS_PROBE = 256
+
+
+def _narrow_width(counts_r: np.ndarray, width: int) -> int | None:
+    """The first pass's width for a search ``width`` wide, or None for one pass."""
+    narrow = max(NARROW_WIDTH, int(counts_r.max(initial=0)))
+    return narrow if width >= _TWO_PASS_MIN_RATIO * narrow else None
+
+
+class _Parts:
+    """The per-query parts of every metric (first-hit rank, R-Precision, AP@R) of the
+    usable queries, in query order, and the neighbour lists of the kept rows, filled chunk
+    by chunk in any order of rows."""
+
+    def __init__(self, q_labels: np.ndarray, r_labels: np.ndarray, counts_r: np.ndarray,
+                 kept_rows: np.ndarray, width: int) -> None:
+        self.q_labels, self.r_labels, self.counts_r = q_labels, r_labels, counts_r
+        self.max_r = int(counts_r.max(initial=0))
+        usable = counts_r > 0
+        self.slot = np.cumsum(usable) - 1  # a usable query's place among the usable ones
+        n_used = int(usable.sum())
+        self.first_hit = np.empty(n_used, dtype=np.int64)
+        self.r_precision = np.empty(n_used, dtype=np.float64)
+        self.ap_at_r = np.empty(n_used, dtype=np.float64)
+        self.kept_rows = kept_rows
+        self.kept_idx = np.empty((len(kept_rows), width), dtype=np.int64)
+        self.kept_sims = np.empty((len(kept_rows), width), dtype=np.float32)
+
+    def hits(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """(c, k) whether each neighbour of query ``rows`` shares its label."""
+        return self.r_labels[idx] == self.q_labels[rows, None]
+
+    def add_metrics(self, rows: np.ndarray, hits: np.ndarray) -> None:
+        """The parts of usable query ``rows`` from their ``hits`` (at least ``max R`` wide,
+        exact in the columns the parts read)."""
+        if len(rows):
+            parts = _contributions(hits, self.counts_r[rows], self.max_r)
+            at = self.slot[rows]
+            self.first_hit[at], self.r_precision[at], self.ap_at_r[at] = parts
+
+    def add_kept(self, rows: np.ndarray, sims: np.ndarray, idx: np.ndarray) -> None:
+        """The full-width neighbour lists of those of ``rows`` (increasing) that are kept."""
+        is_kept = np.isin(rows, self.kept_rows)
+        if is_kept.any():
+            at = np.searchsorted(self.kept_rows, rows[is_kept])
+            self.kept_idx[at], self.kept_sims[at] = idx[is_kept], sims[is_kept]
+
+    def add(self, rows: np.ndarray, sims: np.ndarray, idx: np.ndarray) -> None:
+        """A full-width ``(c, width)`` search result of query ``rows``."""
+        usable = self.counts_r[rows] > 0
+        if usable.all():
+            self.add_metrics(rows, self.hits(rows, idx))
+        else:
+            self.add_metrics(rows[usable], self.hits(rows[usable], idx[usable]))
+        self.add_kept(rows, sims, idx)
+
+
+def _two_pass(parts: _Parts, query: ArrayLike, reference: ArrayLike | None,
+              exclude_self: bool, narrow: int, batch_size: int | None) -> None:
+    """Fill ``parts`` from a narrow search of every query and a full-width one of the few
+    it leaves undecided, with the numbers one full-width search gives.
+
+    The full width (``max(ks)``, 1,000 for SOP) is needed only for Recall@K of the queries
+    whose first hit lies beyond the first ``narrow`` neighbours. A query is decided by the
+    narrow search when its first hit and its first ``R`` neighbours lie within the columns
+    any wider search returns alike (:func:`see_dml.metrics.knn.certain_columns`); the
+    others, and the kept rows, whose full lists are returned, are searched again at full
+    width. Every search runs faiss's BLAS kernel (:class:`see_dml.metrics.knn.ExactIndex`),
+    so a query gets the same scores in both passes and in one search of all queries.
+    """
+    width = parts.kept_idx.shape[1]
+    searcher = ExactIndex(query, query if reference is None else reference, exclude_self)
+    n_q, n_r = len(searcher.query), len(searcher.reference)
+    usable = parts.counts_r > 0
+    decided = np.zeros(n_q, dtype=bool)  # the narrow search gave its parts
+    chunk = batch_size or default_chunk(n_r, narrow, "faiss")
+    # a first chunk of ~3 % of the queries tells whether the narrow search decides enough
+    probe = min(chunk, max(_TWO_PASS_PROBE, n_q // 32))
+    start = 0
+    while start < n_q:
+        searched = int(usable[:start].sum())
+        if searched - int(decided[:start].sum()) > _TWO_PASS_MAX_UNDECIDED * searched:
+            break  # most queries need the full width: search all the rest at once
+        stop = min(start + (chunk if start else probe), n_q)
+        sims, idx, rows = searcher.search_raw(slice(start, stop), narrow)
+        certain = certain_columns(sims, idx, rows if exclude_self else None)
+        sims, idx = searcher.drop_self(sims, idx, rows)
+        hits = parts.hits(rows, idx)
+        first = np.where(hits.any(axis=1), hits.argmax(axis=1), narrow)
+        r = parts.counts_r[rows]
+        ok = usable[rows] & (r <= certain) & (first < certain)
+        parts.add_metrics(rows[ok], hits[ok])
+        decided[rows] = ok
+        start = stop
+    # the undecided queries (all of them from ``start`` on) and the kept rows
+    wide = usable & ~decided
+    wide[parts.kept_rows] = True
+    again = np.flatnonzero(wide)
+    wide_chunk = batch_size or default_chunk(n_r, width, "faiss")
+    for lo in range(0, len(again), wide_chunk):
+        rows = again[lo:lo + wide_chunk]
+        sims, idx = searcher.search(rows, width)
+        parts.add_kept(rows, sims, idx)
+        todo = usable[rows] & ~decided[rows]
+        parts.add_metrics(rows[todo], parts.hits(rows[todo], idx[todo]))
 
 
 def retrieve(
