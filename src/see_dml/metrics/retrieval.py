@@ -129,7 +129,10 @@ def _contributions(hits: np.ndarray, r: np.ndarray, max_r: int | None = None
     queries (``R >= 1``, ``k >= max R``): the rank of the first hit (``k`` for none), the
     R-Precision and the AP@R of each row. ``max_r``: the columns R-Precision and MAP@R
     read (default ``max(r)``); one number for every chunk of an evaluation, so that a row's
-    AP@R is summed the same way (to the last bit) whichever rows share its chunk."""
+    AP@R is summed the same way (to the last bit) whichever rows share its chunk.
+
+    A row reads its columns up to its first hit and its first ``R``: what :func:`_two_pass`
+    checks before it takes a row's parts from the narrow search."""
     k = hits.shape[1]
     # Recall@K needs only the rank of the first hit; k stands for "no hit at all".
     first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), k)
@@ -401,6 +404,8 @@ def _two_pass(parts: _Parts, query: ArrayLike, reference: ArrayLike | None,
         hits = parts.hits(rows, idx)
         first = np.where(hits.any(axis=1), hits.argmax(axis=1), narrow)
         r = parts.counts_r[rows]
+        # decided: every column the per-query parts read (_contributions: up to the first
+        # hit, and the first R) is certain; a part that reads further must be covered here
         ok = usable[rows] & (r <= certain) & (first < certain)
         parts.add_metrics(rows[ok], hits[ok])
         decided[rows] = ok
