@@ -1,4 +1,4 @@
-"""Evaluation cost: ``retrieval_metrics`` vs a bare faiss search vs PML's AccuracyCalculator.
+"""Evaluation cost: the test stage's metrics vs a bare faiss search vs PML's AccuracyCalculator.
 
 Each (N, d, ks, method) case runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is
 its own. Every worker imports the same libraries and loads the same embeddings before the
@@ -8,11 +8,15 @@ Methods, all on the same L2-normalised float32 embeddings with SOP-like labels (
 2-12 images, ~5.3 on average), all-vs-all:
 
 - ``bare``: ``faiss.IndexFlatIP`` add + one search of k + 1 (k = what ``ours`` searches).
-- ``ours``: ``see_dml.metrics.retrieval_metrics`` (normalises, searches, every metric).
+- ``ours``: ``see_dml.metrics.evaluate_retrieval(..., keep=KEPT_QUERIES, backend="auto")``,
+  the call the test stage makes (normalises, searches, every metric, the kept rows'
+  neighbours; SOP's k = 1000 in two passes). ``bench_eval_sop.py`` times the whole test
+  stage at SOP's size, interleaved in one process.
 - ``pml``: ``AccuracyCalculator(include=(precision_at_1, r_precision,
   mean_average_precision_at_r), k=<the same k>)`` — it has no Recall@K, so it does less.
-- ``torch_cuda`` (GPU machines only, not in the default set): ``retrieval_metrics`` with
-  ``backend="torch"`` on embeddings already on the GPU (where a training run holds them);
+- ``torch_cuda`` (GPU machines only, not in the default set): ``evaluate_retrieval`` with
+  ``backend="auto"`` (the torch search) on embeddings already on the GPU (where a training
+  run holds them);
   its peak GPU memory is reported as ``peak_gpu_mib``.
 
 Usage::
@@ -82,7 +86,7 @@ def worker(method: str, data_dir: Path, ks: tuple[int, ...], k: int) -> dict:
     import torch
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-    from see_dml.metrics import retrieval_metrics
+    from see_dml.metrics import KEPT_QUERIES, evaluate_retrieval
 
     x = np.load(data_dir / "x.npy")
     labels = np.load(data_dir / "labels.npy")
@@ -99,7 +103,7 @@ def worker(method: str, data_dir: Path, ks: tuple[int, ...], k: int) -> dict:
         index.search(x, k + 1)
         metrics: dict = {}
     elif method == "ours":
-        metrics = retrieval_metrics(x, labels, ks=ks)
+        metrics, _ = evaluate_retrieval(x, labels, ks=ks, keep=KEPT_QUERIES, backend="auto")
     elif method == "pml":
         calc = AccuracyCalculator(
             include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
@@ -107,7 +111,7 @@ def worker(method: str, data_dir: Path, ks: tuple[int, ...], k: int) -> dict:
         )
         metrics = calc.get_accuracy(x, labels)
     elif method == "torch_cuda":
-        metrics = retrieval_metrics(x, labels, ks=ks, backend="torch")
+        metrics, _ = evaluate_retrieval(x, labels, ks=ks, keep=KEPT_QUERIES, backend="auto")
         torch.cuda.synchronize()
         extra = {"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20,
                  "device": torch.cuda.get_device_name()}

@@ -9,6 +9,7 @@ matrix; :func:`knn_search` gathers the chunks into the whole ``(Q, k)`` result.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Literal
 
@@ -62,6 +63,8 @@ def _drop_self(
     (more than k ties in front of it) drops its last column instead, as
     pytorch-metric-learning's ``return_results`` does.
     """
+    if len(idx) and bool((idx[:, 0] == row_ids).all()):
+        return sims[:, 1:], idx[:, 1:]  # the usual case: every row's own index comes first
     is_self = idx == row_ids[:, None]
     is_self[~is_self.any(axis=1), -1] = True
     c, kp1 = idx.shape
@@ -69,21 +72,99 @@ def _drop_self(
     return sims[keep].reshape(c, kp1 - 1), idx[keep].reshape(c, kp1 - 1)
 
 
-def _faiss_chunks(
-    query: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool, batch_size: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    # Threads are left as the process has them (OMP_NUM_THREADS / faiss.omp_set_num_threads):
-    # the caller, not a metric, knows what else shares the machine.
-    index = faiss.IndexFlatIP(reference.shape[1])
-    index.add(reference)
-    n_q = query.shape[0]
-    for start in range(0, n_q, batch_size):
-        stop = min(start + batch_size, n_q)
-        if exclude_self:
-            d_chunk, i_chunk = index.search(query[start:stop], k + 1)
-            yield (start, *_drop_self(d_chunk, i_chunk, np.arange(start, stop)))
+def certain_columns(sims: np.ndarray, idx: np.ndarray, row_ids: np.ndarray | None
+                    ) -> np.ndarray:
+    """(c,) how many leading columns of each row of a raw (c, k') faiss result (own index
+    still in it when ``row_ids`` is given) every search of the same rows at any width
+    ``>= k'`` returns alike, once the own index is dropped.
+
+    Those are the columns scoring strictly above the row's last one: a wider search keeps
+    every item above that score, and faiss orders them the same way whatever its width
+    (by score, exact ties by index). Items tied with the last score may be others in a
+    wider search. The own index, when among them, is not counted.
+    """
+    trusted = sims > sims[:, -1:]  # a prefix: the scores are sorted, best first
+    count = trusted.sum(axis=1)
+    if row_ids is not None:
+        count -= ((idx == row_ids[:, None]) & trusted).any(axis=1)
+    return count
+
+
+_BLAS_SETTING = threading.Lock()
+
+
+def _blas_search(index: faiss.Index, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(x, k)`` with faiss's BLAS kernel, whatever the number of queries.
+
+    faiss scores a search of few queries (``nq * d`` under
+    ``faiss.cvar.distance_compute_blas_threshold`` in faiss 1.15, ``nq < 20`` before) with
+    another kernel than a larger one, and their last bits differ, which reorders near ties.
+    With the BLAS kernel a query gets the same scores whichever other queries share its
+    search: a chunked or a partial search returns what one search of all queries does. The
+    threshold is faiss's process-wide setting: set for the call and restored, under a lock.
+    """
+    with _BLAS_SETTING:
+        previous = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = 0
+        try:
+            return index.search(x, k)
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = previous
+
+
+class ExactIndex:
+    """faiss's exact inner-product search over L2-normalised copies of the references, for
+    any rows of the (normalised) queries: what :func:`knn_chunks` searches chunk by chunk,
+    and what a metric that searches some queries again (wider) searches with.
+
+    Args:
+        query: (Q, d) embeddings.
+        reference: (R, d) embeddings; ``query`` itself (the same object) for all-vs-all.
+        exclude_self: query row ``i`` is reference row ``i``, dropped from its neighbours.
+    """
+
+    def __init__(self, query: ArrayLike, reference: ArrayLike, exclude_self: bool) -> None:
+        self.query = l2_normalised(query)
+        self.reference = self.query if reference is query else l2_normalised(reference)
+        self.exclude_self = exclude_self
+        # Threads are left as the process has them (OMP_NUM_THREADS /
+        # faiss.omp_set_num_threads): the caller, not a metric, knows what else shares the
+        # machine.
+        self.index = faiss.IndexFlatIP(self.reference.shape[1])
+        self.index.add(self.reference)
+
+    def search_raw(self, rows: slice | np.ndarray, k: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(similarities, indices, row ids)`` of query ``rows`` (a slice or increasing
+        int64 row numbers), ``k`` wide plus one for the own index in all-vs-all mode, the
+        own index not yet dropped."""
+        if isinstance(rows, slice):
+            row_ids = np.arange(*rows.indices(len(self.query)))
         else:
-            yield (start, *index.search(query[start:stop], k))
+            row_ids = np.asarray(rows, dtype=np.int64)
+        sims, idx = _blas_search(self.index, self.query[rows], k + int(self.exclude_self))
+        return sims, idx, row_ids
+
+    def search(self, rows: slice | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(similarities, indices)``, each ``(c, k)``, of query ``rows``, own index
+        dropped in all-vs-all mode."""
+        sims, idx, row_ids = self.search_raw(rows, k)
+        return self.drop_self(sims, idx, row_ids)
+
+    def drop_self(self, sims: np.ndarray, idx: np.ndarray, row_ids: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """A :meth:`search_raw` result without the own index (unchanged for
+        query-vs-gallery)."""
+        return _drop_self(sims, idx, row_ids) if self.exclude_self else (sims, idx)
+
+
+def _faiss_chunks(
+    query: ArrayLike, reference: ArrayLike, k: int, exclude_self: bool, batch_size: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    index = ExactIndex(query, reference, exclude_self)
+    n_q = len(index.query)
+    for start in range(0, n_q, batch_size):
+        yield (start, *index.search(slice(start, min(start + batch_size, n_q)), k))
 
 
 def _torch_chunks(
@@ -165,9 +246,7 @@ def knn_chunks(
     backend = resolve_backend(backend, query)
     chunk = batch_size or default_chunk(n_r, k, backend)
     if backend == "faiss":
-        q = l2_normalised(query)
-        r = q if reference is query else l2_normalised(reference)
-        yield from _faiss_chunks(q, r, k, exclude_self, chunk)
+        yield from _faiss_chunks(query, reference, k, exclude_self, chunk)
         return
     if backend == "torch":
         device = query.device if isinstance(query, torch.Tensor) else torch.device("cpu")

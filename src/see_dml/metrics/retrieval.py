@@ -7,7 +7,9 @@ R when MAP@R or R-Precision is on) gives the neighbour-label matrix; every kNN m
 a vectorised function of that matrix, as in pytorch-metric-learning's ``AccuracyCalculator``.
 :func:`evaluate_retrieval` streams it: each chunk of queries is reduced to per-query parts
 (:func:`_contributions`) and dropped, so memory is ``O(chunk x k)``, not ``O(Q x k)`` (PML's
-calculator holds the whole ``(Q, k)`` result, as a plain faiss search does).
+calculator holds the whole ``(Q, k)`` result, as a plain faiss search does). A search much
+wider than the metrics need for most queries (SOP's Recall@1000) is done in two passes with
+the numbers of one (:func:`_two_pass`).
 
 We do not call that calculator: it lacks Recall@K, converts labels to float, builds its
 relevance mask with a Python loop over classes (11k for SOP), and materialises several
@@ -56,7 +58,16 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from see_dml.metrics.knn import ArrayLike, Backend, knn_chunks, l2_normalised
+from see_dml.metrics.knn import (
+    ArrayLike,
+    Backend,
+    ExactIndex,
+    certain_columns,
+    default_chunk,
+    knn_chunks,
+    l2_normalised,
+    resolve_backend,
+)
 from see_dml.metrics.metric_set import MetricSet
 
 #: Queries whose whole neighbour lists an evaluation keeps by default (evenly spaced), for
@@ -133,21 +144,35 @@ def relevant_counts(
 FIRST_HIT = "first_hit"
 
 
-def _contributions(hits: np.ndarray, r: np.ndarray, metric_set: MetricSet
-                   ) -> dict[str, np.ndarray]:
+def _fixed_columns(metric_set: MetricSet) -> int:
+    """The leading columns Precision@K and mAP@K read (their largest K; 0 for none)."""
+    return max((*metric_set.precision_at, *metric_set.map_at), default=0)
+
+
+def _contributions(hits: np.ndarray, r: np.ndarray, metric_set: MetricSet,
+                   max_r: int | None = None) -> dict[str, np.ndarray]:
     """Per-query parts of every kNN metric of ``metric_set`` (its ``recall_at`` resolved),
     from the ``(c, k)`` same-label matrix of usable queries (``R >= 1``, ``k`` the search
     width): ``{part: (c,) array}``, one part per metric, named as the metric, except
     Recall@K's one :data:`FIRST_HIT` for every K. :func:`_summary` averages them over the
     queries. A new metric of the neighbour lists is one more part here (and one more key in
-    ``MetricSet.names``): memory stays one chunk's."""
+    ``MetricSet.names``): memory stays one chunk's.
+
+    ``max_r``: the columns R-Precision and MAP@R read (default ``max(r)``); one number for
+    every chunk of an evaluation, so that a row's AP@R is summed the same way (to the last
+    bit) whichever rows share its chunk.
+
+    A row reads its columns up to its first hit (Recall@K), its first ``R`` (R-Precision,
+    MAP@R) and the first :func:`_fixed_columns` (Precision@K, mAP@K): what
+    :func:`_exact_within` checks before :func:`_two_pass` takes a row's parts from the narrow
+    search. A part that reads further must be added there."""
     k = hits.shape[1]
     parts: dict[str, np.ndarray] = {}
     if metric_set.recall_at:
         # Recall@K needs only the rank of the first hit; k stands for "no hit at all".
         parts[FIRST_HIT] = np.where(hits.any(axis=1), hits.argmax(axis=1), k)
     # relevant items among the first i neighbours, i = 1 .. the largest K of P@K / mAP@K
-    cut = min(max((*metric_set.precision_at, *metric_set.map_at), default=0), k)
+    cut = min(_fixed_columns(metric_set), k)
     found = np.cumsum(hits[:, :cut], axis=1)  # (c, cut) int
     for kk in metric_set.precision_at:  # a K beyond the width: the references there are
         at = min(kk, k)
@@ -160,7 +185,7 @@ def _contributions(hits: np.ndarray, r: np.ndarray, metric_set: MetricSet
                                   / np.minimum(at, r))
     if metric_set.needs_r:
         # R-Precision and MAP@R only look at the first R columns of each row.
-        max_r = int(r.max(initial=0))
+        max_r = int(r.max(initial=0)) if max_r is None else max_r
         head = hits[:, :max_r]
         ranks = np.arange(1, max_r + 1)
         relevant_hits = head & (ranks[None, :] <= r[:, None])  # (c, max R)
@@ -170,6 +195,27 @@ def _contributions(hits: np.ndarray, r: np.ndarray, metric_set: MetricSet
             precision_at_i = np.cumsum(relevant_hits, axis=1) / ranks  # float64, as PML
             parts["map@r"] = (precision_at_i * relevant_hits).sum(axis=1) / r
     return parts
+
+
+def _exact_within(metric_set: MetricSet, first: np.ndarray, r: np.ndarray,
+                  certain: np.ndarray) -> np.ndarray:
+    """(c,) whether every column the parts of :func:`_contributions` read lies within each
+    row's first ``certain`` columns (:func:`see_dml.metrics.knn.certain_columns`: those any
+    wider search returns alike), so that a narrow search gives the parts of the full-width
+    one to the last bit. ``first``: the 0-based rank of each row's first hit in the narrow
+    search (its width for none); ``r``: the rows' ``R``.
+
+    Recall@K reads up to the first hit (a hit beyond the narrow search may be at any rank
+    up to the full width), R-Precision and MAP@R the first ``R``, Precision@K and mAP@K
+    the first K (every K of theirs; :func:`_narrow_width` makes the narrow search that wide
+    at least). NMI is not of the neighbours. A metric that reads further widens this check.
+    """
+    ok = certain >= _fixed_columns(metric_set)
+    if metric_set.recall_at:
+        ok &= first < certain
+    if metric_set.needs_r:
+        ok &= r <= certain
+    return ok
 
 
 def _summary(parts: dict[str, np.ndarray], metric_set: MetricSet, n_used: int, n_q: int
@@ -240,7 +286,7 @@ def metrics_from_neighbours(
             "search at least max(R) neighbours for R-Precision and MAP@R"
         )
     hits = neighbour_labels[usable] == query_labels[usable, None]  # (Qu, k) bool
-    return _summary(_contributions(hits, counts_r[usable], metric_set), metric_set,
+    return _summary(_contributions(hits, counts_r[usable], metric_set, max_r), metric_set,
                     int(usable.sum()), n_q)
 
 
@@ -273,6 +319,13 @@ def evaluate_retrieval(
     ``O(Q)`` whatever ``Q``; only the ``keep`` rows' neighbour lists are kept. The numbers
     are those of :func:`metrics_from_neighbours` on the whole result.
 
+    A search at least 4 times wider than the narrow one (:func:`_narrow_width`: 100, or the
+    largest R or Precision@K / mAP@K K beyond it; SOP's Recall@1000) is done in two passes
+    with faiss (:func:`_two_pass`): the narrow search of every query, then the full width
+    for the few queries whose columns the metrics read (:func:`_exact_within`) it leaves
+    uncertain, and for the kept rows. Same numbers, to the last bit; at SOP's test size less
+    than half the time of one full-width search (``benchmarks/README.md``).
+
     Args:
         query: (Q, d) embeddings (numpy or torch), L2-normalised inside.
         query_labels: (Q,) labels.
@@ -296,6 +349,8 @@ def evaluate_retrieval(
     metric_set = metric_set or MetricSet()
     if metric_set.recall_at is None and (not ks or min(ks) < 1):
         raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     metric_set = metric_set.resolved(ks)
     n_q = len(query)
     q_labels = _as_labels(query_labels, n_q, "query_labels")
@@ -315,24 +370,17 @@ def evaluate_retrieval(
     counts_r = relevant_counts(q_labels, r_labels, exclude_self=exclude_self)
     width = search_width(counts_r, metric_set, available)
     kept_rows = np.arange(n_q) if keep is None else spread_rows(n_q, keep)
-    kept_idx = np.empty((len(kept_rows), width), dtype=np.int64)
-    kept_sims = np.empty((len(kept_rows), width), dtype=np.float32)
     # O(Q) per-query parts; averaged once at the end, so the numbers are those of one pass.
-    parts: list[dict[str, np.ndarray]] = []
-    for start, sims, idx in knn_chunks(query, reference, width, exclude_self=exclude_self,
-                                       backend=backend, batch_size=batch_size):
-        stop = start + len(idx)
-        r = counts_r[start:stop]
-        usable = r > 0
-        hits = r_labels[idx[usable]] == q_labels[start:stop][usable, None]
-        parts.append(_contributions(hits, r[usable], metric_set))
-        del hits
-        lo, hi = np.searchsorted(kept_rows, [start, stop])
-        kept_idx[lo:hi] = idx[kept_rows[lo:hi] - start]
-        kept_sims[lo:hi] = sims[kept_rows[lo:hi] - start]
-    whole = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts \
-        else {}
-    metrics = _summary(whole, metric_set, int((counts_r > 0).sum()), n_q)
+    parts = _Parts(q_labels, r_labels, counts_r, metric_set, kept_rows, width)
+    narrow = _narrow_width(metric_set, counts_r, width)
+    if (keep is not None and narrow is not None
+            and resolve_backend(backend, query) == "faiss"):
+        _two_pass(parts, query, reference, exclude_self, narrow, batch_size)
+    else:
+        for start, sims, idx in knn_chunks(query, reference, width, exclude_self=exclude_self,
+                                           backend=backend, batch_size=batch_size):
+            parts.add(np.arange(start, start + len(idx)), sims, idx)
+    metrics = _summary(parts.values, metric_set, parts.n_used, n_q)
     if metric_set.nmi:
         rows = [query] if exclude_self else [query, reference]
         metrics["nmi"] = nmi_score(np.concatenate([_float32(x) for x in rows]),
@@ -341,13 +389,144 @@ def evaluate_retrieval(
     kept = RetrievalResult(
         query_labels=q_labels,
         rows=kept_rows,
-        indices=kept_idx,
-        similarities=kept_sims,
-        neighbour_labels=r_labels[kept_idx],
+        indices=parts.kept_idx,
+        similarities=parts.kept_sims,
+        neighbour_labels=r_labels[parts.kept_idx],
         relevant_counts=counts_r,
         exclude_self=exclude_self,
     )
     return metrics, kept
+
+
+#: The width of the narrow first search of a wide evaluation (:func:`_two_pass`): the first
+#: hit of most queries of a trained model lies within it, and faiss keeps 100 neighbours at
+#: about the cost of the scores alone (at SOP's size, 60,502 x 128: 10 CPU s for 101 of
+#: them, 23 s for 1,001).
+NARROW_WIDTH = 100
+#: A search at least this many times wider than the narrow one is done in two passes.
+_TWO_PASS_MIN_RATIO = 4
+#: When the narrow search has left more than this share of the queries searched so far
+#: undecided, the remaining queries are searched at full width at once (the second pass
+#: would cost more than it saves).
+_TWO_PASS_MAX_UNDECIDED = 0.25
+#: The fewest queries of the first narrow chunk, which decides whether the rest is narrow.
+_TWO_PASS_PROBE = 256
+
+
+def _narrow_width(metric_set: MetricSet, counts_r: np.ndarray, width: int) -> int | None:
+    """The first pass's width for a search ``width`` wide, or None for one pass.
+
+    :data:`NARROW_WIDTH`, widened to every column a decided query's parts read whatever its
+    neighbours (:func:`_exact_within`): the largest R when R-Precision or MAP@R is on, the
+    largest K of Precision@K and mAP@K. Two passes only when ``width`` is at least
+    :data:`_TWO_PASS_MIN_RATIO` times that (a Precision@500 next to Recall@1000: one pass).
+    """
+    narrow = max(NARROW_WIDTH, _fixed_columns(metric_set),
+                 int(counts_r.max(initial=0)) if metric_set.needs_r else 0)
+    return narrow if width >= _TWO_PASS_MIN_RATIO * narrow else None
+
+
+class _Parts:
+    """The per-query parts of every metric of the set (:func:`_contributions`) of the
+    usable queries, in query order, and the neighbour lists of the kept rows, filled chunk
+    by chunk in any order of rows."""
+
+    def __init__(self, q_labels: np.ndarray, r_labels: np.ndarray, counts_r: np.ndarray,
+                 metric_set: MetricSet, kept_rows: np.ndarray, width: int) -> None:
+        self.q_labels, self.r_labels, self.counts_r = q_labels, r_labels, counts_r
+        self.metric_set = metric_set
+        self.max_r = int(counts_r.max(initial=0))
+        usable = counts_r > 0
+        self.slot = np.cumsum(usable) - 1  # a usable query's place among the usable ones
+        self.n_used = int(usable.sum())
+        #: ``{part: (n_used,) array}``, each made when a first chunk brings it
+        self.values: dict[str, np.ndarray] = {}
+        self.kept_rows = kept_rows
+        self.kept_idx = np.empty((len(kept_rows), width), dtype=np.int64)
+        self.kept_sims = np.empty((len(kept_rows), width), dtype=np.float32)
+
+    def hits(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """(c, k) whether each neighbour of query ``rows`` shares its label."""
+        return self.r_labels[idx] == self.q_labels[rows, None]
+
+    def add_metrics(self, rows: np.ndarray, hits: np.ndarray) -> None:
+        """The parts of usable query ``rows`` from their ``hits`` (exact in every column
+        the parts read: :func:`_exact_within`)."""
+        if len(rows):
+            at = self.slot[rows]
+            for name, part in _contributions(hits, self.counts_r[rows], self.metric_set,
+                                             self.max_r).items():
+                if name not in self.values:
+                    self.values[name] = np.empty(self.n_used, dtype=part.dtype)
+                self.values[name][at] = part
+
+    def add_kept(self, rows: np.ndarray, sims: np.ndarray, idx: np.ndarray) -> None:
+        """The full-width neighbour lists of those of ``rows`` (increasing) that are kept."""
+        is_kept = np.isin(rows, self.kept_rows)
+        if is_kept.any():
+            at = np.searchsorted(self.kept_rows, rows[is_kept])
+            self.kept_idx[at], self.kept_sims[at] = idx[is_kept], sims[is_kept]
+
+    def add(self, rows: np.ndarray, sims: np.ndarray, idx: np.ndarray) -> None:
+        """A full-width ``(c, width)`` search result of query ``rows``."""
+        usable = self.counts_r[rows] > 0
+        if usable.all():
+            self.add_metrics(rows, self.hits(rows, idx))
+        else:
+            self.add_metrics(rows[usable], self.hits(rows[usable], idx[usable]))
+        self.add_kept(rows, sims, idx)
+
+
+def _two_pass(parts: _Parts, query: ArrayLike, reference: ArrayLike | None,
+              exclude_self: bool, narrow: int, batch_size: int | None) -> None:
+    """Fill ``parts`` from a narrow search of every query and a full-width one of the few
+    it leaves undecided, with the numbers one full-width search gives.
+
+    The full width (the largest Recall@K, 1,000 for SOP) is needed only for Recall@K of the
+    queries whose first hit lies beyond the first ``narrow`` neighbours. A query is decided
+    by the narrow search when every column its parts read (its first hit, its first ``R``,
+    the first K of Precision@K and mAP@K: :func:`_exact_within`) lies within the columns any
+    wider search returns alike (:func:`see_dml.metrics.knn.certain_columns`); the others,
+    and the kept rows, whose full lists are returned, are searched again at full width.
+    Every search runs faiss's BLAS kernel (:class:`see_dml.metrics.knn.ExactIndex`), so a
+    query gets the same scores in both passes and in one search of all queries.
+    """
+    width = parts.kept_idx.shape[1]
+    searcher = ExactIndex(query, query if reference is None else reference, exclude_self)
+    n_q, n_r = len(searcher.query), len(searcher.reference)
+    usable = parts.counts_r > 0
+    decided = np.zeros(n_q, dtype=bool)  # the narrow search gave its parts
+    chunk = batch_size or default_chunk(n_r, narrow, "faiss")
+    # a first chunk of ~3 % of the queries tells whether the narrow search decides enough
+    probe = min(chunk, max(_TWO_PASS_PROBE, n_q // 32))
+    start = 0
+    while start < n_q:
+        searched = int(usable[:start].sum())
+        if searched - int(decided[:start].sum()) > _TWO_PASS_MAX_UNDECIDED * searched:
+            break  # most queries need the full width: search all the rest at once
+        stop = min(start + (chunk if start else probe), n_q)
+        sims, idx, rows = searcher.search_raw(slice(start, stop), narrow)
+        certain = certain_columns(sims, idx, rows if exclude_self else None)
+        sims, idx = searcher.drop_self(sims, idx, rows)
+        hits = parts.hits(rows, idx)
+        first = np.where(hits.any(axis=1), hits.argmax(axis=1), narrow)
+        # decided: every column the per-query parts read is certain (_exact_within)
+        ok = usable[rows] & _exact_within(parts.metric_set, first, parts.counts_r[rows],
+                                          certain)
+        parts.add_metrics(rows[ok], hits[ok])
+        decided[rows] = ok
+        start = stop
+    # the undecided queries (all of them from ``start`` on) and the kept rows
+    wide = usable & ~decided
+    wide[parts.kept_rows] = True
+    again = np.flatnonzero(wide)
+    wide_chunk = batch_size or default_chunk(n_r, width, "faiss")
+    for lo in range(0, len(again), wide_chunk):
+        rows = again[lo:lo + wide_chunk]
+        sims, idx = searcher.search(rows, width)
+        parts.add_kept(rows, sims, idx)
+        todo = usable[rows] & ~decided[rows]
+        parts.add_metrics(rows[todo], parts.hits(rows[todo], idx[todo]))
 
 
 def _float32(x: ArrayLike) -> np.ndarray:
