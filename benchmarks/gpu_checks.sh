@@ -7,7 +7,14 @@
 #      the embedded small CNN (fp32, batch 64);
 #   2. SEE on / off: ResNet-50 bf16, d = 128 and 512, n = 8, fraction 0.4, batch 180;
 #   3. SEE on / off: the embedded small CNN (fp32), d = 128 and 512;
-#   4. model.compile=true vs eager (bare loop): ResNet-50 bf16 and the small CNN.
+#   4. model.compile=true vs eager (bare loop): ResNet-50 bf16 and the small CNN;
+#   5. the real loader's share of the GPU-only rate: ResNet-50 bf16, batch 180, 224 px crops
+#      of 500x375 JPEGs, num_workers = the machine's cores (bench_loader_fraction.py; goal
+#      >= 95 %);
+#   6. the rehearsal's SOP train stage (train + test evaluation, export, plots) at 224 px with
+#      ResNet-50 bf16 (bench_scale.py --stages generate train), on 10 % of SOP's classes: the
+#      full 120k images would take minutes to write and an epoch plus three test evaluations
+#      of 60k images, more than the few minutes this call has left after steps 0-5.
 # Each writes benchmarks/results/gpu/<measure>_<card>.json (<card>: the GPU's name, e.g.
 # nvidia_h100_80gb_hbm3), copied to $OUT too (the device tool brings back only $OUT).
 #
@@ -15,6 +22,8 @@
 #   CHECKS=all OUT=/tmp/gpu_out bash benchmarks/gpu_checks.sh  # + the training checks below
 #   DEVICE=cpu OUT=/tmp/gpu_dry bash benchmarks/gpu_checks.sh  # dry run: same commands, tiny
 #                                                              # sizes, on the CPU
+#   ONLY="loader_fraction scale_sop_train" OUT=/tmp/gpu_out bash benchmarks/gpu_checks.sh
+#                                                              # only the steps named
 #
 # CHECKS=all adds the earlier functional checks (results/gpu/gpu_checks_h100_*): see_dml.train
 # with bf16-mixed (SEE on and off) and 16-mixed (GradScaler, Multi-Similarity), trainer=ddp
@@ -39,6 +48,7 @@ DEADLINE=${DEADLINE:-540}  # seconds: steps that would start later are skipped, 
 step() {  # step NAME LIMIT_S CMD...
     local name=$1 limit=$2; shift 2
     limit=$((limit * SCALE))
+    if [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]]; then return; fi
     if (( SECONDS + 20 > DEADLINE )); then SUMMARY+=("$name: skipped (deadline)"); return; fi
     (( SECONDS + limit > DEADLINE )) && limit=$((DEADLINE - SECONDS))
     echo; echo "=== $name"; local t0=$SECONDS
@@ -56,6 +66,9 @@ if [[ $DEVICE == cuda ]]; then
     # the recipes' own batch (120 / 90), image size (224) and precision (32-true / 16-mixed)
     TPUT=(--steps 30 --warmup 5 --threads 0)
     TPUT_NETS=(resnet50 deit_small vit_small_dino vit_small)
+    LOADER=(--batch 180 --image-size 224 --images 800 --steps 50 --warmup 10 --rounds 2)
+    SCALE_SOP=(--fraction 0.1 --size 224 --batch 180 --workers "$(nproc)" \
+               --precision bf16-mixed --accelerator gpu)
 else  # dry run: every command and its JSON, at sizes a CPU finishes in seconds
     # bf16 autocast on a CPU is slow and inductor compiles a ResNet-50 for minutes there:
     # the limits are scaled, and the compile row takes a ResNet-18
@@ -66,6 +79,10 @@ else  # dry run: every command and its JSON, at sizes a CPU finishes in seconds
     # one torch thread: on a shared 2-core box two threads ran a step many times slower
     TPUT=(--image-size 32 --batch 8 --steps 3 --warmup 1 --threads 1)
     TPUT_NETS=(resnet50 vit_small_dino)
+    LOADER=(--batch 16 --image-size 32 --images 64 --steps 6 --warmup 2 --rounds 1 \
+            --workers 2 --threads 1)
+    SCALE_SOP=(--fraction 0.01 --size 32 --batch 16 --workers 1 --precision bf16-mixed \
+               --accelerator cpu)
 fi
 echo "card: $CARD"
 "$PY" -c "import torch, lightning, timm; print('torch', torch.__version__, 'cuda',
@@ -99,6 +116,16 @@ step compile_resnet50_bf16 150 "$PY" benchmarks/bench_framework_overhead.py \
     --device "$DEVICE" "${BF16[@]}" --models "$BIG" "${R50[@]}" --rounds "$FITS" \
     --steps "$STEPS" --threads 0 --compile --skip-lightning \
     --out "$RESULTS/compile_resnet50_bf16_$CARD.json"
+# 5. the real loader (num_workers = the cores) against batches resident on the GPU
+step loader_fraction 120 "$PY" benchmarks/bench_loader_fraction.py --device "$DEVICE" \
+    "${BF16[@]}" "${LOADER[@]}" --out "$RESULTS/loader_fraction_resnet50_bf16_$CARD.json"
+# 6. the rehearsal's SOP stage at 224 px, ResNet-50 bf16 (its logs: $OUT/scale_sop_logs)
+step scale_sop_train 200 "$PY" benchmarks/bench_scale.py --data-dir /tmp/see_dml_scale \
+    --datasets sop --model resnet50 "${SCALE_SOP[@]}" --stages generate train \
+    --timeout $((150 * SCALE)) --keep --out "$RESULTS/scale_sop_resnet50_bf16_$CARD.json"
+mkdir -p "$OUT/scale_sop_logs"
+cp /tmp/see_dml_scale/work_sop/*.log "$OUT/scale_sop_logs/" 2>/dev/null
+rm -rf /tmp/see_dml_scale
 
 if [[ $CHECKS == all ]]; then
     LOGS=${LOGS:-/tmp/see_dml_gpu_logs}
