@@ -61,7 +61,6 @@ SUBSTITUTED: dict[tuple[str, str], Any] = {
 #: the dataclass that ``data.transforms`` is read into
 TRANSFORMS_SCHEMA = "see_dml.data.transforms.TransformConfig"
 _HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
-_MISSING = object()
 
 
 def check_schema(cfg: DictConfig, keys: Iterable[str] | None = None) -> None:
