@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from see_dml.runtime.atomic import atomic_write
 from see_dml.runtime.config import CONFIG_DIR, hydra_main, to_dict
 from see_dml.runtime.errors import ConfigError
 from see_dml.training.config_checks import NO_VALIDATION_CLASSES, check_objective, validate_config
@@ -585,12 +585,8 @@ def run_trial(study: optuna.Study, spec: StudySpec, study_dir: Path,
 
 
 def _write_atomic(path: Path, text: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(text) if isinstance(text, bytes)
+                 else tmp.write_text(text))
 
 
 def summarize(study: optuna.Study, spec: StudySpec, study_dir: Path) -> dict[str, Any] | None:

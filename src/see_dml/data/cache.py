@@ -2,7 +2,7 @@
 
 The first runs of a sweep on a new machine all find the cache cold and build it at once.
 Each writer therefore writes to a temporary file of its own in the cache's folder and
-renames it into place with :func:`os.replace` (atomic on one file system): a reader sees
+renames it into place (:func:`see_dml.runtime.atomic.atomic_write`): a reader sees
 either no file or a whole one, and the last writer wins with identical content. A file that
 is there but cannot be read (0 bytes, truncated by a killed job or a full disk) is named in
 a warning and rebuilt.
@@ -20,29 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from see_dml.runtime.atomic import atomic_write
 from see_dml.runtime.errors import with_hint
 
 log = logging.getLogger(__name__)
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a unique temporary file beside ``path``, then move it to ``path``.
-
-    The temporary name is unique per call (``mkstemp``), so concurrent writers never touch
-    each other's file; on failure it is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:

@@ -27,12 +27,12 @@ is read anew each time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
 import inspect
 import json
-import os
 import sys
 import types
 import typing
@@ -42,6 +42,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from see_dml.runtime.atomic import atomic_write
 from see_dml.runtime.errors import ConfigError
 
 #: ``(config key, keys of the node that are not arguments of its target)``
@@ -153,13 +154,9 @@ class _SignatureCache:
     def save(self) -> None:
         if self.path is None or not self.changed:
             return
-        try:  # written whole (a rename), or not at all: a cache is never worth an error
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.known, sort_keys=True))
-            os.replace(tmp, self.path)
-        except OSError:
-            pass
+        text = json.dumps(self.known, sort_keys=True)
+        with contextlib.suppress(OSError):  # a cache is never worth an error
+            atomic_write(self.path, lambda tmp: tmp.write_text(text))
 
 
 def _source_digest(root: Path | None = None) -> str:
