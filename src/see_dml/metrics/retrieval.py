@@ -144,6 +144,12 @@ def relevant_counts(
 FIRST_HIT = "first_hit"
 
 
+def _first_hit(hits: np.ndarray) -> np.ndarray:
+    """(c,) the 0-based rank of each row's first relevant neighbour in a ``(c, k)`` hit
+    matrix, ``k`` (the search width) for a row with none."""
+    return np.where(hits.any(axis=1), hits.argmax(axis=1), hits.shape[1])
+
+
 def _fixed_columns(metric_set: MetricSet) -> int:
     """The leading columns Precision@K and mAP@K read (their largest K; 0 for none)."""
     return max((*metric_set.precision_at, *metric_set.map_at), default=0)
@@ -169,8 +175,7 @@ def _contributions(hits: np.ndarray, r: np.ndarray, metric_set: MetricSet,
     k = hits.shape[1]
     parts: dict[str, np.ndarray] = {}
     if metric_set.recall_at:
-        # Recall@K needs only the rank of the first hit; k stands for "no hit at all".
-        parts[FIRST_HIT] = np.where(hits.any(axis=1), hits.argmax(axis=1), k)
+        parts[FIRST_HIT] = _first_hit(hits)  # Recall@K needs only the first hit's rank
     # relevant items among the first i neighbours, i = 1 .. the largest K of P@K / mAP@K
     cut = min(_fixed_columns(metric_set), k)
     found = np.cumsum(hits[:, :cut], axis=1)  # (c, cut) int
@@ -509,7 +514,7 @@ def _two_pass(parts: _Parts, query: ArrayLike, reference: ArrayLike | None,
         certain = certain_columns(sims, idx, rows if exclude_self else None)
         sims, idx = searcher.drop_self(sims, idx, rows)
         hits = parts.hits(rows, idx)
-        first = np.where(hits.any(axis=1), hits.argmax(axis=1), narrow)
+        first = _first_hit(hits)
         # decided: every column the per-query parts read is certain (_exact_within)
         ok = usable[rows] & _exact_within(parts.metric_set, first, parts.counts_r[rows],
                                           certain)
